@@ -1,0 +1,100 @@
+"""
+Configuration of evbus: every option can be given on the command line, by
+environment variable (``EVBUS_<OPTION>``) or in a config file under ``evbus:``.
+"""
+
+CLI_CONFIG = {
+    "config": {"options": ["-c"], "subcommands": ["_global_"]},
+    "serialize_plugin": {"subcommands": ["_global_"]},
+    "serial_plugin": {"subcommands": ["_global_"]},
+    "match_plugin": {"subcommands": ["_global_"]},
+    "error_callback_ref": {"subcommands": ["_global_"]},
+    "stop_timeout": {"subcommands": ["_global_"]},
+    "acct_file": {"source": "acct", "os": "ACCT_FILE", "subcommands": ["_global_"]},
+    "acct_key": {"source": "acct", "os": "ACCT_KEY", "subcommands": ["_global_"]},
+    "events": {
+        "positional": True,
+        "nargs": "*",
+        "display_priority": 0,
+        "subcommands": ["publish"],
+    },
+    "profile": {"subcommands": ["publish"]},
+    "routing_key": {"subcommands": ["publish"]},
+    "timeout": {"subcommands": ["publish"]},
+}
+
+CONFIG = {
+    "config": {
+        "default": None,
+        "os": "EVBUS_CONFIG",
+        "help": "A config file (YAML) with options under the key 'evbus'",
+    },
+    "serialize_plugin": {
+        "default": "json",
+        "type": str,
+        "os": "EVBUS_SERIALIZE_PLUGIN",
+        "help": "The serialize plugin that turns event bodies into bytes: json or msgpack",
+    },
+    "serial_plugin": {
+        "default": None,
+        "type": str,
+        "os": "EVBUS_SERIAL_PLUGIN",
+        "help": "The option name of pop-evbus 6.x/7.x for serialize_plugin; when set it wins",
+    },
+    "match_plugin": {
+        "default": "glob",
+        "type": str,
+        "os": "EVBUS_MATCH_PLUGIN",
+        "help": "How profile names match event profiles: glob (fnmatch) or regex (full match)",
+    },
+    "error_callback_ref": {
+        "default": None,
+        "type": str,
+        "os": "EVBUS_ERROR_CALLBACK_REF",
+        "help": "A function on the hub (e.g. 'my_app.errors.handle') called with a dict for every failed publish",
+    },
+    "stop_timeout": {
+        "default": 30.0,
+        "type": float,
+        "os": "EVBUS_STOP_TIMEOUT",
+        "help": "Seconds stop() waits for the lanes to deliver what was put before it",
+    },
+    "profile": {
+        "default": "default",
+        "type": str,
+        "os": "EVBUS_PROFILE",
+        "help": "The profile of the events the evbus command publishes",
+    },
+    "routing_key": {
+        "default": None,
+        "type": str,
+        "os": "EVBUS_ROUTING_KEY",
+        "help": "The routing key of the events the evbus command publishes",
+    },
+    "timeout": {
+        "default": 5.0,
+        "type": float,
+        "os": "EVBUS_TIMEOUT",
+        "help": "Seconds the evbus command waits for published events to arrive",
+    },
+    "events": {
+        "default": [],
+        "help": "Events to publish, each a JSON document; without any, JSON lines are read from stdin",
+    },
+}
+
+SUBCOMMANDS = {
+    "publish": {
+        "help": "Publish events to the configured profiles and print what arrives on the internal ingress",
+        "dyne": "evbus",
+    },
+}
+
+DYNE = {
+    "acct": ["acct"],
+    "evbus": ["evbus"],
+    "ingress": ["ingress"],
+    "log": ["log"],
+    "match": ["match"],
+    "serialize": ["serialize"],
+}

@@ -1,0 +1,128 @@
+"""
+The listener: ``start(contexts)`` takes events off the broker queue and hands
+them to their lanes; ``stop()`` drains the lanes and ends it; ``join()`` waits
+until it runs.
+"""
+import asyncio
+import time
+from typing import Any
+
+from evbus.exc import BusRunningError
+from evbus.exc import EvbusTimeoutError
+from evbus.mask import Masker
+
+
+class Stop:
+    """The item stop() puts on the broker queue: everything before it is delivered first."""
+
+    __slots__ = ("timeout", "done")
+
+    def __init__(self, timeout: float | None, done: asyncio.Future):
+        self.timeout = timeout
+        self.done = done
+
+
+def __init__(hub):
+    hub.evbus.STARTED = False
+    hub.evbus.MASK = Masker()
+    # The listener's own state: whether it runs, why it could not start, the pending stop
+    hub.evbus.init.RUNNING = False
+    hub.evbus.init.ERROR = None
+    hub.evbus.init.STOP = None
+    for dyne in ("acct", "ingress", "output", "serialize", "match"):
+        hub.pop.sub.add(dyne_name=dyne)
+
+
+async def start(hub, contexts: dict[str, Any] | None = None):
+    """
+    Listen on the broker queue and propagate every event to its lanes, until stop().
+
+    The contexts are checked first: a malformed profile, an unknown match
+    plugin or an ingress plugin without ACCT raises here (and from ``join()``).
+
+    :param contexts: The output of ``hub.evbus.acct.profiles``
+    :raises BusRunningError: when a listener already runs
+    """
+    if hub.evbus.init.RUNNING:
+        raise BusRunningError("The event bus listener is already running")
+    hub.evbus.init.ERROR = None
+    try:
+        if contexts is None:
+            contexts = {}
+        router = hub.evbus.route.router(contexts)
+        bus: asyncio.Queue = await hub.evbus.broker.init()
+    except Exception as e:
+        hub.evbus.init.ERROR = e
+        raise
+    hub.evbus.init.RUNNING = True
+    hub.evbus.broker.STATE.closed = False
+    hub.evbus.STARTED = True
+    hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
+    propagate = hub.evbus.broker.propagate
+    stop_item = None
+    try:
+        while True:
+            event = await bus.get()
+            if isinstance(event, Stop):
+                stop_item = event
+                break
+            await propagate(contexts, event)
+    finally:
+        hub.evbus.init.RUNNING = False
+        if hub.evbus.init.STOP is stop_item:
+            hub.evbus.init.STOP = None
+        timeout = stop_item.timeout if stop_item is not None else 0
+        undelivered = await hub.evbus.route.close(timeout)
+        hub.log.debug("The event bus stopped", extra={"evbus_internal": True})
+        if stop_item is not None and not stop_item.done.done():
+            stop_item.done.set_result(undelivered)
+
+
+async def stop(hub, timeout: float | None = None) -> int:
+    """
+    Stop the listener after every event put before this call was handed to
+    its lanes and published there (or failed). Puts are refused from now on,
+    until the bus is started again.
+
+    :param timeout: Seconds to wait for the lanes (default: config ``stop_timeout``);
+        what is not delivered by then is failed, logged and handed to the error callback
+    :return: How many events were not delivered (0 when the listener was not running)
+    """
+    if timeout is None:
+        timeout = hub.evbus.settings.get("stop_timeout")
+    hub.evbus.broker.STATE.closed = True
+    bus = await hub.evbus.broker.init()
+    # Let puts that other threads scheduled before this call reach the queue first
+    await asyncio.sleep(0)
+    stop_item = hub.evbus.init.STOP
+    if stop_item is None or stop_item.done.get_loop() is not asyncio.get_running_loop():
+        stop_item = Stop(timeout, asyncio.get_running_loop().create_future())
+        hub.evbus.init.STOP = stop_item
+        bus.put_nowait(stop_item)
+    if not hub.evbus.init.RUNNING:
+        return 0
+    # The listener itself bounds the drain by the timeout; the margin covers closing
+    wait = None if timeout is None else timeout + 5
+    try:
+        return await asyncio.wait_for(asyncio.shield(stop_item.done), wait)
+    except asyncio.TimeoutError:
+        raise EvbusTimeoutError(f"The event bus did not stop within {wait} s") from None
+
+
+async def join(hub, timeout: float | None = 60.0):
+    """
+    Return once the listener has started.
+
+    :param timeout: Seconds to wait; None waits forever
+    :raises EvbusTimeoutError: when it has not started in time
+    :raises Exception: what start() raised, when it could not start
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.0
+    while not hub.evbus.STARTED:
+        if hub.evbus.init.ERROR is not None:
+            raise hub.evbus.init.ERROR
+        if deadline is not None and time.monotonic() > deadline:
+            raise EvbusTimeoutError(f"The event bus listener did not start within {timeout} s")
+        await asyncio.sleep(delay)
+        delay = min(0.05, delay + 0.001)

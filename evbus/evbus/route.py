@@ -1,0 +1,341 @@
+"""
+Routing: which lanes an event goes to.
+
+From the contexts of ``hub.evbus.acct.profiles`` a :class:`Router` makes one
+:class:`~evbus.lane.Lane` per (ingress plugin, acct profile), once. Matching an
+event's profile name against the profile name patterns happens once per
+distinct event profile and is cached, so the hot path is a dict lookup.
+"""
+import asyncio
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import dict_tools.data as data
+
+from evbus.exc import ConfigError
+from evbus.exc import EvbusTimeoutError
+from evbus.exc import IngressPluginError
+from evbus.exc import ProfileError
+from evbus.exc import PublishError
+from evbus.lane import Lane
+
+# Keys of a contexts dict that are settings, not providers
+SETTING_KEYS = ("match_plugin",)
+
+
+class RouteState:
+    """Routers by contexts identity, and the lanes of the last router for stats."""
+
+    def __init__(self):
+        self.routers: dict[int, "Router"] = {}
+        self.retired: list[Lane] = []
+        self.unrouted = 0
+
+
+class Router:
+    """
+    The lanes of one contexts dict, and the event-profile -> lanes cache.
+    """
+
+    def __init__(self, contexts: Any, lanes: list[Lane], find):
+        # Hold the contexts so that its id() stays unique while routed
+        self.contexts = contexts
+        self.lanes = lanes
+        self._find = find
+        self._by_profile: dict[str, tuple[Lane, ...]] = {}
+
+    def match(self, profile: str) -> tuple[Lane, ...]:
+        """
+        :param profile: An event's profile name
+        :return: The lanes whose profile pattern matches it (cached)
+        """
+        try:
+            return self._by_profile[profile]
+        except KeyError:
+            pass
+        matched = tuple(lane for lane in self.lanes if self._matches(profile, lane.profile))
+        self._by_profile[profile] = matched
+        return matched
+
+    def _matches(self, profile: str, pattern: str) -> bool:
+        try:
+            return bool(self._find(profile, pattern))
+        except Exception:  # a pattern the match plugin rejects matches nothing
+            return False
+
+
+def __init__(hub):
+    hub.evbus.route.STATE = RouteState()
+
+
+def match_function(hub, name: str):
+    """
+    :param name: A match plugin name
+    :return: Its ``find(name, pattern)`` function
+    :raises ConfigError: when no such match plugin is loaded
+    """
+    return hub.evbus.settings.plugin("match", name).find
+
+
+def error_callback(hub):
+    """
+    :return: The function that ``error_callback_ref`` names, or None
+    :raises ConfigError: when the reference names nothing callable on the hub
+    """
+    ref = hub.evbus.settings.get("error_callback_ref")
+    if not ref:
+        return None
+    try:
+        func = hub[ref]
+    except Exception:
+        func = None
+    if not callable(func):
+        raise ConfigError(f"error_callback_ref '{ref}' names no function on the hub")
+    return func
+
+
+def ingress_plugins(hub) -> dict[str, tuple[Any, list[str]]]:
+    """
+    Every loaded ingress plugin and the acct providers it accepts.
+
+    :return: {plugin name: (plugin, [provider, ...])}
+    :raises IngressPluginError: for a plugin that declares no ACCT list or has no publish
+    """
+    plugins = {}
+    for plugin in hub.ingress:
+        name = plugin.__name__
+        if name == "init":
+            continue
+        providers = getattr(plugin, "ACCT", None)
+        if isinstance(providers, str):
+            providers = [providers]
+        if not providers or not isinstance(providers, (list, tuple, set)):
+            raise IngressPluginError(
+                f"Ingress plugin '{name}' declares no ACCT providers. Declare the acct "
+                f"providers it accepts in its __init__:\n"
+                f"    def __init__(hub):\n"
+                f"        hub.ingress.{name}.ACCT = ['{name}']"
+            )
+        if not hasattr(plugin, "publish"):
+            raise IngressPluginError(
+                f"Ingress plugin '{name}' has no publish function: "
+                f"async def publish(hub, ctx, routing_key: str, body: bytes)"
+            )
+        plugins[name] = (plugin, list(providers))
+    return plugins
+
+
+def destinations(hub, contexts: Mapping) -> list[tuple[str, str, str, Any]]:
+    """
+    Check contexts and list every destination in them.
+
+    :param contexts: {provider: [{profile name: profile data}, ...]} (a single dict per provider is accepted too)
+    :return: [(plugin name, provider, profile name, profile data), ...]
+    :raises ProfileError: for a provider or profile of the wrong shape
+    :raises IngressPluginError: for an ingress plugin without ACCT
+    """
+    if contexts is None:
+        contexts = {}
+    if not isinstance(contexts, Mapping):
+        raise ConfigError(f"contexts must be a mapping of provider -> profiles, not {type(contexts).__name__}")
+    plugins = hub.evbus.route.ingress_plugins()
+    found = []
+    for plugin_name, (_, providers) in plugins.items():
+        for provider in providers:
+            profiles = contexts.get(provider)
+            if profiles is None:
+                continue
+            for name, profile in _profiles(provider, profiles):
+                found.append((plugin_name, provider, name, profile))
+    return found
+
+
+def _profiles(provider: str, profiles: Any):
+    """Yield (name, data) of one provider's profiles, checking their shape."""
+    if isinstance(profiles, Mapping):
+        profiles = [profiles]
+    if not isinstance(profiles, (list, tuple)):
+        raise ProfileError(provider, None, f"expected a list of {{profile name: data}}, got {type(profiles).__name__}")
+    for entry in profiles:
+        if not isinstance(entry, Mapping):
+            raise ProfileError(provider, None, f"expected {{profile name: data}}, got {type(entry).__name__}")
+        for name, profile in entry.items():
+            if not isinstance(name, str):
+                raise ProfileError(provider, str(name), "a profile name must be a string")
+            if profile is None:
+                profile = {}
+            if not isinstance(profile, Mapping):
+                raise ProfileError(provider, name, f"profile data must be a mapping, got {type(profile).__name__}")
+            yield name, profile
+
+
+def router(hub, contexts: Any) -> Router:
+    """
+    The router of a contexts dict: made (and checked) on first use, then reused.
+
+    :param contexts: The output of ``hub.evbus.acct.profiles``
+    :raises ConfigError: for malformed contexts, ingress plugins or match plugin
+    """
+    state: RouteState = hub.evbus.route.STATE
+    found = state.routers.get(id(contexts))
+    if found is not None and found.contexts is contexts:
+        return found
+    hub.evbus.settings.apply()
+    match_name = hub.match.PLUGIN
+    if isinstance(contexts, Mapping) and contexts.get("match_plugin"):
+        match_name = contexts["match_plugin"]
+    find = hub.evbus.route.match_function(match_name)
+    plugins = hub.evbus.route.ingress_plugins()
+    on_failure = _failure_handler(hub, contexts)
+    lanes = []
+    for plugin_name, provider, name, profile in hub.evbus.route.destinations(contexts):
+        hub.evbus.MASK.learn(profile)
+        lanes.append(
+            Lane(
+                plugin=plugin_name,
+                provider=provider,
+                profile=name,
+                ctx=data.NamespaceDict(acct=data.NamespaceDict(profile)),
+                send=_sender(plugins[plugin_name][0], plugin_name),
+                on_failure=on_failure,
+            )
+        )
+    new_router = Router(contexts, lanes, find)
+    state.routers[id(contexts)] = new_router
+    return new_router
+
+
+def lanes(hub, contexts: Any, profile: str) -> tuple[Lane, ...]:
+    """
+    :param contexts: The output of ``hub.evbus.acct.profiles``
+    :param profile: An event's profile name
+    :return: The lanes that events of this profile go to
+    """
+    matched = hub.evbus.route.router(contexts).match(profile)
+    if not matched:
+        hub.evbus.route.STATE.unrouted += 1
+    return matched
+
+
+def all_lanes(hub) -> list[Lane]:
+    """
+    :return: Every lane, running or stopped since the last start
+    """
+    state: RouteState = hub.evbus.route.STATE
+    return state.retired + [lane for r in state.routers.values() for lane in r.lanes]
+
+
+async def close(hub, timeout: float | None) -> int:
+    """
+    Wait until every lane has published what it holds, then stop the lanes.
+
+    What a lane could not publish within ``timeout`` is failed with an
+    :class:`~evbus.exc.EvbusTimeoutError`: logged, counted and handed to the
+    error callback.
+
+    :param timeout: Seconds to wait in all; None waits as long as it takes
+    :return: The number of events that were not delivered in time
+    """
+    state: RouteState = hub.evbus.route.STATE
+    current = [lane for r in state.routers.values() for lane in r.lanes]
+    state.routers.clear()
+    state.retired = current
+    undelivered = 0
+    if current:
+        drained = asyncio.gather(*(lane.drained() for lane in current))
+        try:
+            await asyncio.wait_for(drained, timeout)
+        except asyncio.TimeoutError:
+            pass
+    error = EvbusTimeoutError(f"not delivered within the stop timeout of {timeout} s")
+    for lane in current:
+        undelivered += await lane.close(error)
+    if undelivered:
+        hub.log.error(
+            f"The event bus stopped with {undelivered} event(s) undelivered",
+            extra={"evbus_internal": True},
+        )
+    return undelivered
+
+
+def _sender(plugin, plugin_name: str):
+    """
+    Adapt an ingress plugin's publish to ``send(ctx, routing_key, body)``.
+
+    Plugins of both generations work: ``publish(ctx, routing_key, body)`` and
+    ``publish(ctx, body)`` (routing key read from ``ctx.acct.routing_key``).
+    """
+    publish = plugin.publish
+    signature = getattr(publish, "signature", None)
+    if signature is None:
+        signature = inspect.signature(publish)
+    params = [p for p in signature.parameters if p != "hub"]
+    if "routing_key" in params:
+
+        def send(ctx, routing_key, body):
+            return publish(ctx=ctx, routing_key=routing_key, body=body)
+
+    elif "body" in params and "ctx" in params:
+
+        def send(ctx, routing_key, body):
+            if routing_key != ctx.acct.get("routing_key"):
+                ctx = data.NamespaceDict(acct=data.NamespaceDict(ctx.acct, routing_key=routing_key))
+            return publish(ctx=ctx, body=body)
+
+    else:
+        raise IngressPluginError(
+            f"ingress.{plugin_name}.publish takes ({', '.join(params)}); expected "
+            f"publish(hub, ctx, routing_key, body) or publish(hub, ctx, body)"
+        )
+    return send
+
+
+def _failure_handler(hub, contexts: Any):
+    """
+    Make the function a lane calls for an event it could not publish: it
+    logs with plugin and profile, and calls the error callback, secrets masked.
+    """
+    masked_contexts = None
+
+    async def on_failure(lane: Lane, event, error: BaseException):
+        nonlocal masked_contexts
+        mask = hub.evbus.MASK
+        text = mask.exception(error)
+        hub.log.error(
+            f"Event {event.id} (profile '{event.profile}') failed to publish on "
+            f"ingress.{lane.plugin} profile '{lane.profile}': {text}",
+            extra={"evbus_internal": True},
+        )
+        callback = hub.evbus.route.error_callback()
+        if callback is None:
+            return
+        if masked_contexts is None:
+            masked_contexts = mask.data(contexts)
+        exception = error
+        if mask.text(str(error)) != str(error):
+            exception = PublishError(mask.text(str(error)), type(error).__name__)
+        error_data = {
+            "exception": exception,
+            "plugin": lane.plugin,
+            "profile": event.profile,
+            "acct_profile": lane.profile,
+            "routing_key": event.routing_key if event.routing_key is not None else lane.routing_key,
+            "event_id": event.id,
+            "body": event.body,
+            "context": masked_contexts,
+            "ctx": {"acct": mask.data(lane.ctx.acct)},
+        }
+        try:
+            ret = callback(error_data)
+            if inspect.isawaitable(ret):
+                await ret
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            hub.log.error(
+                f"The error callback failed: {mask.exception(e)}",
+                extra={"evbus_internal": True},
+            )
+
+    return on_failure

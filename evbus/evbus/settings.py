@@ -1,0 +1,79 @@
+"""
+Configuration, read in one place.
+
+``apply()`` copies ``hub.OPT.evbus`` onto the hub once per loaded config:
+the serialize plugin (``hub.serialize.PLUGIN`` and ``hub.evbus.SERIAL_PLUGIN``)
+and the match plugin (``hub.match.PLUGIN``). A value the program assigned to
+one of those attributes itself is kept. Unknown plugin names are a
+:class:`~evbus.exc.ConfigError` here, where the config is first used.
+"""
+from typing import Any
+
+from evbus.exc import ConfigError
+
+DEFAULTS = {
+    "serialize_plugin": "json",
+    "serial_plugin": None,
+    "match_plugin": "glob",
+    "error_callback_ref": None,
+    "stop_timeout": 30.0,
+}
+
+
+def __init__(hub):
+    hub.evbus.settings.APPLIED = None
+
+
+def get(hub, name: str) -> Any:
+    """
+    :param name: An option of the evbus dyne
+    :return: Its value from the loaded config, else its default
+    """
+    opt = hub.OPT.get("evbus") if hasattr(hub, "OPT") else None
+    if opt is not None and opt.get(name) is not None:
+        return opt[name]
+    return DEFAULTS.get(name)
+
+
+def apply(hub):
+    """
+    Apply the loaded config to the hub, once per ``hub.OPT``.
+
+    :raises ConfigError: when a configured plugin name is unknown
+    """
+    opt = getattr(hub, "OPT", None)
+    if hub.evbus.settings.APPLIED is opt:
+        return
+    hub.evbus.settings.APPLIED = opt
+    evbus_opt = opt.get("evbus") if opt is not None else None
+    if not evbus_opt:
+        return
+    serialize_name = evbus_opt.get("serial_plugin") or evbus_opt.get("serialize_plugin")
+    # Keep a name the program set itself; otherwise take the config's
+    if serialize_name and hub.serialize.PLUGIN == "json" and hub.evbus.SERIAL_PLUGIN in ("json", None):
+        hub.serialize.PLUGIN = hub.evbus.SERIAL_PLUGIN = serialize_name
+    match_name = evbus_opt.get("match_plugin")
+    if match_name and hub.match.PLUGIN == "glob":
+        hub.match.PLUGIN = match_name
+    # Fail here, at load, for names that do not exist
+    hub.evbus.broker.serializer()
+    hub.evbus.route.match_function(hub.match.PLUGIN)
+    hub.evbus.route.error_callback()
+
+
+def plugin(hub, sub_name: str, name: str):
+    """
+    :param sub_name: A sub of plugins: "serialize" or "match"
+    :param name: A plugin name in it
+    :return: The plugin
+    :raises ConfigError: when the sub has no such plugin, naming the ones it has
+    """
+    sub = hub[sub_name]
+    if isinstance(name, str) and name != "init":
+        try:
+            if name in sub:
+                return sub[name]
+        except Exception:  # a plugin that fails to load is reported like a missing one
+            pass
+    available = ", ".join(sorted(mod.__name__ for mod in sub if mod.__name__ != "init"))
+    raise ConfigError(f"Unknown {sub_name} plugin '{name}'; available: {available}")

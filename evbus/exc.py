@@ -1,0 +1,59 @@
+"""
+The exceptions evbus raises, under one root: :class:`EvbusError`.
+
+Each subclass also inherits the builtin that fits it, so callers that catch
+``ValueError``, ``TypeError`` or ``TimeoutError`` keep working.
+"""
+
+
+class EvbusError(Exception):
+    """The root of every error evbus raises."""
+
+
+class ConfigError(EvbusError, ValueError):
+    """An option, plugin name or profile that evbus cannot use."""
+
+
+class ProfileError(ConfigError):
+    """A malformed acct profile, named by provider and profile."""
+
+    def __init__(self, provider: str, profile: str | None, reason: str):
+        self.provider = provider
+        self.profile = profile
+        where = f"provider '{provider}'" + (f", profile '{profile}'" if profile is not None else "")
+        super().__init__(f"Malformed acct profile ({where}): {reason}")
+
+
+class IngressPluginError(ConfigError):
+    """An ingress plugin that evbus cannot deliver to."""
+
+
+class SerializeError(EvbusError, TypeError):
+    """An event body the configured serializer cannot encode."""
+
+    def __init__(self, plugin: str, body_type: str, reason: str):
+        self.plugin = plugin
+        self.body_type = body_type
+        super().__init__(
+            f"The '{plugin}' serializer cannot encode a body of type {body_type}: {reason}"
+        )
+
+
+class BusClosedError(EvbusError, RuntimeError):
+    """An event put after stop() and before the bus was started again."""
+
+
+class BusRunningError(EvbusError, RuntimeError):
+    """start() called while a listener already runs."""
+
+
+class PublishError(EvbusError):
+    """A publish that failed; its text has every known secret masked."""
+
+    def __init__(self, message: str, error_type: str):
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class EvbusTimeoutError(EvbusError, TimeoutError):
+    """A wait that ran out of time."""

@@ -1,0 +1,20 @@
+"""
+The contract of ingress plugins.
+
+An ingress plugin sets the acct providers it accepts in ``__init__`` and
+publishes one event at a time::
+
+    def __init__(hub):
+        hub.ingress.my_plugin.ACCT = ["my_plugin"]
+
+    async def publish(hub, ctx, routing_key: str, body: bytes):
+        ...  # ctx.acct is the profile's data
+
+Plugins written for pop-evbus 6.x and later, ``publish(hub, ctx, body)``
+(routing key in ``ctx.acct.routing_key``), work unchanged: evbus reads the
+signature once per lane and calls either form. That is why this contract
+declares no ``sig_publish``: pop checks a signature's names and annotations
+exactly and would reject one of the two generations. evbus checks the ACCT
+list and the publish function when the bus starts
+(:func:`evbus.evbus.route.ingress_plugins`).
+"""

@@ -1,0 +1,43 @@
+"""
+The values that travel through evbus.
+"""
+import dataclasses
+import itertools
+import os
+import time
+
+# Event ids: a random per-process prefix and a counter; unique without the cost of uuid4 per event.
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_event_id() -> str:
+    """
+    Return an id that is unique across processes: a random prefix and a counter.
+    """
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """
+    One event on the bus, its body already serialized.
+
+    The field order (``profile``, ``routing_key``, ``body``) is the one of
+    pop-evbus 5.x; every field has a default so that keyword construction of
+    either generation works (``Event(profile=..., body=...)``).
+
+    :param profile: The event's profile name, matched against profile patterns
+    :param routing_key: The routing key; ``None`` means "the profile's routing_key"
+    :param body: The serialized body
+    :param content_type: The MIME type of the serializer that made ``body``
+    :param id: A unique id of this event
+    :param timestamp: When the event was put (seconds since the epoch)
+    """
+
+    profile: str = "default"
+    routing_key: str | None = None
+    body: bytes = b""
+    content_type: str = "application/json"
+    id: str = dataclasses.field(default_factory=new_event_id)
+    timestamp: float = dataclasses.field(default_factory=time.time)

@@ -1,0 +1,91 @@
+"""
+Fixtures shared by every test: a fresh hub per test, its loop set for pop,
+and helpers that wait with a timeout instead of sleeping.
+"""
+import asyncio
+import json
+import os
+import pathlib
+import sys
+
+import pop.hub
+import pytest
+
+PLUGINS = pathlib.Path(__file__).parent / "plugins"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(name="hub")
+def fresh_hub(monkeypatch):
+    """A new hub per test with the evbus dyne and its config loaded (no CLI parsing)."""
+    monkeypatch.setattr(sys, "argv", ["evbus"])
+    hub = pop.hub.Hub()
+    hub.pop.sub.add(dyne_name="evbus")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    yield hub
+
+
+@pytest.fixture(autouse=True)
+async def _pop_loop(hub):
+    """pop's loop helpers need the running loop."""
+    hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    yield
+
+
+def add_ingress(hub, *names: str):
+    """App-merge test ingress plugins from tests/plugins/<name>/ into hub.ingress."""
+    for name in names:
+        hub.pop.sub.extend(subname="ingress", static=[str(PLUGINS / name)])
+
+
+async def take(queue: asyncio.Queue, count: int, timeout: float = 10.0) -> list:
+    """Take ``count`` items from a queue, failing after ``timeout`` seconds."""
+    items = []
+
+    async def _take():
+        while len(items) < count:
+            items.append(await queue.get())
+
+    try:
+        await asyncio.wait_for(_take(), timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"only {len(items)} of {count} items arrived within {timeout} s")
+    return items
+
+
+async def take_json(queue: asyncio.Queue, count: int, timeout: float = 10.0) -> list:
+    """Take ``count`` JSON bodies from a queue and decode them."""
+    return [json.loads(body) for body in await take(queue, count, timeout)]
+
+
+async def wait_for(condition, timeout: float = 10.0, message: str = "condition"):
+    """Wait until ``condition()`` is true, failing after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"{message} not reached within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def running(hub):
+    """
+    Start the listener on the contexts a test gives; stop it at the end.
+
+    Usage: ``await running({"internal": {"default": {}}})``
+    """
+    tasks = []
+
+    async def _start(acct_data: dict):
+        contexts = await hub.evbus.acct.profiles(acct_data=acct_data)
+        task = asyncio.create_task(hub.evbus.init.start(contexts))
+        tasks.append(task)
+        await hub.evbus.init.join(timeout=10)
+        return contexts
+
+    yield _start
+    for task in tasks:
+        if not task.done():
+            await hub.evbus.init.stop(timeout=10)
+            await asyncio.wait_for(task, 20)

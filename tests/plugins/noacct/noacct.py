@@ -1,0 +1,5 @@
+"""Test ingress: declares no ACCT list."""
+
+
+async def publish(hub, ctx, routing_key: str, body: bytes):
+    pass

@@ -1,0 +1,46 @@
+"""The evbus dyne loads with every sub and plugin, installed or editable."""
+import subprocess
+import sys
+
+import pytest
+
+
+def test_dyne_is_not_empty(hub):
+    for name in ("init", "broker", "acct", "route", "settings"):
+        assert name in hub.evbus._loaded or hasattr(hub.evbus, name), name
+    assert callable(hub.evbus.broker.put)
+    assert callable(hub.evbus.init.start)
+
+
+def test_subs_added_with_evbus(hub):
+    for sub in ("acct", "ingress", "serialize", "match", "output"):
+        assert hasattr(hub, sub), sub
+    assert hub.ingress.internal.ACCT == ["internal"]
+    assert {"json", "msgpack"} <= {mod.__name__ for mod in hub.serialize}
+    assert {"glob", "regex"} <= {mod.__name__ for mod in hub.match}
+    assert hasattr(hub.log, "queue")
+
+
+def test_dyne_loads_outside_the_source_tree(tmp_path):
+    """From another directory pop must still find the dyne (the install, not the cwd)."""
+    code = (
+        "import pop.hub\n"
+        "hub = pop.hub.Hub()\n"
+        "hub.pop.sub.add(dyne_name='evbus')\n"
+        "assert 'broker' in [m.__name__ for m in hub.evbus], list(hub.evbus)\n"
+        "print(hub.evbus.broker.put.ref)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "evbus.broker" in out.stdout
+
+
+def test_event_dataclass(hub):
+    Event = hub.evbus.broker.Event
+    seed = Event("prof", "rk", b"{}")
+    assert (seed.profile, seed.routing_key, seed.body) == ("prof", "rk", b"{}")
+    modern = Event(body=b"x", profile="p")
+    assert modern.routing_key is None
+    assert seed.id != modern.id
+    with pytest.raises(AttributeError):
+        seed.body = b"changed"
