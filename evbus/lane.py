@@ -47,6 +47,8 @@ class Lane:
         self._pending: collections.deque[Event] = collections.deque()
         self._wakeup: asyncio.Future | None = None
         self._idle: list[asyncio.Future] = []
+        # (sequence number, future) of callers waiting for one event to be settled
+        self._settle_waiters: list[tuple[int, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         self._closed = False
         self.queued = 0
@@ -58,11 +60,12 @@ class Lane:
     def __repr__(self):
         return f"<Lane ingress.{self.plugin} profile={self.profile!r} depth={len(self._pending)}>"
 
-    def put(self, event: Event):
+    def put(self, event: Event) -> int:
         """
         Queue an event on this lane; never waits.
 
         :param event: The event to publish
+        :return: Its sequence number on this lane, for :meth:`settled`
         """
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
@@ -73,6 +76,7 @@ class Lane:
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+        return self.queued
 
     async def _run(self):
         pending = self._pending
@@ -100,6 +104,8 @@ class Lane:
                 if pending and pending[0] is event:
                     pending.popleft()
                 await self._fail(event, e)
+                if self._settle_waiters:
+                    self._wake_settled()
                 continue
             elapsed = time.perf_counter() - started
             self.publish_seconds += elapsed
@@ -108,6 +114,8 @@ class Lane:
             self.published += 1
             if pending and pending[0] is event:
                 pending.popleft()
+            if self._settle_waiters:
+                self._wake_settled()
 
     async def _fail(self, event: Event, error: BaseException):
         try:
@@ -116,6 +124,34 @@ class Lane:
             raise
         except Exception:  # the failure handler logs; it must not end the lane
             pass
+
+    @property
+    def settled_count(self) -> int:
+        """How many events this lane has published or failed."""
+        return self.published + self.failed
+
+    async def settled(self, seq: int):
+        """
+        Return once the event with sequence number ``seq`` was published or failed.
+
+        :param seq: What :meth:`put` returned
+        """
+        if self.settled_count >= seq:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append((seq, waiter))
+        await waiter
+
+    def _wake_settled(self):
+        done = self.settled_count
+        still = []
+        for seq, waiter in self._settle_waiters:
+            if seq <= done:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((seq, waiter))
+        self._settle_waiters = still
 
     def _set_idle(self):
         waiters, self._idle = self._idle, []
@@ -153,6 +189,7 @@ class Lane:
         for event in undelivered:
             self.failed += 1
             await self._fail(event, error)
+        self._wake_settled()
         self._set_idle()
         return len(undelivered)
 

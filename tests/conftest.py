@@ -30,6 +30,8 @@ async def _pop_loop(hub):
     """pop's loop helpers need the running loop."""
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     yield
+    # Lanes that a test made with propagate() alone end with the test
+    await hub.evbus.route.close(timeout=1)
 
 
 def add_ingress(hub, *names: str):
@@ -89,3 +91,15 @@ async def running(hub):
         if not task.done():
             await hub.evbus.init.stop(timeout=10)
             await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture
+def error_sink(hub, monkeypatch):
+    """
+    Point error_callback_ref at tests/plugins/my_app/errors.py:handle, through
+    the environment as a user would; returns the list of error dicts it receives.
+    """
+    hub.pop.sub.add(static=[str(PLUGINS / "my_app")], subname="my_app")
+    monkeypatch.setenv("EVBUS_ERROR_CALLBACK_REF", "my_app.errors.handle")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    return hub.my_app.errors.RECEIVED

@@ -8,7 +8,7 @@ The path of one event, one function per hop::
       -> Event                    evbus.types.Event          frozen: profile, routing_key, body, id, ...
       -> broker queue             hub.evbus.BUS              queue.Queue until init(), then asyncio.Queue
       -> listener                 evbus.init.start           one task; takes events in order
-      -> propagate                evbus.broker.propagate     hands the event to its lanes
+      -> propagate                evbus.broker.propagate     hands the event to its lanes (no wait)
       -> match                    evbus.route (match.<plugin>.find), once per event profile name
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
       -> ingress publish          ingress.<plugin>.publish(ctx, routing_key, body)
@@ -218,18 +218,22 @@ async def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile
     await bus.put(new_event)
 
 
-async def propagate(hub, contexts: dict[str, Any], event: Event):
+async def propagate(hub, contexts: dict[str, Any], event: Event, wait: bool = True):
     """
     Hand one event to the lane of every (ingress plugin, profile) whose profile
     name pattern matches ``event.profile``.
 
-    Returns once the event is queued on its lanes; each lane publishes in order.
-
     :param contexts: The output of ``hub.evbus.acct.profiles``
     :param event: The event to deliver
+    :param wait: Return once every lane has published the event (or failed to);
+        the listener passes False and goes on with the next event at once
     """
-    for lane in hub.evbus.route.lanes(contexts, event.profile):
-        lane.put(event)
+    lanes = hub.evbus.route.lanes(contexts, event.profile)
+    if wait:
+        await asyncio.gather(*(lane.settled(lane.put(event)) for lane in lanes))
+    else:
+        for lane in lanes:
+            lane.put(event)
 
 
 def stats(hub) -> dict[str, Any]:

@@ -66,7 +66,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             if isinstance(event, Stop):
                 stop_item = event
                 break
-            await propagate(contexts, event)
+            await propagate(contexts, event, wait=False)
     finally:
         hub.evbus.init.RUNNING = False
         if hub.evbus.init.STOP is stop_item:
