@@ -10,8 +10,8 @@ CLI_CONFIG = {
     "match_plugin": {"subcommands": ["_global_"]},
     "error_callback_ref": {"subcommands": ["_global_"]},
     "stop_timeout": {"subcommands": ["_global_"]},
-    "acct_file": {"source": "acct", "os": "ACCT_FILE", "subcommands": ["_global_"]},
-    "acct_key": {"source": "acct", "os": "ACCT_KEY", "subcommands": ["_global_"]},
+    "acct_file": {"subcommands": ["_global_"]},
+    "acct_key": {"subcommands": ["_global_"]},
     "events": {
         "positional": True,
         "nargs": "*",
@@ -58,6 +58,18 @@ CONFIG = {
         "type": float,
         "os": "EVBUS_STOP_TIMEOUT",
         "help": "Seconds stop() waits for the lanes to deliver what was put before it",
+    },
+    "acct_file": {
+        "default": None,
+        "type": str,
+        "os": "ACCT_FILE",
+        "help": "The acct file with the ingress profiles (encrypted with 'acct encrypt', or plain YAML)",
+    },
+    "acct_key": {
+        "default": None,
+        "type": str,
+        "os": "ACCT_KEY",
+        "help": "The key of the encrypted acct file",
     },
     "profile": {
         "default": "default",

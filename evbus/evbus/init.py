@@ -4,6 +4,7 @@ them to their lanes; ``stop()`` drains the lanes and ends it; ``join()`` waits
 until it runs.
 """
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -49,6 +50,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     try:
         if contexts is None:
             contexts = {}
+        hub.evbus.broker.serializer()
+        hub.evbus.route.error_callback()
         router = hub.evbus.route.router(contexts)
         bus: asyncio.Queue = await hub.evbus.broker.init()
     except Exception as e:
@@ -126,3 +129,10 @@ async def join(hub, timeout: float | None = 60.0):
             raise EvbusTimeoutError(f"The event bus listener did not start within {timeout} s")
         await asyncio.sleep(delay)
         delay = min(0.05, delay + 0.001)
+
+
+def cli(hub):
+    """
+    The ``evbus`` command: load the config, run the subcommand, exit with its status.
+    """
+    sys.exit(hub.evbus.cli.run())

@@ -190,6 +190,10 @@ def router(hub, contexts: Any) -> Router:
     on_failure = _failure_handler(hub, contexts)
     lanes = []
     for plugin_name, provider, name, profile in hub.evbus.route.destinations(contexts):
+        try:
+            find("", name)
+        except Exception as e:
+            raise ProfileError(provider, name, f"the name is not a valid {match_name} pattern: {e}") from None
         hub.evbus.MASK.learn(profile)
         lanes.append(
             Lane(
@@ -307,7 +311,11 @@ def _failure_handler(hub, contexts: Any):
             f"ingress.{lane.plugin} profile '{lane.profile}': {text}",
             extra={"evbus_internal": True},
         )
-        callback = hub.evbus.route.error_callback()
+        try:
+            callback = hub.evbus.route.error_callback()
+        except Exception as e:
+            hub.log.error(mask.exception(e), extra={"evbus_internal": True})
+            return
         if callback is None:
             return
         if masked_contexts is None:

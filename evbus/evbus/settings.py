@@ -17,6 +17,7 @@ DEFAULTS = {
     "match_plugin": "glob",
     "error_callback_ref": None,
     "stop_timeout": 30.0,
+    "timeout": 5.0,
 }
 
 
@@ -24,15 +25,28 @@ def __init__(hub):
     hub.evbus.settings.APPLIED = None
 
 
+# Options that are numbers; environment variables arrive as text
+NUMBERS = ("stop_timeout", "timeout")
+
+
 def get(hub, name: str) -> Any:
     """
     :param name: An option of the evbus dyne
-    :return: Its value from the loaded config, else its default
+    :return: Its value from the loaded config (numbers as float), else its default
+    :raises ConfigError: for a number option whose value is not a number
     """
     opt = hub.OPT.get("evbus") if hasattr(hub, "OPT") else None
-    if opt is not None and opt.get(name) is not None:
-        return opt[name]
-    return DEFAULTS.get(name)
+    value = opt.get(name) if opt is not None else None
+    if value is None:
+        return DEFAULTS.get(name)
+    if name in NUMBERS:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"The option {name} must be a number of seconds, not {value!r}") from None
+        if value < 0:
+            raise ConfigError(f"The option {name} must not be negative, not {value!r}")
+    return value
 
 
 def apply(hub):
@@ -44,9 +58,9 @@ def apply(hub):
     opt = getattr(hub, "OPT", None)
     if hub.evbus.settings.APPLIED is opt:
         return
-    hub.evbus.settings.APPLIED = opt
     evbus_opt = opt.get("evbus") if opt is not None else None
     if not evbus_opt:
+        hub.evbus.settings.APPLIED = opt
         return
     serialize_name = evbus_opt.get("serial_plugin") or evbus_opt.get("serialize_plugin")
     # Keep a name the program set itself; otherwise take the config's
@@ -58,7 +72,10 @@ def apply(hub):
     # Fail here, at load, for names that do not exist
     hub.evbus.broker.serializer()
     hub.evbus.route.match_function(hub.match.PLUGIN)
-    hub.evbus.route.error_callback()
+    for name in NUMBERS:
+        hub.evbus.settings.get(name)
+    # Only a config that passed is marked applied: a bad one raises on every use
+    hub.evbus.settings.APPLIED = opt
 
 
 def plugin(hub, sub_name: str, name: str):

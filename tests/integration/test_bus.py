@@ -335,3 +335,13 @@ async def test_propagate_directly_survives_a_failing_plugin(hub, error_sink):
     await hub.evbus.broker.propagate(contexts, hub.evbus.broker.Event(profile="x", body=b"1"))
     assert (await hub.ingress.internal.get()).get_nowait() == b"1"
     assert [e["plugin"] for e in error_sink] == ["failing"]
+
+
+async def test_invalid_pattern_is_a_profile_error_at_start(hub):
+    from evbus.exc import ProfileError
+
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"*": {}}})
+    contexts["match_plugin"] = "regex"
+    with pytest.raises(ProfileError) as info:
+        await hub.evbus.init.start(contexts)
+    assert "'internal'" in str(info.value) and "'*'" in str(info.value) and "regex" in str(info.value)

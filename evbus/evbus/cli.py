@@ -1,0 +1,109 @@
+"""
+The ``evbus`` command line.
+
+``evbus publish [EVENT ...]`` publishes each EVENT (a JSON document) or, with
+none given, each JSON line of stdin, to the profiles of the acct file
+(``--acct-file``/``ACCT_FILE``); with no configuration at all, to the internal
+ingress. It prints every event that arrives on the internal ingress as a JSON
+line and a summary on stderr; the exit status is 1 when a publish failed.
+"""
+import asyncio
+import json
+import sys
+from typing import Any
+
+import msgpack
+
+from evbus.exc import EvbusError
+
+# The embedded default: every event profile goes to the internal ingress
+MATCH_ALL = {"glob": "*", "regex": ".*"}
+
+
+def run(hub) -> int:
+    """
+    Load the config, run the chosen subcommand in a new loop, and return the exit status.
+    """
+    hub.pop.config.load(["evbus"], cli="evbus")
+    if hub.SUBPARSER != "publish":
+        hub.args.PARSER.print_help(sys.stderr)
+        return 2
+    try:
+        hub.evbus.settings.apply()
+        events = hub.evbus.cli.read_events(hub.OPT.evbus.events)
+        return asyncio.run(hub.evbus.cli.publish(events))
+    except (EvbusError, ValueError) as e:
+        print(f"evbus: {hub.evbus.MASK.text(e)}", file=sys.stderr)
+        return 2
+
+
+def read_events(hub, args: list[str] | tuple) -> list[Any]:
+    """
+    :param args: JSON documents from the command line; when empty, JSON lines are read from stdin
+    :return: The decoded event bodies
+    :raises ValueError: naming the argument or line that is not JSON
+    """
+    if args:
+        sources = [(f"argument {n}", text) for n, text in enumerate(args, 1)]
+    elif sys.stdin is None or sys.stdin.isatty():
+        sources = []
+    else:
+        sources = [(f"stdin line {n}", line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+    bodies = []
+    for where, text in sources:
+        try:
+            bodies.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where} is not JSON: {e}") from None
+    return bodies
+
+
+async def publish(hub, bodies: list[Any]) -> int:
+    """
+    Publish event bodies to the configured profiles and print what arrives internally.
+
+    :param bodies: Event bodies
+    :return: 0 when every publish succeeded, else 1
+    """
+    opt = hub.OPT.evbus
+    timeout = hub.evbus.settings.get("timeout")
+    hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    if "internal" not in contexts:
+        match_all = MATCH_ALL.get(hub.match.PLUGIN, "*")
+        contexts.update(await hub.evbus.acct.profiles(acct_data={"internal": {match_all: {}}}))
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    try:
+        await hub.evbus.init.join(timeout=timeout)
+        for body in bodies:
+            await hub.evbus.broker.put(routing_key=opt.routing_key, body=body, profile=opt.profile)
+    finally:
+        undelivered = await hub.evbus.init.stop(timeout=timeout)
+        await asyncio.gather(listener, return_exceptions=True)
+
+    for routing_key, queue in hub.ingress.internal.QUEUE.items():
+        while not queue.empty():
+            body = _decode(queue.get_nowait())
+            print(json.dumps({"routing_key": routing_key, "body": body}, default=repr), flush=True)
+
+    lanes = hub.evbus.broker.stats()["lanes"]
+    failed = sum(lane["failed"] for lane in lanes)
+    published = sum(lane["published"] for lane in lanes)
+    print(
+        f"evbus: {len(bodies)} event(s) put, {published} published on {len(lanes)} lane(s), "
+        f"{failed} failed" + (f" ({undelivered} not delivered before the timeout)" if undelivered else ""),
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def _decode(body: bytes) -> Any:
+    """Turn a serialized body back into data for printing."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        pass
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except Exception:
+        return body.decode(errors="replace")

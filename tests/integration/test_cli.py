@@ -1,0 +1,89 @@
+"""The evbus command, run as a user runs it."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import msgpack
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EVBUS = pathlib.Path(sys.executable).parent / "evbus"
+
+
+def evbus(*args, stdin: str | None = None, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(EVBUS), *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        cwd=cwd,
+    )
+
+
+def lines(out: str) -> list:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_publish_arguments_on_the_embedded_default(tmp_path):
+    out = evbus("publish", '{"message": "hello"}', '{"message": "world"}', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [
+        {"routing_key": None, "body": {"message": "hello"}},
+        {"routing_key": None, "body": {"message": "world"}},
+    ]
+    assert "2 published" in out.stderr and "0 failed" in out.stderr
+
+
+def test_publish_json_lines_from_stdin(tmp_path):
+    stdin = "".join(json.dumps({"n": n}) + "\n" for n in range(50)) + "\n"
+    out = evbus("publish", "--routing-key", "rk", "--profile", "mine", stdin=stdin, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [{"routing_key": "rk", "body": {"n": n}} for n in range(50)]
+
+
+def test_bad_json_is_a_clear_error(tmp_path):
+    out = evbus("publish", "{}", "{oops", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "argument 2 is not JSON" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""
+
+
+def test_unknown_serializer_is_a_clear_error(tmp_path):
+    out = evbus("--serialize-plugin", "yaml", "publish", "1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Unknown serialize plugin 'yaml'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serializer_by_flag_and_env_and_config_file(tmp_path):
+    config = tmp_path / "evbus.yml"
+    config.write_text("evbus:\n  serialize_plugin: msgpack\n  match_plugin: regex\n")
+    by_flag = evbus("--serialize-plugin", "msgpack", "publish", "[1]", cwd=tmp_path)
+    by_env = evbus("publish", "[1]", env={"EVBUS_SERIALIZE_PLUGIN": "msgpack"}, cwd=tmp_path)
+    by_file = evbus("--config", str(config), "publish", "[1]", cwd=tmp_path)
+    for out in (by_flag, by_env, by_file):
+        assert out.returncode == 0, out.stderr
+        assert lines(out.stdout) == [{"routing_key": None, "body": [1]}]
+
+
+def test_profiles_from_an_acct_file(tmp_path):
+    acct = tmp_path / "acct.yml"
+    acct.write_text("internal:\n  'idem-*':\n    routing_key: idem\n")
+    out = evbus("publish", "--profile", "idem-run", "1", env={"ACCT_FILE": str(acct)}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [{"routing_key": "idem", "body": 1}]
+    unmatched = evbus("publish", "--profile", "other", "1", env={"ACCT_FILE": str(acct)}, cwd=tmp_path)
+    assert unmatched.returncode == 0 and lines(unmatched.stdout) == []
+
+
+def test_no_subcommand_shows_help(tmp_path):
+    out = evbus(cwd=tmp_path)
+    assert out.returncode == 2
+    assert "publish" in out.stderr
