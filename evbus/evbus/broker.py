@@ -8,14 +8,18 @@ The path of one event, one function per hop::
       -> Event                    evbus.types.Event          frozen: profile, routing_key, body, id, ...
       -> broker queue             hub.evbus.BUS              queue.Queue until init(), then asyncio.Queue
       -> listener                 evbus.init.start           one task; takes events in order
-      -> propagate                evbus.broker.propagate     hands the event to its lanes (no wait)
-      -> match                    evbus.route (match.<plugin>.find), once per event profile name
+      -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
       -> ingress publish          ingress.<plugin>.publish(ctx, routing_key, body)
 
 A slow or failing destination only holds up its own lane.
+
+``put`` and ``put_nowait`` are the hot path: they make no hub calls once the
+bus is set up (a hub call costs microseconds in pop); what they need is
+resolved once and kept in :class:`BrokerState`.
 """
 import asyncio
+import functools
 import queue
 import threading
 from typing import Any
@@ -23,9 +27,18 @@ from typing import Any
 from evbus.exc import BusClosedError
 from evbus.exc import SerializeError
 from evbus.types import Event
+from evbus.types import make_event
 
 # Marks a missing ``body`` argument: ``None`` is a legitimate body.
 _MISSING = object()
+
+_get_ident = threading.get_ident
+_running_loop = asyncio._get_running_loop
+
+
+async def _queued():
+    """What ``put`` returns when the event is already on the queue: a coroutine
+    (not a bare awaitable), so that ``asyncio.create_task(put(...))`` works too."""
 
 
 class BrokerState:
@@ -43,17 +56,23 @@ class BrokerState:
         self.loop_thread: int | None = None
         self.closed = False
         self.put_count = 0
-        # (SERIAL_PLUGIN, serialize.PLUGIN, (name, apply, content type)) last resolved
-        self.serializer: tuple = ("json", "json", None)
+        # (SERIAL_PLUGIN, serialize.PLUGIN, name, apply function, content type) last resolved
+        self.serializer: tuple = ("json", "json", None, None, None)
 
 
 def __init__(hub):
     # Start with a thread-safe queue; init() moves its events into an asyncio.Queue
     hub.evbus.BUS = queue.Queue()
     hub.evbus.SERIAL_PLUGIN = "json"
-    hub.evbus.broker.STATE = BrokerState()
+    broker = hub.evbus.broker
+    broker.STATE = BrokerState()
     # Classes are not put on the hub; expose the Event dataclass as upstream did
-    hub.evbus.broker.Event = Event
+    broker.Event = Event
+    # The hot functions: kept in the module's own namespace (a dict hit instead
+    # of pop's fallback through a failed module attribute lookup), and called
+    # without pop's per-call wrapper where it has no contract to run
+    for name in ("put", "put_nowait"):
+        setattr(broker, name, HubFunction.of(hub, broker._attrs[name]))
 
 
 async def init(hub) -> asyncio.Queue:
@@ -64,7 +83,10 @@ async def init(hub) -> asyncio.Queue:
     again from another loop, the queue is rebuilt on that loop.
     """
     hub.evbus.settings.apply()
-    state: BrokerState = hub.evbus.broker.STATE
+    return _bind(hub, hub.evbus.broker.STATE)
+
+
+def _bind(hub, state: BrokerState) -> asyncio.Queue:
     loop = asyncio.get_running_loop()
     if state.loop is loop:
         return hub.evbus.BUS
@@ -82,7 +104,7 @@ async def init(hub) -> asyncio.Queue:
                 new_bus.put_nowait(old.get_nowait())
         hub.evbus.BUS = new_bus
         state.loop = loop
-        state.loop_thread = threading.get_ident()
+        state.loop_thread = _get_ident()
     return new_bus
 
 
@@ -104,22 +126,30 @@ def event(hub, routing_key: str | None = None, body: Any = _MISSING, profile: st
     :raises TypeError: when an argument has the wrong type
     :raises SerializeError: when the serializer cannot encode the body
     """
+    return _new_event(hub, hub.evbus.broker.STATE, routing_key, body, profile)
+
+
+def _new_event(hub, state: BrokerState, routing_key, body, profile) -> Event:
     if body is _MISSING:
         raise TypeError("put() needs a body: put(routing_key=..., body=..., profile=...)")
-    if not isinstance(profile, str):
+    if profile.__class__ is not str and not isinstance(profile, str):
         raise TypeError(f"profile must be a str, not {type(profile).__name__}")
     if routing_key is not None and not isinstance(routing_key, str):
         raise TypeError(f"routing_key must be a str or None, not {type(routing_key).__name__}")
-    name, apply, content_type = hub.evbus.broker.serializer()
+    if hub.evbus.settings.APPLIED is not hub.OPT:
+        hub.evbus.settings.apply()
+    serial, legacy, name, apply, content_type = state.serializer
+    if apply is None or serial != hub.evbus.SERIAL_PLUGIN or legacy != hub.serialize.PLUGIN:
+        name, apply, content_type = _resolve_serializer(hub, state)
     try:
         data = apply(body)
     except RecursionError as e:
         raise SerializeError(name, type(body).__name__, f"circular or too deeply nested ({e})") from None
     except (TypeError, ValueError, OverflowError) as e:
         raise SerializeError(name, type(body).__name__, str(e)) from None
-    if isinstance(data, str):
-        data = data.encode()
-    return Event(profile, routing_key, data, content_type)
+    if data.__class__ is not bytes:
+        data = data.encode() if isinstance(data, str) else bytes(data)
+    return make_event(profile, routing_key, data, content_type)
 
 
 def serializer(hub) -> tuple[str, Any, str]:
@@ -134,17 +164,66 @@ def serializer(hub) -> tuple[str, Any, str]:
     :raises ConfigError: when the name is no loaded serialize plugin
     """
     state: BrokerState = hub.evbus.broker.STATE
+    serial, legacy, name, apply, content_type = state.serializer
+    if apply is not None and serial == hub.evbus.SERIAL_PLUGIN and legacy == hub.serialize.PLUGIN:
+        return name, apply, content_type
+    return _resolve_serializer(hub, state)
+
+
+def _resolve_serializer(hub, state: BrokerState) -> tuple[str, Any, str]:
+    last_serial, _, _, _, _ = state.serializer
     serial, legacy = hub.evbus.SERIAL_PLUGIN, hub.serialize.PLUGIN
-    last_serial, last_legacy, resolved = state.serializer
-    if resolved is not None and serial == last_serial and legacy == last_legacy:
-        return resolved
     # The attribute that differs from what was last resolved was set by the program
     name = serial if serial != last_serial and serial is not None else legacy
     plugin = hub.evbus.settings.plugin("serialize", name)
     hub.evbus.SERIAL_PLUGIN = hub.serialize.PLUGIN = name
-    resolved = (name, plugin.apply, getattr(plugin, "CONTENT_TYPE", "application/octet-stream"))
-    state.serializer = (name, name, resolved)
-    return resolved
+    content_type = getattr(plugin, "CONTENT_TYPE", "application/octet-stream")
+    apply = direct(hub, plugin.apply)
+    state.serializer = (name, name, name, apply, content_type)
+    return name, apply, content_type
+
+
+class HubFunction(functools.partial):
+    """
+    A hub function called without pop's per-call wrapper.
+
+    pop wraps every plugin function in a ``Contracted`` object whose call
+    runs the contracts and resolves parameter aliases; with neither to do it
+    still costs microseconds per call. For such a function this partial
+    (``func(hub, ...)``) is used instead; it keeps the ``ref``, ``signature``
+    and ``contracted`` of the original.
+    """
+
+    @classmethod
+    def of(cls, hub, contracted) -> Any:
+        """
+        :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
+        :return: A HubFunction for it, or the hub function itself when its wrapper has work to do
+        """
+        func = getattr(contracted, "func", None)
+        if (
+            func is None
+            or getattr(contracted, "_has_contracts", True)
+            or getattr(contracted, "param_aliases", None)
+            or not getattr(contracted, "implicit_hub", False)
+        ):
+            return contracted
+        fast = cls(func, hub)
+        fast.ref = getattr(contracted, "ref", None)
+        fast.signature = getattr(contracted, "signature", None)
+        fast.contracted = contracted
+        fast.__name__ = getattr(contracted, "__name__", func.__name__)
+        fast.__doc__ = func.__doc__
+        fast.__wrapped__ = func
+        return fast
+
+
+def direct(hub, contracted) -> Any:
+    """
+    :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
+    :return: It as a :class:`HubFunction` where pop's wrapper has nothing to do, else itself
+    """
+    return HubFunction.of(hub, contracted)
 
 
 def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
@@ -158,25 +237,29 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
     :raises SerializeError: when the body cannot be serialized (nothing is queued)
     :raises BusClosedError: after stop(), until the bus is started again
     """
-    hub.evbus.settings.apply()
-    new_event = hub.evbus.broker.event(routing_key, body, profile)
     state: BrokerState = hub.evbus.broker.STATE
+    new_event = _new_event(hub, state, routing_key, body, profile)
     if state.closed:
         raise BusClosedError("The event bus was stopped; start() it again before putting events")
-    with state.lock:
-        bus = hub.evbus.BUS
+    if state.loop_thread == _get_ident():
+        # The loop's own thread: nothing can swap the queue under us
         state.put_count += 1
-        if state.loop is None or state.loop_thread == threading.get_ident():
+        hub.evbus.BUS.put_nowait(new_event)
+        return
+    with state.lock:
+        state.put_count += 1
+        bus = hub.evbus.BUS
+        loop = state.loop
+        if loop is None:
             bus.put_nowait(new_event)
             return
-        loop = state.loop
     # Another thread than the loop's: hand the event to the loop
     try:
         loop.call_soon_threadsafe(bus.put_nowait, new_event)
     except RuntimeError:
         # The loop is closed: keep the event for the next loop
         with state.lock:
-            state.loop = None
+            state.loop = state.loop_thread = None
             hub.evbus.BUS = _requeue(hub.evbus.BUS, new_event)
 
 
@@ -192,13 +275,16 @@ def _requeue(bus, new_event: Event) -> queue.Queue:
     return fallback
 
 
-async def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
+def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
     """
-    Put an event on the bus.
+    Put an event on the bus; await the result.
 
     Both call styles work: ``put(routing_key=..., body=..., profile=...)``
     (positional in that order) and ``put(body=..., profile=...)``; without a
     routing key, the matched profile's ``routing_key`` is used.
+
+    The body is serialized and checked when ``put`` is called; the awaitable
+    it returns finishes once the event is on the broker queue.
 
     :param routing_key: The routing key; None to use the matched profile's routing_key
     :param body: The message body, serialized here by the configured serialize plugin
@@ -206,14 +292,20 @@ async def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile
     :raises SerializeError: when the body cannot be serialized (nothing is queued)
     :raises BusClosedError: after stop(), until the bus is started again
     """
-    hub.evbus.settings.apply()
-    new_event = hub.evbus.broker.event(routing_key, body, profile)
     state: BrokerState = hub.evbus.broker.STATE
+    new_event = _new_event(hub, state, routing_key, body, profile)
     if state.closed:
         raise BusClosedError("The event bus was stopped; start() it again before putting events")
-    bus = hub.evbus.BUS
-    if state.loop is not asyncio.get_running_loop():
-        bus = await hub.evbus.broker.init()
+    if state.loop is not None and state.loop is _running_loop():
+        state.put_count += 1
+        hub.evbus.BUS.put_nowait(new_event)
+        return _queued()
+    return _put_binding(hub, state, new_event)
+
+
+async def _put_binding(hub, state: BrokerState, new_event: Event):
+    """The first put in a loop: bind the queue to it, then queue the event."""
+    bus = _bind(hub, state)
     state.put_count += 1
     await bus.put(new_event)
 
@@ -225,8 +317,7 @@ async def propagate(hub, contexts: dict[str, Any], event: Event, wait: bool = Tr
 
     :param contexts: The output of ``hub.evbus.acct.profiles``
     :param event: The event to deliver
-    :param wait: Return once every lane has published the event (or failed to);
-        the listener passes False and goes on with the next event at once
+    :param wait: Return once every lane has published the event (or failed to)
     """
     lanes = hub.evbus.route.lanes(contexts, event.profile)
     if wait:

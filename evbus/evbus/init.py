@@ -61,15 +61,27 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     hub.evbus.broker.STATE.closed = False
     hub.evbus.STARTED = True
     hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
-    propagate = hub.evbus.broker.propagate
+    route_state = hub.evbus.route.STATE
+    match = router.match
     stop_item = None
     try:
-        while True:
+        while stop_item is None:
             event = await bus.get()
-            if isinstance(event, Stop):
-                stop_item = event
-                break
-            await propagate(contexts, event, wait=False)
+            # Propagate: hand each event to its lanes, without waiting for them;
+            # take every event already queued before yielding to the loop again
+            while True:
+                if event.__class__ is Stop:
+                    stop_item = event
+                    break
+                lanes = match(event.profile)
+                if lanes:
+                    for lane in lanes:
+                        lane.put(event)
+                else:
+                    route_state.unrouted += 1
+                if bus.empty():
+                    break
+                event = bus.get_nowait()
     finally:
         hub.evbus.init.RUNNING = False
         if hub.evbus.init.STOP is stop_item:

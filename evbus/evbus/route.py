@@ -195,14 +195,16 @@ def router(hub, contexts: Any) -> Router:
         except Exception as e:
             raise ProfileError(provider, name, f"the name is not a valid {match_name} pattern: {e}") from None
         hub.evbus.MASK.learn(profile)
+        send, inline = _sender(hub, plugins[plugin_name][0], plugin_name)
         lanes.append(
             Lane(
                 plugin=plugin_name,
                 provider=provider,
                 profile=name,
                 ctx=data.NamespaceDict(acct=data.NamespaceDict(profile)),
-                send=_sender(plugins[plugin_name][0], plugin_name),
+                send=send,
                 on_failure=on_failure,
+                inline=inline,
             )
         )
     new_router = Router(contexts, lanes, find)
@@ -263,36 +265,64 @@ async def close(hub, timeout: float | None) -> int:
     return undelivered
 
 
-def _sender(plugin, plugin_name: str):
-    """
-    Adapt an ingress plugin's publish to ``send(ctx, routing_key, body)``.
+# publish(hub, ctx, routing_key, body): the parameters of the ingress contract
+SEED_PARAMS = ["ctx", "routing_key", "body"]
 
-    Plugins of both generations work: ``publish(ctx, routing_key, body)`` and
-    ``publish(ctx, body)`` (routing key read from ``ctx.acct.routing_key``).
-    """
-    publish = plugin.publish
-    signature = getattr(publish, "signature", None)
+
+def _params(func) -> list[str]:
+    signature = getattr(func, "signature", None)
     if signature is None:
-        signature = inspect.signature(publish)
-    params = [p for p in signature.parameters if p != "hub"]
+        signature = inspect.signature(func)
+    return [p for p in signature.parameters if p != "hub"]
+
+
+def _sender(hub, plugin, plugin_name: str):
+    """
+    Adapt an ingress plugin to ``send(ctx, routing_key, body)``, which returns
+    an awaitable, or None when the event is already published.
+
+    :return: (send, whether send never waits)
+
+    In order of preference: ``publish_nowait(ctx, routing_key, body)`` (a
+    plugin that never waits), ``publish(ctx, routing_key, body)``, and
+    ``publish(ctx, body)`` of pop-evbus 6.x and later (routing key in
+    ``ctx.acct.routing_key``).
+    """
+    nowait = getattr(plugin, "publish_nowait", None)
+    if nowait is not None and _params(nowait) == SEED_PARAMS:
+        return hub.evbus.broker.direct(nowait), True
+
+    publish = plugin.publish
+    params = _params(publish)
+    call = hub.evbus.broker.direct(publish)
+    if not (inspect.iscoroutinefunction(publish) or inspect.iscoroutinefunction(getattr(publish, "func", None))):
+        # A synchronous publish: its result is awaited only when it is awaitable
+        sync_call = call
+
+        def call(*args, **kwargs):
+            ret = sync_call(*args, **kwargs)
+            return ret if hasattr(ret, "__await__") else None
+
+    if params == SEED_PARAMS:
+        return call, False
     if "routing_key" in params:
 
         def send(ctx, routing_key, body):
-            return publish(ctx=ctx, routing_key=routing_key, body=body)
+            return call(ctx=ctx, routing_key=routing_key, body=body)
 
-    elif "body" in params and "ctx" in params:
+        return send, False
+    if "body" in params and "ctx" in params:
 
         def send(ctx, routing_key, body):
             if routing_key != ctx.acct.get("routing_key"):
                 ctx = data.NamespaceDict(acct=data.NamespaceDict(ctx.acct, routing_key=routing_key))
-            return publish(ctx=ctx, body=body)
+            return call(ctx=ctx, body=body)
 
-    else:
-        raise IngressPluginError(
-            f"ingress.{plugin_name}.publish takes ({', '.join(params)}); expected "
-            f"publish(hub, ctx, routing_key, body) or publish(hub, ctx, body)"
-        )
-    return send
+        return send, False
+    raise IngressPluginError(
+        f"ingress.{plugin_name}.publish takes ({', '.join(params)}); expected "
+        f"publish(hub, ctx, routing_key, body) or publish(hub, ctx, body)"
+    )
 
 
 def _failure_handler(hub, contexts: Any):

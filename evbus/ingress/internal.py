@@ -43,7 +43,16 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
     :param routing_key: The queue to put the body on
     :param body: The serialized event body
     """
-    channel = hub.ingress.internal.QUEUE.get(routing_key)
+    hub.ingress.internal.publish_nowait(ctx, routing_key, body)
+
+
+def publish_nowait(hub, ctx, routing_key: str, body: bytes):
+    """
+    The same as ``publish``, for callers that cannot await: it never waits.
+    Lanes call it instead of ``publish`` (see the ingress contract).
+    """
+    queues = hub.ingress.internal.QUEUE
+    channel = queues.get(routing_key)
     if channel is None:
-        channel = await hub.ingress.internal.get(routing_key)
+        channel = queues[routing_key] = asyncio.Queue()
     channel.put_nowait(body)

@@ -48,12 +48,31 @@ def _finite(data):
 _ENCODER = json.JSONEncoder(default=_default, allow_nan=False, separators=(", ", ": "))
 
 
+def _c_encoder():
+    """
+    The C encoder behind ``_ENCODER``, made once instead of on every call as
+    ``JSONEncoder.encode`` does; same output (``json.dumps``' separators, ASCII).
+    Without cycle markers it keeps no state, so threads can share it; a cycle
+    ends in a RecursionError, which ``put`` reports as a circular body.
+    """
+    if json.encoder.c_make_encoder is None:
+        return None
+    return json.encoder.c_make_encoder(
+        None, _default, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, False
+    )
+
+
+_C_ENCODE = _c_encoder()
+
+
 def apply(hub, data) -> bytes:
     """
     :param data: The event body
     :return: UTF-8 JSON
     """
     try:
+        if _C_ENCODE is not None:
+            return "".join(_C_ENCODE(data, 0)).encode()
         return _ENCODER.encode(data).encode()
     except ValueError as e:
         if "Circular reference" in str(e):

@@ -345,3 +345,46 @@ async def test_invalid_pattern_is_a_profile_error_at_start(hub):
     with pytest.raises(ProfileError) as info:
         await hub.evbus.init.start(contexts)
     assert "'internal'" in str(info.value) and "'*'" in str(info.value) and "regex" in str(info.value)
+
+
+async def test_never_waiting_plugin_failures_are_reported_in_order(hub, running, error_sink):
+    """A publish_nowait plugin is published inline; its failures still reach the error callback."""
+    add_ingress(hub, "nowait_failing")
+    await running({"nowait_failing": {"default": {}}})
+    for n in range(10):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    assert hub.ingress.nowait_failing.SEEN == [0, 2, 4, 6, 8]
+    assert [json.loads(e["body"]) for e in error_sink] == [1, 3, 5, 7, 9]
+    assert all("odd body" in str(e["exception"]) for e in error_sink)
+    [lane] = hub.evbus.broker.stats()["lanes"]
+    assert (lane["published"], lane["failed"], lane["depth"]) == (5, 5, 0)
+
+
+async def test_put_works_as_a_task(hub, running):
+    """put() returns a coroutine: create_task and gather take it."""
+    await running({"internal": {"default": {}}})
+    await asyncio.create_task(hub.evbus.broker.put(body=1))
+    await asyncio.gather(hub.evbus.broker.put(body=2), hub.evbus.broker.put(body=3))
+    assert await take_json(await hub.ingress.internal.get(), 3) == [1, 2, 3]
+
+
+async def test_put_from_a_new_loop_after_the_first_closed(hub):
+    """The bus follows the running loop: events put in a finished loop are delivered in the next."""
+
+    def first_loop():
+        async def main():
+            await hub.evbus.broker.put(body="from-loop-1")
+
+        asyncio.run(main())
+
+    await asyncio.get_running_loop().run_in_executor(None, first_loop)
+    hub.evbus.broker.put_nowait(body="between")
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=5)
+    await hub.evbus.broker.put(body="from-loop-2")
+    await hub.evbus.init.stop()
+    await asyncio.wait_for(listener, 5)
+    queue = await hub.ingress.internal.get()
+    assert [json.loads(queue.get_nowait()) for _ in range(queue.qsize())] == ["from-loop-1", "between", "from-loop-2"]

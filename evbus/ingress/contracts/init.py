@@ -17,4 +17,8 @@ declares no ``sig_publish``: pop checks a signature's names and annotations
 exactly and would reject one of the two generations. evbus checks the ACCT
 list and the publish function when the bus starts
 (:func:`evbus.evbus.route.ingress_plugins`).
+
+A plugin whose publish can never wait (an in-process queue) may also offer
+``def publish_nowait(hub, ctx, routing_key, body)``; lanes then call it
+instead of ``publish`` and save a coroutine per event.
 """

@@ -1,0 +1,200 @@
+"""
+End-to-end figures of the internal ingress: put -> arrival on the internal queue.
+
+    python bench/internal.py [--events 100000] [--latency 2000] [--rounds 3] [--upstream]
+
+For each implementation, in its own process and interleaved round by round:
+
+- throughput: events/s from the first put until the last of ``--events``
+  small dict events has arrived on the internal queue (a consumer task takes
+  them as they come);
+- latency: p50/p99 put -> arrival of ``--latency`` events sent one at a time.
+
+Implementations:
+
+- ``evbus``: this project, through ``hub.evbus.broker.put(body=..., profile=...)``;
+- ``relay``: the baseline of a raw one-hop relay: an ``asyncio.Queue``, a
+  listener task, ``json.dumps``, the consumer's queue;
+- ``upstream``: pop-evbus 7.0.1, driven through the same hub calls, from a
+  virtual environment of its own (``--upstream`` builds it in
+  ``bench/.upstream-venv`` when missing; it never shares an environment with
+  evbus, whose dynes would merge with it).
+
+The figures are medians over the rounds. Ratios are paired: each round
+measures every implementation back to back, the ratio is taken within the
+round, and the median of those ratios is printed (the machine's noise hits
+both sides of a pair alike).
+"""
+import argparse
+import asyncio
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+UPSTREAM_VENV = HERE / ".upstream-venv"
+UPSTREAM_REQUIREMENT = "pop-evbus==7.0.1"
+
+
+def body(n: int) -> dict:
+    return {"n": n, "message": "event content", "tags": {"run": "bench"}}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def _consume(queue: asyncio.Queue, count: int):
+    for _ in range(count):
+        await queue.get()
+
+
+async def run_pop(events: int, latency: int) -> dict:
+    """Drive a pop-evbus style hub (evbus or upstream, whichever is installed)."""
+    import pop.hub
+
+    sys.argv = [sys.argv[0]]
+    hub = pop.hub.Hub()
+    hub.pop.sub.add(dyne_name="evbus")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {"routing_key": "bench"}}})
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join()
+    queue = await hub.ingress.internal.get(routing_key="bench")
+    put = hub.evbus.broker.put
+
+    async def throughput(count: int) -> float:
+        consumer = asyncio.create_task(_consume(queue, count))
+        started = time.perf_counter()
+        for n in range(count):
+            await put(body=body(n), profile="default")
+        await consumer
+        return count / (time.perf_counter() - started)
+
+    await throughput(min(2000, events))  # warm-up
+    eps = await throughput(events)
+    latencies = []
+    for n in range(latency):
+        started = time.perf_counter()
+        await put(body=body(n), profile="default")
+        await queue.get()
+        latencies.append(time.perf_counter() - started)
+    await hub.evbus.init.stop()
+    await listener
+    return {"eps": eps, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+async def run_relay(events: int, latency: int) -> dict:
+    """The baseline: one asyncio.Queue, one listener task, json.dumps, the consumer's queue."""
+    bus: asyncio.Queue = asyncio.Queue()
+    out: asyncio.Queue = asyncio.Queue()
+
+    async def listen():
+        while True:
+            item = await bus.get()
+            if item is None:
+                return
+            out.put_nowait(item)
+
+    async def put(body, profile="default"):
+        await bus.put((profile, json.dumps(body).encode()))
+
+    listener = asyncio.create_task(listen())
+
+    async def throughput(count: int) -> float:
+        consumer = asyncio.create_task(_consume(out, count))
+        started = time.perf_counter()
+        for n in range(count):
+            await put(body=body(n), profile="default")
+        await consumer
+        return count / (time.perf_counter() - started)
+
+    await throughput(min(2000, events))
+    eps = await throughput(events)
+    latencies = []
+    for n in range(latency):
+        started = time.perf_counter()
+        await put(body=body(n))
+        await out.get()
+        latencies.append(time.perf_counter() - started)
+    bus.put_nowait(None)
+    await listener
+    return {"eps": eps, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+def build_upstream() -> pathlib.Path:
+    """Make the upstream virtual environment if it is missing; return its python."""
+    python = UPSTREAM_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"building {UPSTREAM_VENV} with {UPSTREAM_REQUIREMENT} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(UPSTREAM_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", UPSTREAM_REQUIREMENT], check=True)
+    return python
+
+
+def measure(python: str, kind: str, events: int, latency: int, cwd: pathlib.Path) -> dict:
+    """Run one round of one implementation in a fresh process."""
+    out = subprocess.run(
+        [python, str(HERE / "internal.py"), "--worker", kind, "--events", str(events), "--latency", str(latency)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=1800,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--latency", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--upstream", action="store_true", help="also measure pop-evbus 7.0.1 (builds its venv)")
+    parser.add_argument("--worker", choices=["evbus", "relay", "upstream"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        runner = run_relay if args.worker == "relay" else run_pop
+        print(json.dumps(asyncio.run(runner(args.events, args.latency))))
+        return
+
+    kinds = {"evbus": (sys.executable, HERE.parent), "relay": (sys.executable, HERE.parent)}
+    if args.upstream:
+        # Run upstream from a directory where this project's dynes are not on sys.path
+        kinds["upstream"] = (str(build_upstream()), UPSTREAM_VENV)
+    results: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for round_ in range(args.rounds):
+        for kind, (python, cwd) in kinds.items():
+            results[kind].append(measure(python, kind, args.events, args.latency, cwd))
+            print(f"round {round_ + 1} {kind}: {results[kind][-1]['eps']:,.0f} events/s", file=sys.stderr)
+
+    med = {
+        kind: {key: statistics.median(r[key] for r in rounds) for key in ("eps", "p50", "p99")}
+        for kind, rounds in results.items()
+    }
+    print(f"internal ingress, {args.events:,} events, latency over {args.latency:,} single events, "
+          f"median of {args.rounds} rounds")
+    print(f"{'':10} {'events/s':>12} {'p50 µs':>10} {'p99 µs':>10}")
+    for kind, m in med.items():
+        print(f"{kind:10} {m['eps']:>12,.0f} {m['p50'] * 1e6:>10.1f} {m['p99'] * 1e6:>10.1f}")
+    def paired(other: str, key: str) -> float:
+        return statistics.median(
+            mine[key] / theirs[key] for mine, theirs in zip(results["evbus"], results[other])
+        )
+
+    print(f"evbus / relay:    {paired('relay', 'eps'):.2f}x events/s, p50 {paired('relay', 'p50'):.2f}x")
+    if "upstream" in med:
+        print(
+            f"evbus / upstream: {paired('upstream', 'eps'):.2f}x events/s, p50 {paired('upstream', 'p50'):.2f}x "
+            f"(target: >= 10x events/s, <= 0.5x p50)"
+        )
+
+if __name__ == "__main__":
+    main()
