@@ -103,7 +103,6 @@ SUBCOMMANDS = {
 }
 
 DYNE = {
-    "acct": ["acct"],
     "evbus": ["evbus"],
     "ingress": ["ingress"],
     "log": ["log"],
