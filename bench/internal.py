@@ -53,6 +53,16 @@ async def _consume(queue: asyncio.Queue, count: int):
         await queue.get()
 
 
+async def throughput(put, queue: asyncio.Queue, count: int) -> float:
+    """events/s from the first put until ``count`` events arrived on ``queue``."""
+    consumer = asyncio.create_task(_consume(queue, count))
+    started = time.perf_counter()
+    for n in range(count):
+        await put(body=body(n), profile="default")
+    await consumer
+    return count / (time.perf_counter() - started)
+
+
 async def run_pop(events: int, latency: int) -> dict:
     """Drive a pop-evbus style hub (evbus or upstream, whichever is installed)."""
     import pop.hub
@@ -68,16 +78,8 @@ async def run_pop(events: int, latency: int) -> dict:
     queue = await hub.ingress.internal.get(routing_key="bench")
     put = hub.evbus.broker.put
 
-    async def throughput(count: int) -> float:
-        consumer = asyncio.create_task(_consume(queue, count))
-        started = time.perf_counter()
-        for n in range(count):
-            await put(body=body(n), profile="default")
-        await consumer
-        return count / (time.perf_counter() - started)
-
-    await throughput(min(2000, events))  # warm-up
-    eps = await throughput(events)
+    await throughput(put, queue, min(2000, events))  # warm-up
+    eps = await throughput(put, queue, events)
     latencies = []
     for n in range(latency):
         started = time.perf_counter()
@@ -106,16 +108,8 @@ async def run_relay(events: int, latency: int) -> dict:
 
     listener = asyncio.create_task(listen())
 
-    async def throughput(count: int) -> float:
-        consumer = asyncio.create_task(_consume(out, count))
-        started = time.perf_counter()
-        for n in range(count):
-            await put(body=body(n), profile="default")
-        await consumer
-        return count / (time.perf_counter() - started)
-
-    await throughput(min(2000, events))
-    eps = await throughput(events)
+    await throughput(put, out, min(2000, events))
+    eps = await throughput(put, out, events)
     latencies = []
     for n in range(latency):
         started = time.perf_counter()

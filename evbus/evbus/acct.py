@@ -54,11 +54,7 @@ async def profiles(
     if not isinstance(acct_data, Mapping):
         raise ConfigError(f"acct data must be a mapping of provider -> profiles, not {type(acct_data).__name__}")
 
-    accepted = {
-        provider: plugin_name
-        for plugin_name, (_, providers) in hub.evbus.route.ingress_plugins().items()
-        for provider in providers
-    }
+    accepted = {provider for _, providers in hub.evbus.route.ingress_plugins().values() for provider in providers}
     contexts = data.NamespaceDict()
     for provider, provider_profiles in acct_data.items():
         if not isinstance(provider, str):
@@ -68,28 +64,13 @@ async def profiles(
             continue
         if provider_profiles is None:
             continue
-        if isinstance(provider_profiles, Mapping):
-            provider_profiles = [provider_profiles]
-        if not isinstance(provider_profiles, (list, tuple)):
-            raise ProfileError(
-                provider, None, f"expected {{profile name: data}}, got {type(provider_profiles).__name__}"
-            )
         contexts[provider] = []
-        for entry in provider_profiles:
-            if not isinstance(entry, Mapping):
-                raise ProfileError(provider, None, f"expected {{profile name: data}}, got {type(entry).__name__}")
-            for name, info in entry.items():
-                if not isinstance(name, str):
-                    raise ProfileError(provider, str(name), "a profile name must be a string")
-                if info is None:
-                    info = {}
-                if not isinstance(info, Mapping):
-                    raise ProfileError(provider, name, f"profile data must be a mapping, got {type(info).__name__}")
-                hub.evbus.MASK.learn(info)
-                contexts[provider].append(data.NamespaceDict({name: data.NamespaceDict(info)}))
-                processed = await _process(hub, provider, name, info)
-                if processed is not None:
-                    contexts[provider].append(data.NamespaceDict({name: processed}))
+        for name, info in hub.evbus.route.entries(provider, provider_profiles):
+            hub.evbus.MASK.learn(info)
+            contexts[provider].append(data.NamespaceDict({name: data.NamespaceDict(info)}))
+            processed = await _process(hub, provider, name, info)
+            if processed is not None:
+                contexts[provider].append(data.NamespaceDict({name: processed}))
     return contexts
 
 

@@ -152,6 +152,14 @@ def _new_event(hub, state: BrokerState, routing_key, body, profile) -> Event:
     return make_event(profile, routing_key, data, content_type)
 
 
+def _accept(hub, state: BrokerState, routing_key, body, profile) -> Event:
+    """The event of a put, once the bus takes events."""
+    new_event = _new_event(hub, state, routing_key, body, profile)
+    if state.closed:
+        raise BusClosedError("The event bus was stopped; start() it again before putting events")
+    return new_event
+
+
 def serializer(hub) -> tuple[str, Any, str]:
     """
     Resolve the serialize plugin in use.
@@ -238,9 +246,7 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
     :raises BusClosedError: after stop(), until the bus is started again
     """
     state: BrokerState = hub.evbus.broker.STATE
-    new_event = _new_event(hub, state, routing_key, body, profile)
-    if state.closed:
-        raise BusClosedError("The event bus was stopped; start() it again before putting events")
+    new_event = _accept(hub, state, routing_key, body, profile)
     if state.loop_thread == _get_ident():
         # The loop's own thread: nothing can swap the queue under us
         state.put_count += 1
@@ -293,9 +299,7 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
     :raises BusClosedError: after stop(), until the bus is started again
     """
     state: BrokerState = hub.evbus.broker.STATE
-    new_event = _new_event(hub, state, routing_key, body, profile)
-    if state.closed:
-        raise BusClosedError("The event bus was stopped; start() it again before putting events")
+    new_event = _accept(hub, state, routing_key, body, profile)
     if state.loop is not None and state.loop is _running_loop():
         state.put_count += 1
         hub.evbus.BUS.put_nowait(new_event)

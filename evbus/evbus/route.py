@@ -146,17 +146,25 @@ def destinations(hub, contexts: Mapping) -> list[tuple[str, str, str, Any]]:
             profiles = contexts.get(provider)
             if profiles is None:
                 continue
-            for name, profile in _profiles(provider, profiles):
+            for name, profile in hub.evbus.route.entries(provider, profiles):
                 found.append((plugin_name, provider, name, profile))
     return found
 
 
-def _profiles(provider: str, profiles: Any):
-    """Yield (name, data) of one provider's profiles, checking their shape."""
+def entries(hub, provider: str, profiles: Any) -> list[tuple[str, Mapping]]:
+    """
+    Check the shape of one provider's profiles and list them.
+
+    :param provider: The acct provider
+    :param profiles: {profile name: data}, or a list of such mappings
+    :return: [(profile name, profile data), ...]; empty data (None) becomes {}
+    :raises ProfileError: naming provider and profile, for any other shape
+    """
     if isinstance(profiles, Mapping):
         profiles = [profiles]
     if not isinstance(profiles, (list, tuple)):
-        raise ProfileError(provider, None, f"expected a list of {{profile name: data}}, got {type(profiles).__name__}")
+        raise ProfileError(provider, None, f"expected {{profile name: data}}, got {type(profiles).__name__}")
+    found = []
     for entry in profiles:
         if not isinstance(entry, Mapping):
             raise ProfileError(provider, None, f"expected {{profile name: data}}, got {type(entry).__name__}")
@@ -167,7 +175,8 @@ def _profiles(provider: str, profiles: Any):
                 profile = {}
             if not isinstance(profile, Mapping):
                 raise ProfileError(provider, name, f"profile data must be a mapping, got {type(profile).__name__}")
-            yield name, profile
+            found.append((name, profile))
+    return found
 
 
 def router(hub, contexts: Any) -> Router:
