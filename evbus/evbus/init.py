@@ -84,6 +84,9 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                 event = bus.get_nowait()
     finally:
         hub.evbus.init.RUNNING = False
+        if stop_item is not None:
+            # Stopped: puts are refused until the next start()
+            hub.evbus.broker.STATE.closed = True
         if hub.evbus.init.STOP is stop_item:
             hub.evbus.init.STOP = None
         timeout = stop_item.timeout if stop_item is not None else 0

@@ -388,3 +388,16 @@ async def test_put_from_a_new_loop_after_the_first_closed(hub):
     await asyncio.wait_for(listener, 5)
     queue = await hub.ingress.internal.get()
     assert [json.loads(queue.get_nowait()) for _ in range(queue.qsize())] == ["from-loop-1", "between", "from-loop-2"]
+
+
+async def test_stop_before_start_still_refuses_puts_afterwards(hub):
+    """stop() with no listener: the next start() delivers what was put, ends, and the bus stays closed."""
+    hub.evbus.broker.put_nowait(body="kept")
+    await hub.evbus.init.stop()
+    with pytest.raises(BusClosedError):
+        hub.evbus.broker.put_nowait(body="refused")
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    await asyncio.wait_for(hub.evbus.init.start(contexts), 5)
+    assert await take_json(await hub.ingress.internal.get(), 1) == ["kept"]
+    with pytest.raises(BusClosedError):
+        hub.evbus.broker.put_nowait(body="refused")
