@@ -1,19 +1,89 @@
 """
 Delivery lanes: one ordered queue and one task per (ingress plugin, acct profile).
 
-A lane publishes its events one after the other, in the order they were put.
-Lanes never wait for each other: a slow or failing destination holds up its
-own lane only. An event that fails is handed to ``on_failure`` (log, count,
-error callback) and the lane goes on with the next.
+A lane delivers its events in the order they were put. Lanes never wait for
+each other: a slow or failing destination holds up its own lane only.
+
+Every lane has the same delivery machinery, whatever the plugin:
+
+- each broker call is bounded by ``policy.timeout``;
+- a failed publish is retried with exponential backoff and full jitter, within
+  a budget of attempts and seconds; only then is the event handed to
+  ``on_failure`` (log, count, error callback) and the lane goes on;
+- a plugin that can pipeline (:class:`Destination` with ``pipelined``) gets up
+  to ``window`` events handed off before the oldest is confirmed; when one
+  fails, the lane goes back to the oldest unconfirmed event and hands them all
+  off again, in order (at-least-once: a retry may repeat an event).
 """
 import asyncio
 import collections
+import dataclasses
+import random
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
 from evbus.types import Event
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How hard a lane tries before it gives an event up.
+
+    :param attempts: Publish attempts per event in all (1 = no retry)
+    :param seconds: Give up when the first failure of an event is this many seconds old
+    :param backoff: The first retry's delay ceiling; it doubles on each retry (full jitter)
+    :param backoff_max: The largest delay ceiling
+    :param timeout: Seconds one broker call (hand-off or confirmation) may take
+    """
+
+    attempts: int = 10
+    seconds: float = 30.0
+    backoff: float = 0.1
+    backoff_max: float = 5.0
+    timeout: float = 10.0
+
+    def delay(self, retry: int) -> float:
+        """
+        :param retry: 1 for the first retry
+        :return: Seconds to wait before it: uniform in [0, min(backoff_max, backoff * 2**(retry-1))]
+        """
+        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (retry - 1)))
+
+
+def retriable(error: BaseException) -> bool:
+    """
+    :return: False for errors that say a retry cannot help (``error.retriable`` is False,
+        as aiokafka marks them), else True
+    """
+    return getattr(error, "retriable", True) is not False
+
+
+@dataclasses.dataclass
+class Destination:
+    """
+    What a lane needs of an ingress plugin, adapted once per lane.
+
+    :param send: ``send(ctx, routing_key, event)``. Not pipelined: returns an
+        awaitable that publishes and confirms the event (or None when it is
+        published already). Pipelined: a coroutine that hands the event off
+        in order and returns an awaitable of its confirmation.
+    :param pipelined: Whether ``send`` hands off and confirms separately
+    :param inline: ``send`` never waits: an event that finds the lane empty is
+        published by :meth:`Lane.put` at once, without the hop through the task
+    :param open: ``open(ctx)`` -> awaitable; connects early, or None
+    :param close: ``close(ctx)`` -> awaitable; flushes and disconnects, or None
+    :param describe: ``describe(ctx)`` -> str; where the destination is (host and port), for messages
+    """
+
+    send: Callable[[Any, str | None, Event], Any]
+    pipelined: bool = False
+    inline: bool = False
+    open: Callable[[Any], Awaitable] | None = None
+    close: Callable[[Any], Awaitable] | None = None
+    describe: Callable[[Any], str] | None = None
 
 
 class Lane:
@@ -24,11 +94,11 @@ class Lane:
     :param provider: The acct provider the profile came from
     :param profile: The acct profile name (a pattern for event profiles)
     :param ctx: The ``ctx`` handed to the plugin; ``ctx.acct`` is the profile data
-    :param send: ``send(ctx, routing_key, body)`` -> awaitable or None; publishes one event
-    :param on_failure: ``on_failure(lane, event, error)`` -> awaitable; called for a failed event
-    :param inline: ``send`` never waits (a plugin's ``publish_nowait``): an event
-        that finds the lane empty is published at once by :meth:`put`, without
-        the hop through the lane's task
+    :param destination: The plugin's functions, adapted
+    :param on_failure: ``on_failure(lane, event, error)`` -> awaitable; called for a given-up event
+    :param policy: Retries and timeouts
+    :param window: Events handed off and not yet confirmed, at most (pipelined plugins)
+    :param log: ``log(message)``: where warnings about the destination go
     """
 
     def __init__(
@@ -37,19 +107,27 @@ class Lane:
         provider: str,
         profile: str,
         ctx: Any,
-        send: Callable[[Any, str | None, bytes], Awaitable],
+        destination: Destination,
         on_failure: Callable[["Lane", Event, BaseException], Awaitable],
-        inline: bool = False,
+        policy: RetryPolicy = RetryPolicy(),
+        window: int = 1000,
+        log: Callable[[str], None] | None = None,
     ):
         self.plugin = plugin
         self.provider = provider
         self.profile = profile
         self.ctx = ctx
         self.routing_key = ctx.acct.get("routing_key")
-        self._send = send
+        self.destination = destination
+        self.policy = policy
+        self.window = max(1, window) if destination.pipelined else 1
+        self._send = destination.send
+        self._inline = destination.inline
         self._on_failure = on_failure
-        self._inline = inline
+        self._log = log or (lambda message: None)
+        # Events not yet settled: the first ones are in flight (handed off, unconfirmed)
         self._pending: collections.deque[Event] = collections.deque()
+        self._in_flight: collections.deque[Any] = collections.deque()
         # Events that failed inline in put(), with their error, for the task to report
         self._inline_failed: collections.deque[tuple[Event, BaseException]] = collections.deque()
         self._wakeup: asyncio.Future | None = None
@@ -57,15 +135,33 @@ class Lane:
         # (sequence number, future) of callers waiting for one event to be settled
         self._settle_waiters: list[tuple[int, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
-        self._closed = False
         self.queued = 0
         self.published = 0
+        self.retried = 0
         self.failed = 0
         self.publish_seconds = 0.0
         self.max_publish_seconds = 0.0
 
     def __repr__(self):
         return f"<Lane ingress.{self.plugin} profile={self.profile!r} depth={len(self._pending)}>"
+
+    @property
+    def where(self) -> str:
+        """The destination for messages: plugin, profile and, where the plugin tells, host and port."""
+        text = f"ingress.{self.plugin} profile '{self.profile}'"
+        if self.destination.describe is not None:
+            try:
+                text += f" ({self.destination.describe(self.ctx)})"
+            except Exception:  # a description is a courtesy, never a failure
+                pass
+        return text
+
+    def start(self):
+        """Start the lane's task (and its early connection) in the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"evbus lane ingress.{self.plugin}:{self.profile}"
+            )
 
     def put(self, event: Event) -> int:
         """
@@ -78,7 +174,7 @@ class Lane:
         if self._inline and not self._pending and not self._inline_failed:
             routing_key = event.routing_key if event.routing_key is not None else self.routing_key
             try:
-                self._send(self.ctx, routing_key, event.body)
+                self._send(self.ctx, routing_key, event)
             except Exception as e:  # reported by the lane's task, which can await the error callback
                 self._inline_failed.append((event, e))
             else:
@@ -89,26 +185,29 @@ class Lane:
         else:
             self._pending.append(event)
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"evbus lane ingress.{self.plugin}:{self.profile}"
-            )
+            self.start()
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
         return self.queued
 
     async def _run(self):
+        if self.destination.open is not None:
+            await self._open()
         pending = self._pending
+        in_flight = self._in_flight
         send = self._send
         ctx = self.ctx
+        policy = self.policy
+        window = self.window
+        pipelined = self.destination.pipelined
         loop = asyncio.get_running_loop()
+        attempts = 0
+        first_failure = 0.0
         while True:
             if self._inline_failed:
                 event, error = self._inline_failed.popleft()
-                await self._fail(event, error)
-                self.failed += 1
-                if self._settle_waiters:
-                    self._wake_settled()
+                await self._give_up(event, error)
                 continue
             if not pending:
                 self._set_idle()
@@ -116,40 +215,105 @@ class Lane:
                 await self._wakeup
                 self._wakeup = None
                 continue
-            event = pending[0]
-            routing_key = event.routing_key if event.routing_key is not None else self.routing_key
             started = time.perf_counter()
             try:
-                ret = send(ctx, routing_key, event.body)
-                if ret is not None:
-                    await ret
+                async with asyncio.timeout(policy.timeout):
+                    # Hand off events in order, up to the window
+                    while len(in_flight) < window and len(in_flight) < len(pending):
+                        event = pending[len(in_flight)]
+                        routing_key = event.routing_key if event.routing_key is not None else self.routing_key
+                        receipt = send(ctx, routing_key, event)
+                        if pipelined:
+                            receipt = await receipt
+                        in_flight.append(receipt)
+                    # Confirm the oldest
+                    receipt = in_flight[0]
+                    if receipt is not None:
+                        await receipt
             except asyncio.CancelledError:
+                self._forget_in_flight()
                 raise
+            except TimeoutError as e:
+                error: BaseException = TimeoutError(
+                    f"no confirmation within {policy.timeout} s from {self.where}" + (f": {e}" if str(e) else "")
+                )
             except Exception as e:  # a failed publish never stops the lane
-                self.failed += 1
-                if pending and pending[0] is event:
-                    pending.popleft()
-                await self._fail(event, e)
+                error = e
+            else:
+                in_flight.popleft()
+                pending.popleft()
+                attempts = 0
+                elapsed = time.perf_counter() - started
+                self.publish_seconds += elapsed
+                if elapsed > self.max_publish_seconds:
+                    self.max_publish_seconds = elapsed
+                self.published += 1
                 if self._settle_waiters:
                     self._wake_settled()
                 continue
-            elapsed = time.perf_counter() - started
-            self.publish_seconds += elapsed
-            if elapsed > self.max_publish_seconds:
-                self.max_publish_seconds = elapsed
-            self.published += 1
-            if pending and pending[0] is event:
-                pending.popleft()
-            if self._settle_waiters:
-                self._wake_settled()
+            # Failure: keep what was confirmed, go back to the oldest unconfirmed event
+            self._harvest_confirmed()
+            self._forget_in_flight()
+            if not pending:
+                continue
+            attempts += 1
+            now = time.monotonic()
+            if attempts == 1:
+                first_failure = now
+            if attempts < policy.attempts and now - first_failure < policy.seconds and retriable(error):
+                self.retried += 1
+                delay = policy.delay(attempts)
+                self._log(
+                    f"Publish to {self.where} failed (attempt {attempts} of {policy.attempts}), "
+                    f"retrying in {delay:.2f} s: {type(error).__name__}: {error}"
+                )
+                await asyncio.sleep(delay)
+                continue
+            attempts = 0
+            await self._give_up(pending.popleft(), error)
 
-    async def _fail(self, event: Event, error: BaseException):
+    def _harvest_confirmed(self):
+        """Count the in-flight events at the front whose confirmation has arrived."""
+        pending, in_flight = self._pending, self._in_flight
+        while in_flight and isinstance(in_flight[0], asyncio.Future) and in_flight[0].done():
+            receipt = in_flight[0]
+            if receipt.cancelled() or receipt.exception() is not None:
+                break
+            in_flight.popleft()
+            pending.popleft()
+            self.published += 1
+
+    def _forget_in_flight(self):
+        """Drop the receipts of unconfirmed events; they will be handed off again."""
+        for receipt in self._in_flight:
+            if isinstance(receipt, asyncio.Future):
+                if not receipt.done():
+                    receipt.cancel()
+                elif not receipt.cancelled():
+                    receipt.exception()  # retrieved, so asyncio does not log it
+            elif asyncio.iscoroutine(receipt):
+                receipt.close()
+        self._in_flight.clear()
+
+    async def _open(self):
+        try:
+            async with asyncio.timeout(self.policy.timeout):
+                await self.destination.open(self.ctx)
+        except TimeoutError:
+            self._log(f"Cannot connect to {self.where} within {self.policy.timeout} s; events wait for it")
+        except Exception as e:
+            self._log(f"Cannot connect to {self.where}; events wait for it: {type(e).__name__}: {e}")
+
+    async def _give_up(self, event: Event, error: BaseException):
         try:
             await self._on_failure(self, event, error)
         except asyncio.CancelledError:
             raise
         except Exception:  # the failure handler logs; it must not end the lane
             pass
+        self.failed += 1
+        if self._settle_waiters:
+            self._wake_settled()
 
     @property
     def settled_count(self) -> int:
@@ -187,7 +351,7 @@ class Lane:
 
     async def drained(self):
         """
-        Return once every event queued so far was published or failed.
+        Return once every event queued so far was published or given up.
         """
         if not self._pending and not self._inline_failed:
             return
@@ -197,12 +361,12 @@ class Lane:
 
     async def close(self, error: BaseException) -> int:
         """
-        Stop the lane. Events still queued are failed with ``error``.
+        Stop the lane: events still queued are given up with ``error``, then
+        the plugin's ``close`` (flush, disconnect) runs, within the policy's timeout.
 
         :param error: The reason given for what is not delivered
         :return: How many events were not delivered
         """
-        self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -210,22 +374,29 @@ class Lane:
                 await task
             except asyncio.CancelledError:
                 pass
-        for event, error in self._inline_failed:
-            await self._fail(event, error)
-            self.failed += 1
+        self._forget_in_flight()
+        for event, inline_error in list(self._inline_failed):
+            await self._give_up(event, inline_error)
         self._inline_failed.clear()
         undelivered = list(self._pending)
         self._pending.clear()
         for event in undelivered:
-            self.failed += 1
-            await self._fail(event, error)
+            await self._give_up(event, error)
         self._wake_settled()
         self._set_idle()
+        if self.destination.close is not None:
+            try:
+                async with asyncio.timeout(self.policy.timeout):
+                    await self.destination.close(self.ctx)
+            except TimeoutError:
+                self._log(f"Closing {self.where} took longer than {self.policy.timeout} s")
+            except Exception as e:
+                self._log(f"Closing {self.where} failed: {type(e).__name__}: {e}")
         return len(undelivered)
 
     def stats(self) -> dict[str, Any]:
         """
-        :return: This lane's counts: queued, published, failed, depth, and publish latency
+        :return: This lane's counts: queued, published, retried, failed, depth, and publish latency
         """
         return {
             "plugin": self.plugin,
@@ -233,8 +404,10 @@ class Lane:
             "profile": self.profile,
             "queued": self.queued,
             "published": self.published,
+            "retried": self.retried,
             "failed": self.failed,
             "depth": len(self._pending),
+            "in_flight": len(self._in_flight),
             "mean_publish_seconds": self.publish_seconds / self.published if self.published else 0.0,
             "max_publish_seconds": self.max_publish_seconds,
         }

@@ -13,12 +13,16 @@ import pytest
 
 PLUGINS = pathlib.Path(__file__).parent / "plugins"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+RETRY_ENV = {"EVBUS_RETRY_ATTEMPTS": "3", "EVBUS_RETRY_BACKOFF": "0.001", "EVBUS_RETRY_BACKOFF_MAX": "0.01"}
 
 
 @pytest.fixture(name="hub")
 def fresh_hub(monkeypatch):
     """A new hub per test with the evbus dyne and its config loaded (no CLI parsing)."""
     monkeypatch.setattr(sys, "argv", ["evbus"])
+    # Retries as in production, but quick: 3 attempts, millisecond backoff
+    for name, value in RETRY_ENV.items():
+        monkeypatch.setenv(name, value)
     hub = pop.hub.Hub()
     hub.pop.sub.add(dyne_name="evbus")
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)

@@ -18,6 +18,7 @@ from evbus.exc import EvbusTimeoutError
 from evbus.exc import IngressPluginError
 from evbus.exc import ProfileError
 from evbus.exc import PublishError
+from evbus.lane import Destination
 from evbus.lane import Lane
 
 # Keys of a contexts dict that are settings, not providers
@@ -195,8 +196,14 @@ def router(hub, contexts: Any) -> Router:
     if isinstance(contexts, Mapping) and contexts.get("match_plugin"):
         match_name = contexts["match_plugin"]
     find = hub.evbus.route.match_function(match_name)
-    plugins = hub.evbus.route.ingress_plugins()
+    hub.evbus.route.ingress_plugins()
     on_failure = _failure_handler(hub, contexts)
+    policy = hub.evbus.settings.retry_policy()
+    window = hub.evbus.settings.get("max_in_flight")
+
+    def warn(message: str):
+        hub.log.warning(hub.evbus.MASK.text(message), extra={"evbus_internal": True})
+
     lanes = []
     for plugin_name, provider, name, profile in hub.evbus.route.destinations(contexts):
         try:
@@ -204,18 +211,21 @@ def router(hub, contexts: Any) -> Router:
         except Exception as e:
             raise ProfileError(provider, name, f"the name is not a valid {match_name} pattern: {e}") from None
         hub.evbus.MASK.learn(profile)
-        send, inline = _sender(hub, plugins[plugin_name][0], plugin_name)
-        lanes.append(
-            Lane(
-                plugin=plugin_name,
-                provider=provider,
-                profile=name,
-                ctx=data.NamespaceDict(acct=data.NamespaceDict(profile)),
-                send=send,
-                on_failure=on_failure,
-                inline=inline,
-            )
+        lane = Lane(
+            plugin=plugin_name,
+            provider=provider,
+            profile=name,
+            ctx=data.NamespaceDict(acct=data.NamespaceDict(profile)),
+            destination=hub.evbus.route.destination(plugin_name),
+            on_failure=on_failure,
+            policy=policy,
+            window=window,
+            log=warn,
         )
+        if lane.destination.open is not None:
+            # Connect now: a broker that cannot be reached is reported at start
+            lane.start()
+        lanes.append(lane)
     new_router = Router(contexts, lanes, find)
     state.routers[id(contexts)] = new_router
     return new_router
@@ -285,25 +295,46 @@ def _params(func) -> list[str]:
     return [p for p in signature.parameters if p != "hub"]
 
 
-def _sender(hub, plugin, plugin_name: str):
+def destination(hub, plugin_name: str) -> Destination:
     """
-    Adapt an ingress plugin to ``send(ctx, routing_key, body)``, which returns
-    an awaitable, or None when the event is already published.
+    Adapt an ingress plugin to what a lane calls, once per lane.
 
-    :return: (send, whether send never waits)
+    In order of preference:
 
-    In order of preference: ``publish_nowait(ctx, routing_key, body)`` (a
-    plugin that never waits), ``publish(ctx, routing_key, body)``, and
-    ``publish(ctx, body)`` of pop-evbus 6.x and later (routing key in
-    ``ctx.acct.routing_key``).
+    - ``send(ctx, routing_key, event)``: a coroutine that hands the event to
+      the broker client in order and returns an awaitable of its confirmation
+      (pipelined; the plugins of evbus's brokers);
+    - ``publish_nowait(ctx, routing_key, body)``: never waits (in-process queues);
+    - ``publish(ctx, routing_key, body)``: the ingress contract;
+    - ``publish(ctx, body)`` of pop-evbus 6.x and later (routing key in
+      ``ctx.acct.routing_key``).
+
+    ``open(ctx)``, ``close(ctx)`` and ``describe(ctx)`` are used where the plugin has them.
+
+    :raises IngressPluginError: when the plugin has none of these
     """
+    plugin = hub.ingress[plugin_name]
+    direct = hub.evbus.broker.direct
+    hooks = {
+        name: direct(getattr(plugin, name)) for name in ("open", "close", "describe") if hasattr(plugin, name)
+    }
+
+    send = getattr(plugin, "send", None)
+    if send is not None and _params(send) == ["ctx", "routing_key", "event"]:
+        return Destination(send=direct(send), pipelined=True, **hooks)
+
     nowait = getattr(plugin, "publish_nowait", None)
     if nowait is not None and _params(nowait) == SEED_PARAMS:
-        return hub.evbus.broker.direct(nowait), True
+        call_nowait = direct(nowait)
+
+        def send_nowait(ctx, routing_key, event):
+            call_nowait(ctx, routing_key, event.body)
+
+        return Destination(send=send_nowait, inline=True, **hooks)
 
     publish = plugin.publish
     params = _params(publish)
-    call = hub.evbus.broker.direct(publish)
+    call = direct(publish)
     if not (inspect.iscoroutinefunction(publish) or inspect.iscoroutinefunction(getattr(publish, "func", None))):
         # A synchronous publish: its result is awaited only when it is awaitable
         sync_call = call
@@ -313,21 +344,25 @@ def _sender(hub, plugin, plugin_name: str):
             return ret if hasattr(ret, "__await__") else None
 
     if params == SEED_PARAMS:
-        return call, False
-    if "routing_key" in params:
 
-        def send(ctx, routing_key, body):
-            return call(ctx=ctx, routing_key=routing_key, body=body)
+        def send_seed(ctx, routing_key, event):
+            return call(ctx, routing_key, event.body)
 
-        return send, False
+        return Destination(send=send_seed, **hooks)
+    if "routing_key" in params and "ctx" in params and "body" in params:
+
+        def send_keywords(ctx, routing_key, event):
+            return call(ctx=ctx, routing_key=routing_key, body=event.body)
+
+        return Destination(send=send_keywords, **hooks)
     if "body" in params and "ctx" in params:
 
-        def send(ctx, routing_key, body):
+        def send_modern(ctx, routing_key, event):
             if routing_key != ctx.acct.get("routing_key"):
                 ctx = data.NamespaceDict(acct=data.NamespaceDict(ctx.acct, routing_key=routing_key))
-            return call(ctx=ctx, body=body)
+            return call(ctx=ctx, body=event.body)
 
-        return send, False
+        return Destination(send=send_modern, **hooks)
     raise IngressPluginError(
         f"ingress.{plugin_name}.publish takes ({', '.join(params)}); expected "
         f"publish(hub, ctx, routing_key, body) or publish(hub, ctx, body)"

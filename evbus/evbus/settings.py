@@ -10,6 +10,7 @@ one of those attributes itself is kept. Unknown plugin names are a
 from typing import Any
 
 from evbus.exc import ConfigError
+from evbus.lane import RetryPolicy
 
 DEFAULTS = {
     "serialize_plugin": "json",
@@ -18,6 +19,12 @@ DEFAULTS = {
     "error_callback_ref": None,
     "stop_timeout": 30.0,
     "timeout": 5.0,
+    "publish_timeout": 10.0,
+    "retry_attempts": 10,
+    "retry_seconds": 30.0,
+    "retry_backoff": 0.1,
+    "retry_backoff_max": 5.0,
+    "max_in_flight": 1000,
 }
 
 
@@ -26,7 +33,8 @@ def __init__(hub):
 
 
 # Options that are numbers; environment variables arrive as text
-NUMBERS = ("stop_timeout", "timeout")
+NUMBERS = ("stop_timeout", "timeout", "publish_timeout", "retry_seconds", "retry_backoff", "retry_backoff_max")
+COUNTS = ("retry_attempts", "max_in_flight")
 
 
 def get(hub, name: str) -> Any:
@@ -46,7 +54,28 @@ def get(hub, name: str) -> Any:
             raise ConfigError(f"The option {name} must be a number of seconds, not {value!r}") from None
         if value < 0:
             raise ConfigError(f"The option {name} must not be negative, not {value!r}")
+    elif name in COUNTS:
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"The option {name} must be a whole number, not {value!r}") from None
+        if value < 1:
+            raise ConfigError(f"The option {name} must be at least 1, not {value!r}")
     return value
+
+
+def retry_policy(hub) -> RetryPolicy:
+    """
+    :return: The lanes' retry policy from the config
+    """
+    get = hub.evbus.settings.get
+    return RetryPolicy(
+        attempts=get("retry_attempts"),
+        seconds=get("retry_seconds"),
+        backoff=get("retry_backoff"),
+        backoff_max=get("retry_backoff_max"),
+        timeout=get("publish_timeout"),
+    )
 
 
 def apply(hub):
@@ -72,7 +101,7 @@ def apply(hub):
     # Fail here, at load, for names that do not exist
     hub.evbus.broker.serializer()
     hub.evbus.route.match_function(hub.match.PLUGIN)
-    for name in NUMBERS:
+    for name in NUMBERS + COUNTS:
         hub.evbus.settings.get(name)
     # Only a config that passed is marked applied: a bad one raises on every use
     hub.evbus.settings.APPLIED = opt
