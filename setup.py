@@ -33,13 +33,15 @@ setup(
     long_description=(HERE / "README.rst").read_text(),
     long_description_content_type="text/x-rst",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     # package_dir maps the root so that an editable install adds a plain path
     # entry, which pop's dyne discovery (a scan of sys.path for conf.py) needs
     package_dir={"": "."},
     packages=find_namespace_packages(include=["evbus", "evbus.*"]),
     install_requires=requirements("base"),
     extras_require={
+        "kafka": requirements("kafka"),
+        "pika": requirements("pika"),
         "test": [r for r in requirements("test") if r not in requirements("base")],
     },
     entry_points={"console_scripts": ["evbus = evbus.scripts:start"]},

@@ -107,3 +107,20 @@ def error_sink(hub, monkeypatch):
     monkeypatch.setenv("EVBUS_ERROR_CALLBACK_REF", "my_app.errors.handle")
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
     return hub.my_app.errors.RECEIVED
+
+
+def service(host: str, port: int, name: str):
+    """
+    Skip (locally) or fail (under CI, where every broker test must run) when a
+    service does not answer on its port.
+    """
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as e:
+        message = f"{name} is not reachable on {host}:{port} ({e})"
+    if IN_CI:
+        pytest.fail(message + "; .ci/run should have started it")
+    pytest.skip(message)

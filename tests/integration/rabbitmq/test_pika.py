@@ -1,0 +1,180 @@
+"""The pika ingress against a real RabbitMQ, checked with an independent aio-pika consumer."""
+import asyncio
+import json
+import subprocess
+import time
+
+import msgpack
+import pytest
+
+from tests.conftest import take_json
+from tests.conftest import wait_for
+from tests.integration.rabbitmq.conftest import URL
+
+pytestmark = pytest.mark.integration
+
+
+async def test_default_exchange_routing_key_from_profile(hub, running, amqp):
+    queue = await amqp.queue()
+    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue}}})
+    before = time.time()
+    for n in range(500):
+        await hub.evbus.broker.put(body={"n": n})
+    await hub.evbus.init.stop()
+    messages = await amqp.take(queue, 500)
+    assert [json.loads(m.body) for m in messages] == [{"n": n} for n in range(500)]
+    assert messages[0].body == b'{"n": 0}'
+    assert all(m.content_type == "application/json" for m in messages)
+    ids = [m.message_id for m in messages]
+    assert len(set(ids)) == 500 and all(ids)
+    assert all(before - 1 <= m.timestamp.timestamp() <= time.time() + 1 for m in messages)
+    assert all(m.delivery_mode.value == 1 for m in messages)
+    assert await amqp.empty(queue)
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"]) == (500, 0)
+
+
+async def test_routing_key_from_event_wins(hub, running, amqp):
+    from_profile, from_event = await amqp.queue(), await amqp.queue()
+    await running({"amqp": {"default": {"connection": {"url": URL}, "routing_key": from_profile}}})
+    await hub.evbus.broker.put(routing_key=from_event, body="to-event-queue")
+    await hub.evbus.broker.put(body="to-profile-queue")
+    await hub.evbus.init.stop()
+    assert [m.body for m in await amqp.take(from_event, 1)] == [b'"to-event-queue"']
+    assert [m.body for m in await amqp.take(from_profile, 1)] == [b'"to-profile-queue"']
+
+
+async def test_named_exchange_with_host_and_port(hub, running, amqp):
+    import aio_pika
+
+    exchange = await amqp.channel.declare_exchange("evbus-test-direct", aio_pika.ExchangeType.DIRECT, auto_delete=True)
+    queue = await amqp.queue(exchange=exchange.name, binding="orders")
+    await running(
+        {
+            "rabbitmq": {
+                "default": {
+                    "connection": {"host": "127.0.0.1", "port": 5672, "login": "guest", "password": "guest"},
+                    "exchange": exchange.name,
+                    "routing_key": "orders",
+                    "persistent": True,
+                }
+            }
+        }
+    )
+    for n in range(20):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    messages = await amqp.take(queue, 20)
+    assert [json.loads(m.body) for m in messages] == list(range(20))
+    assert all(m.delivery_mode.value == 2 for m in messages)
+
+
+async def test_msgpack_content_type(hub, running, amqp):
+    queue = await amqp.queue()
+    hub.serialize.PLUGIN = "msgpack"
+    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue}}})
+    await hub.evbus.broker.put(body={"a": [1, 2]})
+    await hub.evbus.init.stop()
+    [message] = await amqp.take(queue, 1)
+    assert message.content_type == "application/msgpack"
+    assert msgpack.unpackb(message.body) == {"a": [1, 2]}
+
+
+async def test_one_connection_per_profile_reused(hub, running, amqp):
+    queue = await amqp.queue()
+    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue}}})
+    await wait_for(lambda: len(hub.ingress.pika.PUBLISHERS) == 1, 10, "the connection at start")
+    [publisher] = hub.ingress.pika.PUBLISHERS.values()
+    await wait_for(lambda: publisher.raw_channel is not None, 10, "the channel at start")
+    connection = publisher.connection
+    for n in range(100):
+        await hub.evbus.broker.put(body=n)
+    await amqp.take(queue, 100)
+    assert publisher.connection is connection and not connection.is_closed
+    await hub.evbus.init.stop()
+    assert connection.is_closed  # closed on stop
+    assert hub.ingress.pika.PUBLISHERS == {}
+
+
+async def test_missing_exchange_is_reported(hub, running, error_sink, caplog):
+    await running(
+        {"pika": {"default": {"connection": {"url": URL}, "exchange": "evbus-no-such-exchange", "routing_key": "x"}}}
+    )
+    await wait_for(lambda: "Cannot connect" in caplog.text, 10, "the warning at start")
+    assert "evbus-no-such-exchange" in caplog.text
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 20, "the give-up")
+    assert "NOT_FOUND" in str(error_sink[0]["exception"])
+
+
+async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
+    await running(
+        {"pika": {"default": {"connection": {"url": "amqp://guest:s3cret-pw@127.0.0.1:1/"}, "routing_key": "x"}}}
+    )
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 30, "the give-up")
+    text = caplog.text + str(error_sink[0]["exception"]) + repr(error_sink)
+    assert "127.0.0.1:1" in caplog.text
+    assert "s3cret-pw" not in text
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert lane["retried"] == 2 and lane["failed"] == 1
+
+
+async def test_fan_out_to_internal_and_rabbitmq(hub, running, amqp):
+    queue = await amqp.queue()
+    await running({"internal": {"*": {}}, "pika": {"*": {"connection": {"url": URL}, "routing_key": queue}}})
+    for n in range(50):
+        await hub.evbus.broker.put(body=n, profile=f"p{n % 2}")
+    assert await take_json(await hub.ingress.internal.get(), 50) == list(range(50))
+    assert [json.loads(m.body) for m in await amqp.take(queue, 50)] == list(range(50))
+
+
+def _rabbitmqctl(*args: str):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+async def test_broker_restart_mid_stream(hub, running, amqp, monkeypatch):
+    """RabbitMQ stop_app/start_app while events flow: every event arrives (at least once)."""
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "100")
+    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.1")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "1")
+    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    import aio_pika
+
+    # A durable queue survives the restart of the app; the test removes it at the end
+    queue = f"evbus-restart-{time.time_ns()}"
+    declare = await amqp.channel.declare_queue(queue, durable=True)
+    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue, "persistent": True}}})
+    total = 2000
+    loop = asyncio.get_running_loop()
+    try:
+        for n in range(total):
+            await hub.evbus.broker.put(body=n)
+            if n == 500:
+                await loop.run_in_executor(None, _rabbitmqctl, "stop_app")
+            if n == 1000:
+                await loop.run_in_executor(None, _rabbitmqctl, "start_app")
+            if n % 50 == 0:
+                await asyncio.sleep(0.01)
+        undelivered = await hub.evbus.init.stop(timeout=90)
+        assert undelivered == 0
+        connection = await aio_pika.connect(URL)
+        channel = await connection.channel()
+        q = await channel.declare_queue(queue, durable=True)
+        seen = set()
+        deadline = loop.time() + 30
+        while len(seen) < total and loop.time() < deadline:
+            message = await q.get(no_ack=True, fail=False)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            seen.add(json.loads(message.body))
+        await q.delete(if_unused=False, if_empty=False)
+        await connection.close()
+        assert seen == set(range(total)), f"missing: {sorted(set(range(total)) - seen)[:20]}"
+        lane = hub.evbus.broker.stats()["lanes"][0]
+        assert lane["published"] == total and lane["failed"] == 0 and lane["retried"] >= 1
+    finally:
+        await loop.run_in_executor(None, _rabbitmqctl, "start_app")
