@@ -97,7 +97,8 @@ async def test_pipelined_plugin_goes_back_to_the_failed_event(hub, running, erro
     last_copies = sorted(set(confirmed), key=lambda n: max(i for i, c in enumerate(confirmed) if c == n))
     assert last_copies == list(range(200))
     stats = lane_stats(hub, "pipe")
-    assert stats["published"] == 200 and stats["failed"] == 0 and stats["retried"] == 2
+    # one go-back per failure noticed at the head; 120 may fail within the first go-back's window
+    assert stats["published"] == 200 and stats["failed"] == 0 and 1 <= stats["retried"] <= 2
     assert hub.ingress.pipe.MAX_IN_FLIGHT > 1  # pipelined, not one by one
     assert hub.ingress.pipe.CLOSED == ["one"]  # closed on stop
     assert error_sink == []
