@@ -76,6 +76,8 @@ class Destination:
     :param open: ``open(ctx)`` -> awaitable; connects early, or None
     :param close: ``close(ctx)`` -> awaitable; flushes and disconnects, or None
     :param describe: ``describe(ctx)`` -> str; where the destination is (host and port), for messages
+    :param retriable: ``retriable(error)`` -> bool; the plugin's word on whether a retry can help
+        (default: :func:`retriable`)
     """
 
     send: Callable[[Any, str | None, Event], Any]
@@ -84,6 +86,7 @@ class Destination:
     open: Callable[[Any], Awaitable] | None = None
     close: Callable[[Any], Awaitable] | None = None
     describe: Callable[[Any], str] | None = None
+    retriable: Callable[[BaseException], bool] = retriable
 
 
 class Lane:
@@ -260,7 +263,7 @@ class Lane:
             now = time.monotonic()
             if attempts == 1:
                 first_failure = now
-            if attempts < policy.attempts and now - first_failure < policy.seconds and retriable(error):
+            if attempts < policy.attempts and now - first_failure < policy.seconds and self.destination.retriable(error):
                 self.retried += 1
                 delay = policy.delay(attempts)
                 self._log(

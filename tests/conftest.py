@@ -4,15 +4,15 @@ and helpers that wait with a timeout instead of sleeping.
 """
 import asyncio
 import json
-import os
 import pathlib
 import sys
 
 import pop.hub
 import pytest
 
+pytest_plugins = ["tests.brokers"]
+
 PLUGINS = pathlib.Path(__file__).parent / "plugins"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 RETRY_ENV = {"EVBUS_RETRY_ATTEMPTS": "3", "EVBUS_RETRY_BACKOFF": "0.001", "EVBUS_RETRY_BACKOFF_MAX": "0.01"}
 
 
@@ -108,19 +108,3 @@ def error_sink(hub, monkeypatch):
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
     return hub.my_app.errors.RECEIVED
 
-
-def service(host: str, port: int, name: str):
-    """
-    Skip (locally) or fail (under CI, where every broker test must run) when a
-    service does not answer on its port.
-    """
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return
-    except OSError as e:
-        message = f"{name} is not reachable on {host}:{port} ({e})"
-    if IN_CI:
-        pytest.fail(message + "; .ci/run should have started it")
-    pytest.skip(message)

@@ -309,14 +309,17 @@ def destination(hub, plugin_name: str) -> Destination:
     - ``publish(ctx, body)`` of pop-evbus 6.x and later (routing key in
       ``ctx.acct.routing_key``).
 
-    ``open(ctx)``, ``close(ctx)`` and ``describe(ctx)`` are used where the plugin has them.
+    ``open(ctx)``, ``close(ctx)``, ``describe(ctx)`` and ``retriable(error)``
+    are used where the plugin has them.
 
     :raises IngressPluginError: when the plugin has none of these
     """
     plugin = hub.ingress[plugin_name]
     direct = hub.evbus.broker.direct
     hooks = {
-        name: direct(getattr(plugin, name)) for name in ("open", "close", "describe") if hasattr(plugin, name)
+        name: direct(getattr(plugin, name))
+        for name in ("open", "close", "describe", "retriable")
+        if hasattr(plugin, name)
     }
 
     send = getattr(plugin, "send", None)

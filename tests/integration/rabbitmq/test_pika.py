@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import take_json
 from tests.conftest import wait_for
-from tests.integration.rabbitmq.conftest import URL
+from tests.brokers import URL
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,255 @@
+"""
+Kafka ingress, with one producer per profile, started at start and reused by
+every event.
+
+Accepts the acct provider ``kafka``. Install with ``pip install evbus[kafka]``.
+
+.. code-block:: yaml
+
+    kafka:
+      my_profile:
+        topics:                   # the event's routing key is the topic when this is empty
+          - topic1
+        key: my-key               # message key; the event's routing key when empty
+        partition:                # optional fixed partition
+        connection:               # keyword arguments of aiokafka.AIOKafkaProducer
+          bootstrap_servers: 127.0.0.1:9092
+          client_id: evbus
+          acks: all               # 0, 1 or all; a publish counts once acknowledged so
+          compression_type: gzip
+          security_protocol: SASL_SSL
+          sasl_mechanism: PLAIN
+          sasl_plain_username: user
+          sasl_plain_password: secret
+        ssl:                      # any subset; makes the SSL context of the connection
+          ca_file: /path/ca.pem
+          cert_file: /path/client.pem
+          key_file: /path/client.key
+          password: key-password
+          check_hostname: true    # the default; false turns hostname checking off
+
+Kafka keeps order within a partition: a lane's events stay in order at the
+consumer when they share a partition, so give the profile a ``key`` (or a
+``partition``), or put events with a routing key.
+
+Each message carries the headers ``id``, ``timestamp`` (seconds since the
+epoch) and ``content-type`` of its event, and the event's time as the Kafka
+timestamp.
+"""
+import asyncio
+import os
+import ssl
+from typing import Any
+
+try:
+    import aiokafka
+    import aiokafka.errors
+
+    HAS_LIBS = True
+except ImportError:
+    HAS_LIBS = False
+
+from evbus.exc import ProfileError
+from evbus.exc import EvbusError
+
+
+class NoTopicError(EvbusError, ValueError):
+    """An event with no topic: the profile names none and the event has no routing key."""
+
+    retriable = False
+
+
+def __virtual__(hub):
+    if not HAS_LIBS:
+        return False, "the kafka ingress needs aiokafka: pip install evbus[kafka]"
+    return True
+
+
+def __init__(hub):
+    hub.ingress.kafka.ACCT = ["kafka"]
+    # connection key -> Producer
+    hub.ingress.kafka.PRODUCERS = {}
+
+
+def ssl_context(hub, options: dict) -> ssl.SSLContext:
+    """
+    Build the SSL context of a Kafka connection from a profile's ``ssl`` block.
+
+    :param options: Any subset of ``ca_file``, ``cert_file``, ``key_file``,
+        ``password``, and ``check_hostname`` (default true)
+    :raises ProfileError: naming a file that is missing or unreadable, or a
+        key that does not match its certificate
+    """
+    options = dict(options or {})
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = options.get(name)
+        if path and not os.access(path, os.R_OK):
+            raise _not_retriable(ProfileError("kafka", None, f"ssl {name} '{path}' is missing or unreadable"))
+    if options.get("key_file") and not options.get("cert_file"):
+        raise _not_retriable(ProfileError("kafka", None, "ssl key_file needs a cert_file"))
+    context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=options.get("ca_file"))
+    if options.get("cert_file"):
+        try:
+            context.load_cert_chain(
+                certfile=options["cert_file"], keyfile=options.get("key_file"), password=options.get("password")
+            )
+        except (ssl.SSLError, OSError) as e:
+            raise _not_retriable(
+                ProfileError("kafka", None, f"cannot load ssl cert_file '{options['cert_file']}': {e}")
+            ) from None
+    check = options.get("check_hostname", True)
+    context.check_hostname = bool(check) and str(check).lower() not in ("false", "0", "no")
+    return context
+
+
+def _not_retriable(error: Exception) -> Exception:
+    error.retriable = False
+    return error
+
+
+def _producer_kwargs(hub, ctx) -> dict:
+    kwargs = {key: value for key, value in dict(ctx.acct.get("connection") or {}).items() if key != "loop"}
+    if ctx.acct.get("ssl") and "ssl_context" not in kwargs:
+        kwargs["ssl_context"] = hub.ingress.kafka.ssl_context(ctx.acct.ssl)
+        kwargs.setdefault("security_protocol", "SSL")
+    return kwargs
+
+
+def _key(ctx) -> str:
+    connection = dict(ctx.acct.get("connection") or {})
+    return repr((sorted(connection.items(), key=lambda kv: kv[0]), sorted(dict(ctx.acct.get("ssl") or {}).items())))
+
+
+class Producer:
+    """One profile's producer, started once."""
+
+    def __init__(self):
+        self.producer: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.producer is not None and self.loop is asyncio.get_running_loop()
+
+    async def open(self, kwargs_factory):
+        if self.loop is not asyncio.get_running_loop():
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            if self.ready:
+                return
+            await self.close()
+            producer = aiokafka.AIOKafkaProducer(**kwargs_factory())
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self.producer, self.loop = producer, asyncio.get_running_loop()
+
+    async def close(self):
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await producer.stop()  # flushes what it holds
+
+
+def _producer(hub, ctx) -> Producer:
+    producers = hub.ingress.kafka.PRODUCERS
+    key = _key(ctx)
+    producer = producers.get(key)
+    if producer is None:
+        producer = producers[key] = Producer()
+    return producer
+
+
+def retriable(hub, error: BaseException) -> bool:
+    """
+    Whether a retry can help. aiokafka marks each error; its catch-all
+    ``UnknownError`` (code -1) is retried too, since brokers answer with it
+    while they recover (a restarted broker re-creating a topic).
+    """
+    if isinstance(error, aiokafka.errors.UnknownError):
+        return True
+    return getattr(error, "retriable", True) is not False
+
+
+def describe(hub, ctx) -> str:
+    """
+    :return: The bootstrap servers, ``kafka://host:port``
+    """
+    servers = (ctx.acct.get("connection") or {}).get("bootstrap_servers", "localhost:9092")
+    if isinstance(servers, (list, tuple)):
+        servers = ",".join(map(str, servers))
+    return f"kafka://{servers}"
+
+
+async def open(hub, ctx):
+    """
+    Start the profile's producer now, so that a broker that cannot be reached
+    is reported when the bus starts.
+    """
+    await _producer(hub, ctx).open(lambda: _producer_kwargs(hub, ctx))
+
+
+async def close(hub, ctx):
+    """
+    Flush and stop the profile's producer.
+    """
+    producer = hub.ingress.kafka.PRODUCERS.pop(_key(ctx), None)
+    if producer is not None:
+        await producer.close()
+
+
+async def send(hub, ctx, routing_key: str, event):
+    """
+    Hand one event to the producer, in order; the returned future completes
+    when Kafka acknowledged it (per the profile's ``acks``).
+
+    :param routing_key: The topic when the profile names none; the message key when it names no key
+    :param event: The event
+    """
+    producer = _producer(hub, ctx)
+    if not producer.ready:
+        await producer.open(lambda: _producer_kwargs(hub, ctx))
+    acct = ctx.acct
+    topics = acct.get("topics") or ([routing_key] if routing_key else [])
+    if isinstance(topics, str):
+        topics = [topics]
+    if not topics:
+        raise NoTopicError("no Kafka topic: the profile names no topics and the event has no routing key")
+    key = acct.get("key") or routing_key
+    if isinstance(key, str):
+        key = key.encode()
+    headers = [
+        ("id", event.id.encode()),
+        ("timestamp", repr(event.timestamp).encode()),
+        ("content-type", event.content_type.encode()),
+    ]
+    timestamp_ms = int(event.timestamp * 1000)
+    futures = []
+    for topic in topics:
+        futures.append(
+            await producer.producer.send(
+                str(topic),
+                value=event.body,
+                key=key,
+                partition=acct.get("partition"),
+                headers=headers,
+                timestamp_ms=timestamp_ms,
+            )
+        )
+    return futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+
+
+async def publish(hub, ctx, routing_key: str, body: bytes):
+    """
+    Publish one body and wait for Kafka's acknowledgement (the ingress
+    contract; the lanes use ``send``).
+
+    :param routing_key: The topic when the profile names none; the message key when it names no key
+    :param body: The serialized event body
+    """
+    from evbus.types import Event
+
+    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
+    await receipt
