@@ -246,6 +246,9 @@ class Lane:
                 in_flight.popleft()
                 pending.popleft()
                 attempts = 0
+                if pipelined:
+                    # and the confirmations that have arrived behind it, without another wait
+                    self._harvest_confirmed()
                 elapsed = time.perf_counter() - started
                 self.publish_seconds += elapsed
                 if elapsed > self.max_publish_seconds:

@@ -69,6 +69,8 @@ def __init__(hub):
     hub.ingress.kafka.ACCT = ["kafka"]
     # connection key -> Producer
     hub.ingress.kafka.PRODUCERS = {}
+    # id(ctx) -> (ctx, Producer): the lookup of every send, without rebuilding the key
+    hub.ingress.kafka.BY_CTX = {}
 
 
 def ssl_context(hub, options: dict) -> ssl.SSLContext:
@@ -154,11 +156,16 @@ class Producer:
 
 
 def _producer(hub, ctx) -> Producer:
+    """The producer of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+    entry = hub.ingress.kafka.BY_CTX.get(id(ctx))
+    if entry is not None and entry[0] is ctx:
+        return entry[1]
     producers = hub.ingress.kafka.PRODUCERS
     key = _key(ctx)
     producer = producers.get(key)
     if producer is None:
         producer = producers[key] = Producer()
+    hub.ingress.kafka.BY_CTX[id(ctx)] = (ctx, producer)
     return producer
 
 
@@ -196,6 +203,10 @@ async def close(hub, ctx):
     Flush and stop the profile's producer.
     """
     producer = hub.ingress.kafka.PRODUCERS.pop(_key(ctx), None)
+    by_ctx = hub.ingress.kafka.BY_CTX
+    for ctx_id, (_, cached) in list(by_ctx.items()):
+        if cached is producer or ctx_id == id(ctx):
+            del by_ctx[ctx_id]
     if producer is not None:
         await producer.close()
 

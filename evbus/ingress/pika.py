@@ -51,6 +51,8 @@ def __init__(hub):
     hub.ingress.pika.ACCT = ["pika", "amqp", "rabbitmq"]
     # connection key -> Publisher
     hub.ingress.pika.PUBLISHERS = {}
+    # id(ctx) -> (ctx, Publisher): the lookup of every send, without rebuilding the key
+    hub.ingress.pika.BY_CTX = {}
 
 
 class Publisher:
@@ -119,11 +121,16 @@ def _key(ctx) -> tuple:
 
 
 def _publisher(hub, ctx) -> Publisher:
+    """The publisher of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+    entry = hub.ingress.pika.BY_CTX.get(id(ctx))
+    if entry is not None and entry[0] is ctx:
+        return entry[1]
     publishers = hub.ingress.pika.PUBLISHERS
     key = _key(ctx)
     publisher = publishers.get(key)
     if publisher is None:
         publisher = publishers[key] = Publisher(_connection_kwargs(ctx), _exchange(ctx))
+    hub.ingress.pika.BY_CTX[id(ctx)] = (ctx, publisher)
     return publisher
 
 
@@ -154,6 +161,10 @@ async def close(hub, ctx):
     confirmation.
     """
     publisher = hub.ingress.pika.PUBLISHERS.pop(_key(ctx), None)
+    by_ctx = hub.ingress.pika.BY_CTX
+    for ctx_id, (_, cached) in list(by_ctx.items()):
+        if cached is publisher or ctx_id == id(ctx):
+            del by_ctx[ctx_id]
     if publisher is not None:
         await publisher.close()
 
