@@ -384,8 +384,7 @@ def _failure_handler(hub, contexts: Any):
         mask = hub.evbus.MASK
         text = mask.exception(error)
         hub.log.error(
-            f"Event {event.id} (profile '{event.profile}') failed to publish on "
-            f"ingress.{lane.plugin} profile '{lane.profile}': {text}",
+            f"Event {event.id} (profile '{event.profile}') failed to publish on {mask.text(lane.where)}: {text}",
             extra={"evbus_internal": True},
         )
         try:

@@ -44,3 +44,19 @@ def test_event_dataclass(hub):
     assert seed.id != modern.id
     with pytest.raises(AttributeError):
         seed.body = b"changed"
+
+
+@pytest.mark.parametrize("plugin,library,extra", [("kafka", "aiokafka", "kafka"), ("pika", "aio_pika", "pika")])
+def test_broker_plugin_without_its_library_says_which_extra(tmp_path, plugin, library, extra):
+    code = (
+        "import sys\n"
+        f"sys.modules[{library!r}] = None\n"
+        "import pop.hub\n"
+        "hub = pop.hub.Hub()\n"
+        "hub.pop.sub.add(dyne_name='evbus')\n"
+        f"assert {plugin!r} not in [m.__name__ for m in hub.ingress]\n"
+        f"print(hub.ingress._load_errors[{plugin!r}].edict['verror'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"pip install evbus[{extra}]" in out.stdout
