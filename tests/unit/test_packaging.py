@@ -39,3 +39,21 @@ def test_wheel_ships_every_plugin(tmp_path):
     sources = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert sources and sources <= shipped, sources - shipped
     assert any(name.endswith("entry_points.txt") for name in shipped)
+
+
+def test_readme_is_valid_restructuredtext():
+    import docutils.core
+    import docutils.utils
+
+    text = (ROOT / "README.rst").read_text()
+    docutils.core.publish_string(
+        text, writer_name="null", settings_overrides={"report_level": 2, "halt_level": 2}
+    )
+
+
+def test_readme_states_the_install_and_test_commands():
+    text = (ROOT / "README.rst").read_text()
+    assert 'pip install -e ".[test]"' in text
+    assert "python -m pytest tests" in text
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install --quiet -e ".[test]"' in ci and "python -m pytest tests" in ci
