@@ -16,6 +16,10 @@ CLI_CONFIG = {
     "retry_backoff": {"subcommands": ["_global_"]},
     "retry_backoff_max": {"subcommands": ["_global_"]},
     "max_in_flight": {"subcommands": ["_global_"]},
+    "queue_size": {"subcommands": ["_global_"]},
+    "lane_size": {"subcommands": ["_global_"]},
+    "lane_full": {"subcommands": ["_global_"]},
+    "dead_letter_file": {"subcommands": ["_global_"]},
     "acct_file": {"subcommands": ["_global_"]},
     "acct_key": {"subcommands": ["_global_"]},
     "events": {
@@ -100,6 +104,30 @@ CONFIG = {
         "type": int,
         "os": "EVBUS_MAX_IN_FLIGHT",
         "help": "Events a lane hands to a broker before the oldest is confirmed, at most",
+    },
+    "queue_size": {
+        "default": 0,
+        "type": int,
+        "os": "EVBUS_QUEUE_SIZE",
+        "help": "Events the broker queue holds at most; then put() waits and put_nowait() raises (0: no bound)",
+    },
+    "lane_size": {
+        "default": 100000,
+        "type": int,
+        "os": "EVBUS_LANE_SIZE",
+        "help": "Events one lane holds at most (0: no bound); see lane_full",
+    },
+    "lane_full": {
+        "default": "wait",
+        "type": str,
+        "os": "EVBUS_LANE_FULL",
+        "help": "When a lane is full: 'wait' (the listener waits: backpressure up to put) or 'dead-letter' (its oldest event is given up)",
+    },
+    "dead_letter_file": {
+        "default": None,
+        "type": str,
+        "os": "EVBUS_DEAD_LETTER_FILE",
+        "help": "The JSON lines file of given-up events (default: $XDG_STATE_HOME/evbus/dead-letters.jsonl)",
     },
     "acct_file": {
         "default": None,

@@ -4,6 +4,8 @@ The exceptions evbus raises, under one root: :class:`EvbusError`.
 Each subclass also inherits the builtin that fits it, so callers that catch
 ``ValueError``, ``TypeError`` or ``TimeoutError`` keep working.
 """
+import asyncio
+import queue
 
 
 class EvbusError(Exception):
@@ -41,6 +43,14 @@ class SerializeError(EvbusError, TypeError):
 
 class BusClosedError(EvbusError, RuntimeError):
     """An event put after stop() and before the bus was started again."""
+
+
+class BusFullError(EvbusError, asyncio.QueueFull, queue.Full):
+    """``put_nowait`` on a full bounded broker queue (config ``queue_size``); nothing was queued."""
+
+
+class LaneFullError(EvbusError):
+    """An event dropped from a full lane (config ``lane_size`` with ``lane_full: dead-letter``)."""
 
 
 class BusRunningError(EvbusError, RuntimeError):

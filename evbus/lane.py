@@ -24,6 +24,7 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+from evbus.exc import LaneFullError
 from evbus.types import Event
 
 
@@ -98,10 +99,13 @@ class Lane:
     :param profile: The acct profile name (a pattern for event profiles)
     :param ctx: The ``ctx`` handed to the plugin; ``ctx.acct`` is the profile data
     :param destination: The plugin's functions, adapted
-    :param on_failure: ``on_failure(lane, event, error)`` -> awaitable; called for a given-up event
+    :param on_failure: ``on_failure(lane, event, error, attempts)`` -> awaitable; called for a given-up event
     :param policy: Retries and timeouts
     :param window: Events handed off and not yet confirmed, at most (pipelined plugins)
     :param log: ``log(message)``: where warnings about the destination go
+    :param limit: Events the lane holds at most (0: no limit)
+    :param when_full: ``"wait"``: the listener waits for room (backpressure up to
+        ``put``); ``"dead-letter"``: the oldest event not yet handed off is given up
     """
 
     def __init__(
@@ -111,10 +115,12 @@ class Lane:
         profile: str,
         ctx: Any,
         destination: Destination,
-        on_failure: Callable[["Lane", Event, BaseException], Awaitable],
+        on_failure: Callable[["Lane", Event, BaseException, int], Awaitable],
         policy: RetryPolicy = RetryPolicy(),
         window: int = 1000,
         log: Callable[[str], None] | None = None,
+        limit: int = 0,
+        when_full: str = "wait",
     ):
         self.plugin = plugin
         self.provider = provider
@@ -124,6 +130,9 @@ class Lane:
         self.destination = destination
         self.policy = policy
         self.window = max(1, window) if destination.pipelined else 1
+        self.limit = limit
+        self.when_full = when_full
+        self._room: list[asyncio.Future] = []
         self._send = destination.send
         self._inline = destination.inline
         self._on_failure = on_failure
@@ -131,13 +140,16 @@ class Lane:
         # Events not yet settled: the first ones are in flight (handed off, unconfirmed)
         self._pending: collections.deque[Event] = collections.deque()
         self._in_flight: collections.deque[Any] = collections.deque()
-        # Events that failed inline in put(), with their error, for the task to report
-        self._inline_failed: collections.deque[tuple[Event, BaseException]] = collections.deque()
+        # Events given up outside the task (failed inline in put(), dropped from a full
+        # lane), with their error, for the task to report: it can await the error callback
+        self._to_report: collections.deque[tuple[Event, BaseException]] = collections.deque()
         self._wakeup: asyncio.Future | None = None
         self._idle: list[asyncio.Future] = []
         # (sequence number, future) of callers waiting for one event to be settled
         self._settle_waiters: list[tuple[int, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
+        # Set when an event used up its retry budget; cleared by the next success
+        self.down = False
         self.queued = 0
         self.published = 0
         self.retried = 0
@@ -174,19 +186,28 @@ class Lane:
         :return: Its sequence number on this lane, for :meth:`settled`
         """
         self.queued += 1
-        if self._inline and not self._pending and not self._inline_failed:
+        if self._inline and not self._pending and not self._to_report:
             routing_key = event.routing_key if event.routing_key is not None else self.routing_key
             try:
                 self._send(self.ctx, routing_key, event)
             except Exception as e:  # reported by the lane's task, which can await the error callback
-                self._inline_failed.append((event, e))
+                self._to_report.append((event, e))
             else:
                 self.published += 1
                 if self._settle_waiters:
                     self._wake_settled()
                 return self.queued
         else:
-            self._pending.append(event)
+            pending = self._pending
+            if self.limit and len(pending) >= self.limit and self.when_full == "dead-letter":
+                # Drop the oldest event that is not handed off yet
+                oldest = pending[len(self._in_flight)] if len(pending) > len(self._in_flight) else None
+                if oldest is not None:
+                    pending.remove(oldest)
+                    self._to_report.append(
+                        (oldest, LaneFullError(f"dropped: the lane to {self.where} held {self.limit} events"))
+                    )
+            pending.append(event)
         if self._task is None:
             self.start()
         wakeup = self._wakeup
@@ -208,8 +229,8 @@ class Lane:
         attempts = 0
         first_failure = 0.0
         while True:
-            if self._inline_failed:
-                event, error = self._inline_failed.popleft()
+            if self._to_report:
+                event, error = self._to_report.popleft()
                 await self._give_up(event, error)
                 continue
             if not pending:
@@ -246,6 +267,9 @@ class Lane:
                 in_flight.popleft()
                 pending.popleft()
                 attempts = 0
+                if self.down:
+                    self.down = False
+                    self._log(f"{self.where} is up again")
                 if pipelined:
                     # and the confirmations that have arrived behind it, without another wait
                     self._harvest_confirmed()
@@ -256,6 +280,8 @@ class Lane:
                 self.published += 1
                 if self._settle_waiters:
                     self._wake_settled()
+                if self._room:
+                    self._wake_room()
                 continue
             # Failure: keep what was confirmed, go back to the oldest unconfirmed event
             self._harvest_confirmed()
@@ -266,7 +292,10 @@ class Lane:
             now = time.monotonic()
             if attempts == 1:
                 first_failure = now
-            if attempts < policy.attempts and now - first_failure < policy.seconds and self.destination.retriable(error):
+            can_retry = self.destination.retriable(error)
+            # A destination that is down (it already used up a budget) gets one attempt per
+            # event until a publish succeeds again: its events go to the dead letters at once
+            if not self.down and can_retry and attempts < policy.attempts and now - first_failure < policy.seconds:
                 self.retried += 1
                 delay = policy.delay(attempts)
                 self._log(
@@ -275,8 +304,14 @@ class Lane:
                 )
                 await asyncio.sleep(delay)
                 continue
+            if can_retry and not self.down:
+                self.down = True
+                self._log(
+                    f"{self.where} is down: its events are dead-lettered after one attempt each "
+                    f"until a publish succeeds again"
+                )
+            await self._give_up(pending.popleft(), error, attempts)
             attempts = 0
-            await self._give_up(pending.popleft(), error)
 
     def _harvest_confirmed(self):
         """Count the in-flight events at the front whose confirmation has arrived."""
@@ -288,6 +323,10 @@ class Lane:
             in_flight.popleft()
             pending.popleft()
             self.published += 1
+        if self._settle_waiters:
+            self._wake_settled()
+        if self._room:
+            self._wake_room()
 
     def _forget_in_flight(self):
         """Drop the receipts of unconfirmed events; they will be handed off again."""
@@ -310,9 +349,9 @@ class Lane:
         except Exception as e:
             self._log(f"Cannot connect to {self.where}; events wait for it: {type(e).__name__}: {e}")
 
-    async def _give_up(self, event: Event, error: BaseException):
+    async def _give_up(self, event: Event, error: BaseException, attempts: int = 1):
         try:
-            await self._on_failure(self, event, error)
+            await self._on_failure(self, event, error, attempts)
         except asyncio.CancelledError:
             raise
         except Exception:  # the failure handler logs; it must not end the lane
@@ -320,6 +359,26 @@ class Lane:
         self.failed += 1
         if self._settle_waiters:
             self._wake_settled()
+        if self._room:
+            self._wake_room()
+
+    @property
+    def full(self) -> bool:
+        """Whether the lane holds ``limit`` events and makes the listener wait for room."""
+        return bool(self.limit) and self.when_full == "wait" and len(self._pending) >= self.limit
+
+    async def room(self):
+        """Return once the lane has room for another event."""
+        while self.full:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room.append(waiter)
+            await waiter
+
+    def _wake_room(self):
+        waiters, self._room = self._room, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def settled_count(self) -> int:
@@ -359,7 +418,7 @@ class Lane:
         """
         Return once every event queued so far was published or given up.
         """
-        if not self._pending and not self._inline_failed:
+        if not self._pending and not self._to_report:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._idle.append(waiter)
@@ -381,14 +440,15 @@ class Lane:
             except asyncio.CancelledError:
                 pass
         self._forget_in_flight()
-        for event, inline_error in list(self._inline_failed):
+        for event, inline_error in list(self._to_report):
             await self._give_up(event, inline_error)
-        self._inline_failed.clear()
+        self._to_report.clear()
         undelivered = list(self._pending)
         self._pending.clear()
         for event in undelivered:
-            await self._give_up(event, error)
+            await self._give_up(event, error, 0)
         self._wake_settled()
+        self._wake_room()
         self._set_idle()
         if self.destination.close is not None:
             try:
@@ -412,6 +472,8 @@ class Lane:
             "published": self.published,
             "retried": self.retried,
             "failed": self.failed,
+            "dead_lettered": self.failed,
+            "down": self.down,
             "depth": len(self._pending),
             "in_flight": len(self._in_flight),
             "mean_publish_seconds": self.publish_seconds / self.published if self.published else 0.0,

@@ -17,12 +17,13 @@ RETRY_ENV = {"EVBUS_RETRY_ATTEMPTS": "3", "EVBUS_RETRY_BACKOFF": "0.001", "EVBUS
 
 
 @pytest.fixture(name="hub")
-def fresh_hub(monkeypatch):
+def fresh_hub(monkeypatch, tmp_path):
     """A new hub per test with the evbus dyne and its config loaded (no CLI parsing)."""
     monkeypatch.setattr(sys, "argv", ["evbus"])
     # Retries as in production, but quick: 3 attempts, millisecond backoff
     for name, value in RETRY_ENV.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("EVBUS_DEAD_LETTER_FILE", str(tmp_path / "dead-letters.jsonl"))
     hub = pop.hub.Hub()
     hub.pop.sub.add(dyne_name="evbus")
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)

@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from evbus.exc import BusClosedError
+from evbus.exc import BusFullError
 from evbus.exc import SerializeError
 from evbus.types import Event
 from evbus.types import make_event
@@ -48,10 +49,13 @@ class BrokerState:
     safe, and the serializer in use.
     """
 
-    __slots__ = ("lock", "loop", "loop_thread", "closed", "put_count", "serializer")
+    __slots__ = ("lock", "loop", "loop_thread", "closed", "put_count", "serializer", "maxsize", "reserved")
 
     def __init__(self):
         self.lock = threading.Lock()
+        # config queue_size (0: no bound), and the places other threads' puts have reserved
+        self.maxsize = 0
+        self.reserved = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self.closed = False
@@ -91,21 +95,41 @@ def _bind(hub, state: BrokerState) -> asyncio.Queue:
     if state.loop is loop:
         return hub.evbus.BUS
     with state.lock:
-        old = hub.evbus.BUS
-        new_bus = asyncio.Queue()
-        if isinstance(old, queue.Queue):
-            while True:
-                try:
-                    new_bus.put_nowait(old.get_nowait())
-                except queue.Empty:
-                    break
-        else:
-            while not old.empty():
-                new_bus.put_nowait(old.get_nowait())
+        new_bus = _moved(hub.evbus.BUS, asyncio.Queue, state.maxsize)
         hub.evbus.BUS = new_bus
         state.loop = loop
         state.loop_thread = _get_ident()
     return new_bus
+
+
+def _moved(old, kind, maxsize: int):
+    """A new queue of ``kind`` holding the events of ``old`` in order; never smaller than they need."""
+    items = []
+    while not old.empty():
+        items.append(old.get_nowait())
+    new = kind(maxsize=maxsize if not maxsize or maxsize >= len(items) else len(items))
+    for item in items:
+        new.put_nowait(item)
+    return new
+
+
+def resize(hub, size: int):
+    """
+    Bound the broker queue (config ``queue_size``), keeping what it holds.
+
+    :param size: Events it holds at most; 0 for no bound
+    """
+    state: BrokerState = hub.evbus.broker.STATE
+    if size == state.maxsize:
+        return
+    with state.lock:
+        state.maxsize = size
+        bus = hub.evbus.BUS
+        if isinstance(bus, queue.Queue):
+            hub.evbus.BUS = _moved(bus, queue.Queue, size)
+        elif state.loop is None or state.loop_thread == _get_ident():
+            hub.evbus.BUS = _moved(bus, asyncio.Queue, size)
+        # else: the loop's queue is rebound with the new size by the next init() in its loop
 
 
 async def get(hub) -> Event:
@@ -244,29 +268,65 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
     :param profile: The profile name (matched against profile patterns)
     :raises SerializeError: when the body cannot be serialized (nothing is queued)
     :raises BusClosedError: after stop(), until the bus is started again
+    :raises BusFullError: when the bounded queue (config ``queue_size``) is full (nothing is queued);
+        it is also a ``queue.Full`` and an ``asyncio.QueueFull``
     """
     state: BrokerState = hub.evbus.broker.STATE
     new_event = _accept(hub, state, routing_key, body, profile)
     if state.loop_thread == _get_ident():
         # The loop's own thread: nothing can swap the queue under us
+        bus = hub.evbus.BUS
+        if state.reserved and _no_room(bus, state):
+            raise _full(state)
+        try:
+            bus.put_nowait(new_event)
+        except (asyncio.QueueFull, queue.Full):
+            raise _full(state) from None
         state.put_count += 1
-        hub.evbus.BUS.put_nowait(new_event)
         return
     with state.lock:
-        state.put_count += 1
         bus = hub.evbus.BUS
         loop = state.loop
         if loop is None:
-            bus.put_nowait(new_event)
+            try:
+                bus.put_nowait(new_event)
+            except (asyncio.QueueFull, queue.Full):
+                raise _full(state) from None
+            state.put_count += 1
             return
-    # Another thread than the loop's: hand the event to the loop
+        if state.maxsize and _no_room(bus, state):
+            raise _full(state)
+        state.reserved += 1
+        state.put_count += 1
+    # Another thread than the loop's: hand the event to the loop, in the place reserved for it
     try:
-        loop.call_soon_threadsafe(bus.put_nowait, new_event)
+        loop.call_soon_threadsafe(_put_reserved, state, bus, new_event)
     except RuntimeError:
         # The loop is closed: keep the event for the next loop
         with state.lock:
+            state.reserved -= 1
             state.loop = state.loop_thread = None
             hub.evbus.BUS = _requeue(hub.evbus.BUS, new_event)
+
+
+def _no_room(bus, state: BrokerState) -> bool:
+    return bool(state.maxsize) and bus.qsize() + state.reserved >= state.maxsize
+
+
+def _full(state: BrokerState) -> BusFullError:
+    return BusFullError(
+        f"The event bus queue is full ({state.maxsize} events, config queue_size); nothing was queued"
+    )
+
+
+def _put_reserved(state: BrokerState, bus, new_event: Event):
+    """In the loop: queue an event another thread put, in its reserved place."""
+    with state.lock:
+        state.reserved -= 1
+    try:
+        bus.put_nowait(new_event)
+    except asyncio.QueueFull:  # cannot happen with the reservation; never drop the event
+        asyncio.get_running_loop().create_task(bus.put(new_event))
 
 
 def _requeue(bus, new_event: Event) -> queue.Queue:
@@ -290,7 +350,8 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
     routing key, the matched profile's ``routing_key`` is used.
 
     The body is serialized and checked when ``put`` is called; the awaitable
-    it returns finishes once the event is on the broker queue.
+    it returns finishes once the event is on the broker queue, which waits for
+    room when the queue is bounded (config ``queue_size``) and full.
 
     :param routing_key: The routing key; None to use the matched profile's routing_key
     :param body: The message body, serialized here by the configured serialize plugin
@@ -301,9 +362,16 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
     state: BrokerState = hub.evbus.broker.STATE
     new_event = _accept(hub, state, routing_key, body, profile)
     if state.loop is not None and state.loop is _running_loop():
+        bus = hub.evbus.BUS
         state.put_count += 1
-        hub.evbus.BUS.put_nowait(new_event)
-        return _queued()
+        if not state.reserved or not _no_room(bus, state):
+            try:
+                bus.put_nowait(new_event)
+                return _queued()
+            except asyncio.QueueFull:
+                pass
+        # Full: wait for room (backpressure)
+        return bus.put(new_event)
     return _put_binding(hub, state, new_event)
 
 

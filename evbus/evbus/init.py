@@ -16,11 +16,13 @@ from evbus.mask import Masker
 class Stop:
     """The item stop() puts on the broker queue: everything before it is delivered first."""
 
-    __slots__ = ("timeout", "done")
+    __slots__ = ("timeout", "done", "queued")
 
     def __init__(self, timeout: float | None, done: asyncio.Future):
         self.timeout = timeout
         self.done = done
+        # False when a full queue had no room for it: the listener stops once the queue is empty
+        self.queued = True
 
 
 def __init__(hub):
@@ -66,6 +68,11 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     stop_item = None
     try:
         while stop_item is None:
+            if bus.empty():
+                pending_stop = hub.evbus.init.STOP
+                if pending_stop is not None and not pending_stop.queued:
+                    stop_item = pending_stop
+                    break
             event = await bus.get()
             # Propagate: hand each event to its lanes, without waiting for them;
             # take every event already queued before yielding to the loop again
@@ -76,6 +83,9 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                 lanes = match(event.profile)
                 if lanes:
                     for lane in lanes:
+                        if lane.full:
+                            # lane_full "wait": backpressure, up to put()
+                            await lane.room()
                         lane.put(event)
                 else:
                     route_state.unrouted += 1
@@ -116,7 +126,13 @@ async def stop(hub, timeout: float | None = None) -> int:
     if stop_item is None or stop_item.done.get_loop() is not asyncio.get_running_loop():
         stop_item = Stop(timeout, asyncio.get_running_loop().create_future())
         hub.evbus.init.STOP = stop_item
-        bus.put_nowait(stop_item)
+        try:
+            bus.put_nowait(stop_item)
+        except asyncio.QueueFull:
+            if hub.evbus.init.RUNNING:
+                await bus.put(stop_item)
+            else:
+                stop_item.queued = False
     if not hub.evbus.init.RUNNING:
         return 0
     # The listener itself bounds the drain by the timeout; the margin covers closing

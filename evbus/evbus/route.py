@@ -200,6 +200,8 @@ def router(hub, contexts: Any) -> Router:
     on_failure = _failure_handler(hub, contexts)
     policy = hub.evbus.settings.retry_policy()
     window = hub.evbus.settings.get("max_in_flight")
+    lane_size = hub.evbus.settings.get("lane_size")
+    lane_full = hub.evbus.settings.get("lane_full")
 
     def warn(message: str):
         hub.log.warning(hub.evbus.MASK.text(message), extra={"evbus_internal": True})
@@ -221,6 +223,8 @@ def router(hub, contexts: Any) -> Router:
             policy=policy,
             window=window,
             log=warn,
+            limit=lane_size,
+            when_full=lane_full,
         )
         if lane.destination.open is not None:
             # Connect now: a broker that cannot be reached is reported at start
@@ -379,12 +383,18 @@ def _failure_handler(hub, contexts: Any):
     """
     masked_contexts = None
 
-    async def on_failure(lane: Lane, event, error: BaseException):
+    async def on_failure(lane: Lane, event, error: BaseException, attempts: int):
         nonlocal masked_contexts
         mask = hub.evbus.MASK
         text = mask.exception(error)
+        try:
+            hub.evbus.deadletter.record(lane, event, error, attempts)
+        except Exception as e:  # the failure is still logged and called back
+            hub.log.error(f"Cannot write the dead letter of event {event.id}: {mask.exception(e)}",
+                          extra={"evbus_internal": True})
         hub.log.error(
-            f"Event {event.id} (profile '{event.profile}') failed to publish on {mask.text(lane.where)}: {text}",
+            f"Event {event.id} (profile '{event.profile}') failed to publish on {mask.text(lane.where)} "
+            f"after {attempts} attempt(s), dead-lettered: {text}",
             extra={"evbus_internal": True},
         )
         try:
@@ -406,6 +416,7 @@ def _failure_handler(hub, contexts: Any):
             "acct_profile": lane.profile,
             "routing_key": event.routing_key if event.routing_key is not None else lane.routing_key,
             "event_id": event.id,
+            "attempts": attempts,
             "body": event.body,
             "context": masked_contexts,
             "ctx": {"acct": mask.data(lane.ctx.acct)},

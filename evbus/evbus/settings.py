@@ -25,6 +25,10 @@ DEFAULTS = {
     "retry_backoff": 0.1,
     "retry_backoff_max": 5.0,
     "max_in_flight": 1000,
+    "queue_size": 0,
+    "lane_size": 100000,
+    "lane_full": "wait",
+    "dead_letter_file": None,
 }
 
 
@@ -35,6 +39,9 @@ def __init__(hub):
 # Options that are numbers; environment variables arrive as text
 NUMBERS = ("stop_timeout", "timeout", "publish_timeout", "retry_seconds", "retry_backoff", "retry_backoff_max")
 COUNTS = ("retry_attempts", "max_in_flight")
+# Options that are sizes: whole numbers, 0 for no bound
+SIZES = ("queue_size", "lane_size")
+CHOICES = {"lane_full": ("wait", "dead-letter")}
 
 
 def get(hub, name: str) -> Any:
@@ -54,13 +61,16 @@ def get(hub, name: str) -> Any:
             raise ConfigError(f"The option {name} must be a number of seconds, not {value!r}") from None
         if value < 0:
             raise ConfigError(f"The option {name} must not be negative, not {value!r}")
-    elif name in COUNTS:
+    elif name in COUNTS or name in SIZES:
         try:
             value = int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"The option {name} must be a whole number, not {value!r}") from None
-        if value < 1:
-            raise ConfigError(f"The option {name} must be at least 1, not {value!r}")
+        least = 1 if name in COUNTS else 0
+        if value < least:
+            raise ConfigError(f"The option {name} must be at least {least}, not {value!r}")
+    elif name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"The option {name} must be one of {', '.join(CHOICES[name])}, not {value!r}")
     return value
 
 
@@ -101,8 +111,9 @@ def apply(hub):
     # Fail here, at load, for names that do not exist
     hub.evbus.broker.serializer()
     hub.evbus.route.match_function(hub.match.PLUGIN)
-    for name in NUMBERS + COUNTS:
+    for name in NUMBERS + COUNTS + SIZES + tuple(CHOICES):
         hub.evbus.settings.get(name)
+    hub.evbus.broker.resize(hub.evbus.settings.get("queue_size"))
     # Only a config that passed is marked applied: a bad one raises on every use
     hub.evbus.settings.APPLIED = opt
 

@@ -177,9 +177,15 @@ async def test_failed_publish_goes_to_error_callback_masked(hub, running, caplog
     assert "failing" in caplog.text and "default" in caplog.text
     stats = {lane["plugin"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
     assert stats["failing"]["failed"] == 2
-    # each event: 3 attempts (EVBUS_RETRY_ATTEMPTS of the hub fixture), 2 of them retries
-    assert stats["failing"]["retried"] == 4
-    assert hub.ingress.failing.CALLS == 6
+    # the first event: 3 attempts (EVBUS_RETRY_ATTEMPTS of the hub fixture); then the
+    # destination counts as down, and the second gets one attempt
+    assert stats["failing"]["retried"] == 2 and stats["failing"]["down"]
+    assert hub.ingress.failing.CALLS == 4
+    dead = hub.evbus.deadletter.read()
+    assert [json.loads(d["body"]) for d in dead] == [{"n": 1}, {"n": 2}]
+    assert [d["attempts"] for d in dead] == [3, 1]
+    assert all(d["plugin"] == "failing" and d["acct_profile"] == "default" for d in dead)
+    assert "hunter2-secret" not in repr(dead) and "***" in dead[0]["error"]
 
 
 async def test_error_callback_ref_from_config(hub, running, error_sink):

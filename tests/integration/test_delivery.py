@@ -28,17 +28,34 @@ async def test_transient_failures_are_retried_in_order(hub, running, error_sink)
     assert error_sink == []
 
 
-async def test_retry_budget_of_attempts(hub, running, error_sink, monkeypatch):
+async def test_retry_budget_of_attempts(hub, running, error_sink):
     add_ingress(hub, "flaky")
-    hub.ingress.flaky.FAIL_NEXT = 4  # more than the 3 attempts of the test config
+    hub.ingress.flaky.FAIL_NEXT = 3  # the 3 attempts of the test config
     await running({"flaky": {"default": {}}})
     await hub.evbus.broker.put(body="lost")
     await hub.evbus.broker.put(body="next")
     await hub.evbus.init.stop()
     assert [json.loads(e["body"]) for e in error_sink] == ["lost"]
+    assert error_sink[0]["attempts"] == 3
     assert "connection reset" in str(error_sink[0]["exception"])
-    # the next event used the fourth failure, then went through
     assert [json.loads(b) for b in hub.ingress.flaky.SEEN] == ["next"]
+    assert [d["id"] for d in hub.evbus.deadletter.read()] == [error_sink[0]["event_id"]]
+    assert not lane_stats(hub, "flaky")["down"]  # up again after "next"
+
+
+async def test_down_destination_fails_fast_until_it_is_back(hub, running, error_sink):
+    """After one event used up its budget, the next ones get one attempt each: no 30 s per event."""
+    add_ingress(hub, "flaky")
+    hub.ingress.flaky.FAIL_NEXT = 3 + 5
+    await running({"flaky": {"default": {}}})
+    for n in range(8):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    assert [json.loads(e["body"]) for e in error_sink] == [0, 1, 2, 3, 4, 5]
+    assert [e["attempts"] for e in error_sink] == [3, 1, 1, 1, 1, 1]
+    assert [json.loads(b) for b in hub.ingress.flaky.SEEN] == [6, 7]
+    stats = lane_stats(hub, "flaky")
+    assert (stats["published"], stats["dead_lettered"], stats["down"]) == (2, 6, False)
 
 
 async def test_retry_budget_of_seconds(hub, running, error_sink, monkeypatch):

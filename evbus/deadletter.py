@@ -1,0 +1,135 @@
+"""
+The dead-letter store: a JSON lines file of the events a lane gave up.
+
+One line per given-up event and destination::
+
+    {"record": "…", "failed_at": 1764350000.1, "plugin": "kafka", "provider": "kafka",
+     "acct_profile": "default", "attempts": 10, "error": "KafkaConnectionError: … (masked)",
+     "id": "…", "profile": "idem-run", "routing_key": null, "timestamp": 1764349990.0,
+     "content_type": "application/json", "body": "{\\"n\\": 1}", "body_encoding": "utf-8"}
+
+``body`` holds the exact serialized bytes: as text when they are UTF-8, else
+base64 (``body_encoding``). Appends and rewrites are serialized by a lock, and
+a rewrite replaces the file atomically, so a crash leaves either the old or
+the new file, never half of one.
+"""
+import base64
+import json
+import os
+import pathlib
+import threading
+import time
+import uuid
+from typing import Any
+from collections.abc import Callable
+from collections.abc import Iterable
+
+from evbus.types import Event
+
+
+def default_path() -> str:
+    """``$XDG_STATE_HOME/evbus/dead-letters.jsonl`` (``~/.local/state`` when unset)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "evbus", "dead-letters.jsonl")
+
+
+def to_record(event: Event, **destination: Any) -> dict[str, Any]:
+    """
+    :param event: The given-up event
+    :param destination: plugin, provider, acct_profile, attempts, error
+    :return: Its dead-letter record
+    """
+    try:
+        body, encoding = event.body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        body, encoding = base64.b64encode(event.body).decode(), "base64"
+    return {
+        "record": uuid.uuid4().hex,
+        "failed_at": time.time(),
+        **destination,
+        "id": event.id,
+        "profile": event.profile,
+        "routing_key": event.routing_key,
+        "timestamp": event.timestamp,
+        "content_type": event.content_type,
+        "body": body,
+        "body_encoding": encoding,
+    }
+
+
+def to_event(record: dict[str, Any]) -> Event:
+    """
+    :param record: A dead-letter record
+    :return: The event it holds, with its original id and time
+    """
+    body = record["body"]
+    data = base64.b64decode(body) if record.get("body_encoding") == "base64" else body.encode("utf-8")
+    return Event(
+        profile=record.get("profile", "default"),
+        routing_key=record.get("routing_key"),
+        body=data,
+        content_type=record.get("content_type", "application/octet-stream"),
+        id=record["id"],
+        timestamp=record.get("timestamp", time.time()),
+    )
+
+
+class DeadLetterStore:
+    """
+    :param path: The JSON lines file; its directory is made when needed
+    """
+
+    def __init__(self, path: str):
+        self.path = pathlib.Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, record: dict[str, Any]):
+        """Write one record and flush it to the file."""
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(line)
+                out.flush()
+                os.fsync(out.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        """:return: Every record, oldest first; lines that are not JSON records are skipped"""
+        with self._lock:
+            return list(self._read())
+
+    def _read(self) -> Iterable[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "id" in record and "body" in record:
+                    yield record
+
+    def remove(self, drop: Callable[[dict[str, Any]], bool]) -> int:
+        """
+        Rewrite the file without the records ``drop`` selects, atomically.
+
+        :return: How many records were removed
+        """
+        with self._lock:
+            kept, removed = [], 0
+            for record in self._read():
+                if drop(record):
+                    removed += 1
+                else:
+                    kept.append(record)
+            if not removed:
+                return 0
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            with temporary.open("w", encoding="utf-8") as out:
+                for record in kept:
+                    out.write(json.dumps(record, default=str) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+            return removed

@@ -1,0 +1,111 @@
+"""
+Dead letters: every event a lane gives up (retry budget spent, stop timeout,
+full lane) is written with its destination, attempts and masked error to the
+dead-letter store (config ``dead_letter_file``); ``replay`` publishes them
+again and removes what was delivered.
+"""
+import asyncio
+from typing import Any
+
+from evbus.deadletter import DeadLetterStore
+from evbus.deadletter import default_path
+from evbus.deadletter import to_event
+from evbus.deadletter import to_record
+
+
+def __init__(hub):
+    hub.evbus.deadletter.STORES = {}
+
+
+def store(hub) -> DeadLetterStore:
+    """
+    :return: The store of the configured ``dead_letter_file`` (one per path)
+    """
+    path = hub.evbus.settings.get("dead_letter_file") or default_path()
+    stores = hub.evbus.deadletter.STORES
+    found = stores.get(path)
+    if found is None:
+        found = stores[path] = DeadLetterStore(path)
+    return found
+
+
+def record(hub, lane, event, error: BaseException, attempts: int) -> dict[str, Any]:
+    """
+    Write one given-up event to the store.
+
+    :param lane: The lane that gave it up
+    :param event: The event
+    :param error: Why (its text is masked)
+    :param attempts: How many publishes were tried
+    :return: The record written
+    """
+    entry = to_record(
+        event,
+        plugin=lane.plugin,
+        provider=lane.provider,
+        acct_profile=lane.profile,
+        attempts=attempts,
+        error=hub.evbus.MASK.exception(error),
+    )
+    hub.evbus.deadletter.store().append(entry)
+    return entry
+
+
+def read(hub, plugin: str | None = None, acct_profile: str | None = None) -> list[dict[str, Any]]:
+    """
+    :param plugin: Only the dead letters of this ingress plugin
+    :param acct_profile: Only those of this acct profile
+    :return: The dead-letter records, oldest first
+    """
+    return [
+        entry
+        for entry in hub.evbus.deadletter.store().read()
+        if (plugin is None or entry.get("plugin") == plugin)
+        and (acct_profile is None or entry.get("acct_profile") == acct_profile)
+    ]
+
+
+async def replay(
+    hub, contexts: dict[str, Any], plugin: str | None = None, acct_profile: str | None = None
+) -> dict[str, int]:
+    """
+    Publish dead letters again, each to its own destination (plugin and acct
+    profile) with the lanes' retries, and remove those delivered. Those that
+    fail again are dead-lettered again; those whose destination is not in
+    ``contexts`` stay.
+
+    :param contexts: The output of ``hub.evbus.acct.profiles`` with the destinations
+    :param plugin: Only the dead letters of this ingress plugin
+    :param acct_profile: Only those of this acct profile
+    :return: Counts: ``replayed``, ``delivered``, ``failed`` and ``no_destination``
+    """
+    entries = hub.evbus.deadletter.read(plugin=plugin, acct_profile=acct_profile)
+    router = hub.evbus.route.router(contexts)
+    lanes = {(lane.plugin, lane.profile): lane for lane in router.lanes}
+    waiting, no_destination = [], 0
+    for entry in entries:
+        lane = lanes.get((entry.get("plugin"), entry.get("acct_profile")))
+        if lane is None:
+            no_destination += 1
+            continue
+        waiting.append((entry, lane, lane.put(to_event(entry))))
+    await asyncio.gather(*(lane.settled(seq) for _, lane, seq in waiting))
+    replayed = {entry["record"] for entry, _, _ in waiting}
+    # Events that failed again were written as new records, with the same event id
+    failed_again = {
+        (entry["id"], entry.get("plugin"), entry.get("acct_profile"))
+        for entry in hub.evbus.deadletter.store().read()
+        if entry.get("record") not in replayed
+    }
+    delivered = {
+        entry["record"]
+        for entry, _, _ in waiting
+        if (entry["id"], entry.get("plugin"), entry.get("acct_profile")) not in failed_again
+    }
+    hub.evbus.deadletter.store().remove(lambda entry: entry.get("record") in replayed)
+    return {
+        "replayed": len(waiting),
+        "delivered": len(delivered),
+        "failed": len(waiting) - len(delivered),
+        "no_destination": no_destination,
+    }
