@@ -1,0 +1,172 @@
+"""Nothing lost: a bounded queue with backpressure, bounded lanes, dead letters and their replay."""
+import asyncio
+import json
+import queue
+import threading
+
+import pytest
+
+from evbus.exc import BusFullError
+from tests.conftest import add_ingress
+from tests.conftest import take_json
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def configure(hub, monkeypatch, **options):
+    for name, value in options.items():
+        monkeypatch.setenv(f"EVBUS_{name.upper()}", str(value))
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+
+
+async def test_full_queue_put_nowait_raises_and_nothing_is_half_queued(hub, monkeypatch):
+    configure(hub, monkeypatch, queue_size=3)
+    for n in range(3):
+        hub.evbus.broker.put_nowait(body=n)
+    with pytest.raises(BusFullError) as info:
+        hub.evbus.broker.put_nowait(body="too many")
+    assert isinstance(info.value, queue.Full) and isinstance(info.value, asyncio.QueueFull)
+    assert "queue_size" in str(info.value)
+    await hub.evbus.broker.init()  # the loop's queue keeps the bound
+    with pytest.raises(asyncio.QueueFull):
+        hub.evbus.broker.put_nowait(body="too many")
+    assert hub.evbus.BUS.qsize() == 3
+    assert hub.evbus.broker.stats()["put"] == 3
+
+
+async def test_full_queue_put_waits_for_room(hub, running, monkeypatch):
+    configure(hub, monkeypatch, queue_size=2)
+    hub.evbus.broker.put_nowait(body=0)
+    hub.evbus.broker.put_nowait(body=1)
+    await hub.evbus.broker.init()
+    waiting = asyncio.create_task(hub.evbus.broker.put(body=2))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # backpressure: no room until the listener takes events
+    await running({"internal": {"default": {}}})
+    await asyncio.wait_for(waiting, 5)
+    for n in range(3, 200):
+        await hub.evbus.broker.put(body=n)
+    assert await take_json(await hub.ingress.internal.get(), 200) == list(range(200))
+
+
+async def test_bounded_queue_from_threads_loses_nothing_it_accepted(hub, running, monkeypatch):
+    configure(hub, monkeypatch, queue_size=50)
+    await running({"internal": {"*": {}}})
+    accepted, refused = [], []
+
+    def produce(name):
+        for n in range(2000):
+            try:
+                hub.evbus.broker.put_nowait(body=[name, n], profile="t")
+                accepted.append((name, n))
+            except BusFullError:
+                refused.append((name, n))
+
+    threads = [threading.Thread(target=produce, args=(f"t{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in threads])
+    arrived = await take_json(await hub.ingress.internal.get(), len(accepted))
+    assert sorted(map(tuple, arrived)) == sorted(accepted)
+    assert len(accepted) + len(refused) == 6000
+
+
+async def test_full_lane_waits(hub, running, monkeypatch):
+    """lane_full: wait — the listener waits for room; every event arrives, in order."""
+    add_ingress(hub, "slow")
+    configure(hub, monkeypatch, lane_size=5, queue_size=5)
+    await running({"slow": {"default": {"delay": 0.002}}})
+    for n in range(60):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    assert [json.loads(b) for _, b in hub.ingress.slow.SEEN] == list(range(60))
+    assert hub.evbus.deadletter.read() == []
+
+
+async def test_full_lane_dead_letters_the_oldest(hub, running, monkeypatch, error_sink):
+    add_ingress(hub, "slow")
+    configure(hub, monkeypatch, lane_size=5, lane_full="dead-letter")
+    await running({"slow": {"default": {"delay": 0.01}}, "internal": {"default": {}}})
+    for n in range(50):
+        await hub.evbus.broker.put(body=n)
+    # the internal lane does not wait for the slow one
+    assert await take_json(await hub.ingress.internal.get(), 50, timeout=5) == list(range(50))
+    await hub.evbus.init.stop()
+    seen = [json.loads(b) for _, b in hub.ingress.slow.SEEN]
+    dropped = [json.loads(d["body"]) for d in hub.evbus.deadletter.read()]
+    assert dropped and sorted(seen + dropped) == list(range(50))
+    assert seen == sorted(seen)
+    assert all("LaneFullError" in d["error"] for d in hub.evbus.deadletter.read())
+    assert len(error_sink) == len(dropped)
+
+
+async def test_never_up_destination_dead_letters_everything_then_replay(hub, running, monkeypatch):
+    """A broker that never comes up: every event is dead-lettered; replay delivers them once it is up."""
+    add_ingress(hub, "flaky")
+    hub.ingress.flaky.FAIL_NEXT = 10**6
+    contexts = await running({"flaky": {"default": {}, "other": {}}, "internal": {"default": {}}})
+    for n in range(100):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    dead = hub.evbus.deadletter.read()
+    assert sorted((json.loads(d["body"]), d["acct_profile"]) for d in dead) == sorted(
+        (n, "default") for n in range(100)
+    )
+    assert hub.ingress.flaky.SEEN == []
+
+    hub.ingress.flaky.FAIL_NEXT = 0  # the broker is up
+    counts = await hub.evbus.deadletter.replay(contexts, plugin="flaky")
+    assert counts == {"replayed": 100, "delivered": 100, "failed": 0, "no_destination": 0}
+    assert [json.loads(b) for b in hub.ingress.flaky.SEEN] == list(range(100))
+    assert hub.evbus.deadletter.read() == []
+    await hub.evbus.route.close(timeout=5)
+
+
+async def test_replay_keeps_what_fails_again_and_what_has_no_destination(hub, running, monkeypatch):
+    add_ingress(hub, "flaky")
+    hub.ingress.flaky.FAIL_NEXT = 10**6
+    contexts = await running({"flaky": {"a": {}, "b": {}}})
+    await hub.evbus.broker.put(body="x", profile="a")
+    await hub.evbus.broker.put(body="y", profile="b")
+    await hub.evbus.init.stop()
+    assert sorted(d["acct_profile"] for d in hub.evbus.deadletter.read()) == ["a", "b"]
+    only_a = await hub.evbus.acct.profiles(acct_data={"flaky": {"a": {}}})
+    counts = await hub.evbus.deadletter.replay(only_a)  # still failing
+    assert counts == {"replayed": 1, "delivered": 0, "failed": 1, "no_destination": 1}
+    left = hub.evbus.deadletter.read()
+    assert sorted(d["acct_profile"] for d in left) == ["a", "b"]
+    hub.ingress.flaky.FAIL_NEXT = 0
+    counts = await hub.evbus.deadletter.replay(contexts, acct_profile="b")
+    assert counts["delivered"] == 1
+    assert [d["acct_profile"] for d in hub.evbus.deadletter.read()] == ["a"]
+    await hub.evbus.route.close(timeout=5)
+
+
+async def test_stop_timeout_dead_letters_what_is_left(hub, running):
+    add_ingress(hub, "hang")
+    await running({"hang": {"default": {}}})
+    for n in range(3):
+        await hub.evbus.broker.put(body=n)
+    assert await hub.evbus.init.stop(timeout=0.2) == 3
+    dead = hub.evbus.deadletter.read()
+    assert [json.loads(d["body"]) for d in dead] == [0, 1, 2]
+    assert all("stop timeout" in d["error"] for d in dead)
+
+
+async def test_dead_letter_keeps_binary_bodies_exactly(hub, running):
+    add_ingress(hub, "flaky")
+    hub.serialize.PLUGIN = "msgpack"
+    hub.ingress.flaky.FAIL_NEXT = 10**6
+    contexts = await running({"flaky": {"default": {}}})
+    body = {"bin": b"\x00\xff\xfe", "n": 1}
+    await hub.evbus.broker.put(body=body)
+    await hub.evbus.init.stop()
+    [dead] = hub.evbus.deadletter.read()
+    assert dead["body_encoding"] == "base64" and dead["content_type"] == "application/msgpack"
+    hub.ingress.flaky.FAIL_NEXT = 0
+    await hub.evbus.deadletter.replay(contexts)
+    import msgpack
+
+    assert [msgpack.unpackb(b) for b in hub.ingress.flaky.SEEN] == [body]
+    await hub.evbus.route.close(timeout=5)
