@@ -30,7 +30,9 @@ CLI_CONFIG = {
     },
     "profile": {"subcommands": ["publish"]},
     "routing_key": {"subcommands": ["publish"]},
-    "timeout": {"subcommands": ["publish"]},
+    "timeout": {"subcommands": ["publish", "replay"]},
+    "plugin": {"subcommands": ["replay"]},
+    "acct_profile": {"subcommands": ["replay"]},
 }
 
 CONFIG = {
@@ -159,6 +161,16 @@ CONFIG = {
         "os": "EVBUS_TIMEOUT",
         "help": "Seconds the evbus command waits for published events to arrive",
     },
+    "plugin": {
+        "default": None,
+        "type": str,
+        "help": "evbus replay: only the dead letters of this ingress plugin",
+    },
+    "acct_profile": {
+        "default": None,
+        "type": str,
+        "help": "evbus replay: only the dead letters of this acct profile",
+    },
     "events": {
         "default": [],
         "help": "Events to publish, each a JSON document; without any, JSON lines are read from stdin",
@@ -168,6 +180,10 @@ CONFIG = {
 SUBCOMMANDS = {
     "publish": {
         "help": "Publish events to the configured profiles and print what arrives on the internal ingress",
+        "dyne": "evbus",
+    },
+    "replay": {
+        "help": "Publish the dead letters again to their destinations and remove those delivered",
         "dyne": "evbus",
     },
 }

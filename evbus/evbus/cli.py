@@ -1,6 +1,10 @@
 """
 The ``evbus`` command line.
 
+``evbus replay [--plugin NAME] [--acct-profile NAME]`` publishes the dead
+letters again, to their destinations in the profiles of the acct file, and
+removes those delivered; the exit status is 1 when some failed again.
+
 ``evbus publish [EVENT ...]`` publishes each EVENT (a JSON document) or, with
 none given, each JSON line of stdin, to the profiles of the acct file
 (``--acct-file``/``ACCT_FILE``); with no configuration at all, to the internal
@@ -25,11 +29,13 @@ def run(hub) -> int:
     Load the config, run the chosen subcommand in a new loop, and return the exit status.
     """
     hub.pop.config.load(["evbus"], cli="evbus")
-    if hub.SUBPARSER != "publish":
+    if hub.SUBPARSER not in ("publish", "replay"):
         hub.args.PARSER.print_help(sys.stderr)
         return 2
     try:
         hub.evbus.settings.apply()
+        if hub.SUBPARSER == "replay":
+            return asyncio.run(hub.evbus.cli.replay())
         events = hub.evbus.cli.read_events(hub.OPT.evbus.events)
         return asyncio.run(hub.evbus.cli.publish(events))
     except (EvbusError, ValueError) as e:
@@ -95,6 +101,29 @@ async def publish(hub, bodies: list[Any]) -> int:
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+async def replay(hub) -> int:
+    """
+    Publish the dead letters (those of ``--plugin`` / ``--acct-profile`` only,
+    when given) to their destinations in the configured profiles.
+
+    :return: 0 when every replayed dead letter was delivered, else 1
+    """
+    opt = hub.OPT.evbus
+    hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    try:
+        counts = await hub.evbus.deadletter.replay(contexts, plugin=opt.plugin, acct_profile=opt.acct_profile)
+    finally:
+        await hub.evbus.route.close(hub.evbus.settings.get("timeout"))
+    print(
+        f"evbus: {counts['replayed']} dead letter(s) replayed from {hub.evbus.deadletter.store().path}: "
+        f"{counts['delivered']} delivered, {counts['failed']} failed again, "
+        f"{counts['no_destination']} kept (no such destination in the profiles)",
+        file=sys.stderr,
+    )
+    return 1 if counts["failed"] else 0
 
 
 def _decode(body: bytes) -> Any:

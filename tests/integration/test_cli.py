@@ -87,3 +87,29 @@ def test_no_subcommand_shows_help(tmp_path):
     out = evbus(cwd=tmp_path)
     assert out.returncode == 2
     assert "publish" in out.stderr
+
+
+async def test_replay_dead_letters_to_rabbitmq(tmp_path, amqp):
+    """Events for a RabbitMQ that is not there are dead-lettered; `evbus replay` delivers them once it is."""
+    queue = await amqp.queue()
+    dead = tmp_path / "dead.jsonl"
+    env = {
+        "EVBUS_DEAD_LETTER_FILE": str(dead),
+        "EVBUS_RETRY_ATTEMPTS": "2",
+        "EVBUS_RETRY_BACKOFF": "0.01",
+    }
+    down = tmp_path / "down.yml"
+    down.write_text(f"pika:\n  default:\n    connection:\n      url: amqp://guest:guest@127.0.0.1:1/\n    routing_key: {queue}\n")
+    up = tmp_path / "up.yml"
+    up.write_text(f"pika:\n  default:\n    connection:\n      url: amqp://guest:guest@127.0.0.1:5672/\n    routing_key: {queue}\n")
+
+    out = evbus("publish", "--acct-file", str(down), stdin="1\n2\n3\n", env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "3 failed" in out.stderr
+    assert len(dead.read_text().splitlines()) == 3
+
+    out = evbus("replay", "--acct-file", str(up), "--plugin", "pika", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "3 delivered" in out.stderr
+    assert [json.loads(m.body) for m in await amqp.take(queue, 3)] == [1, 2, 3]
+    assert dead.read_text() == ""
