@@ -20,6 +20,7 @@ CLI_CONFIG = {
     "lane_size": {"subcommands": ["_global_"]},
     "lane_full": {"subcommands": ["_global_"]},
     "dead_letter_file": {"subcommands": ["_global_"]},
+    "spool": {"subcommands": ["_global_"]},
     "acct_file": {"subcommands": ["_global_"]},
     "acct_key": {"subcommands": ["_global_"]},
     "events": {
@@ -130,6 +131,12 @@ CONFIG = {
         "type": str,
         "os": "EVBUS_DEAD_LETTER_FILE",
         "help": "The JSON lines file of given-up events (default: $XDG_STATE_HOME/evbus/dead-letters.jsonl)",
+    },
+    "spool": {
+        "default": None,
+        "type": str,
+        "os": "EVBUS_SPOOL",
+        "help": "A SQLite file: put() returns once the event is stored there, and start() re-delivers what a crash left (default: no spool)",
     },
     "acct_file": {
         "default": None,

@@ -106,6 +106,7 @@ class Lane:
     :param limit: Events the lane holds at most (0: no limit)
     :param when_full: ``"wait"``: the listener waits for room (backpressure up to
         ``put``); ``"dead-letter"``: the oldest event not yet handed off is given up
+    :param on_settled: ``on_settled(event)``, called once the lane published or gave up an event
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class Lane:
         log: Callable[[str], None] | None = None,
         limit: int = 0,
         when_full: str = "wait",
+        on_settled: Callable[[Event], None] | None = None,
     ):
         self.plugin = plugin
         self.provider = provider
@@ -132,6 +134,7 @@ class Lane:
         self.window = max(1, window) if destination.pipelined else 1
         self.limit = limit
         self.when_full = when_full
+        self._on_settled = on_settled
         self._room: list[asyncio.Future] = []
         self._send = destination.send
         self._inline = destination.inline
@@ -194,6 +197,8 @@ class Lane:
                 self._to_report.append((event, e))
             else:
                 self.published += 1
+                if self._on_settled is not None:
+                    self._on_settled(event)
                 if self._settle_waiters:
                     self._wake_settled()
                 return self.queued
@@ -265,7 +270,9 @@ class Lane:
                 error = e
             else:
                 in_flight.popleft()
-                pending.popleft()
+                done = pending.popleft()
+                if self._on_settled is not None:
+                    self._on_settled(done)
                 attempts = 0
                 if self.down:
                     self.down = False
@@ -321,8 +328,10 @@ class Lane:
             if receipt.cancelled() or receipt.exception() is not None:
                 break
             in_flight.popleft()
-            pending.popleft()
+            done = pending.popleft()
             self.published += 1
+            if self._on_settled is not None:
+                self._on_settled(done)
         if self._settle_waiters:
             self._wake_settled()
         if self._room:
@@ -357,6 +366,8 @@ class Lane:
         except Exception:  # the failure handler logs; it must not end the lane
             pass
         self.failed += 1
+        if self._on_settled is not None:
+            self._on_settled(event)
         if self._settle_waiters:
             self._wake_settled()
         if self._room:

@@ -27,6 +27,7 @@ from typing import Any
 from evbus.exc import BusClosedError
 from evbus.exc import BusFullError
 from evbus.exc import SerializeError
+from evbus.spool import Spool
 from evbus.types import Event
 from evbus.types import make_event
 
@@ -49,13 +50,15 @@ class BrokerState:
     safe, and the serializer in use.
     """
 
-    __slots__ = ("lock", "loop", "loop_thread", "closed", "put_count", "serializer", "maxsize", "reserved")
+    __slots__ = ("lock", "loop", "loop_thread", "closed", "put_count", "serializer", "maxsize", "reserved", "spool")
 
     def __init__(self):
         self.lock = threading.Lock()
         # config queue_size (0: no bound), and the places other threads' puts have reserved
         self.maxsize = 0
         self.reserved = 0
+        # The durable spool (config spool), or None
+        self.spool = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self.closed = False
@@ -111,6 +114,19 @@ def _moved(old, kind, maxsize: int):
     for item in items:
         new.put_nowait(item)
     return new
+
+
+def open_spool(hub, path: str | None):
+    """
+    Use the durable spool at ``path`` (config ``spool``); None or "" for none.
+    """
+    state: BrokerState = hub.evbus.broker.STATE
+    current = state.spool
+    if current is not None and current.path == path:
+        return
+    if current is not None:
+        current.close()
+    state.spool = Spool(path) if path else None
 
 
 def resize(hub, size: int):
@@ -282,6 +298,8 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
             bus.put_nowait(new_event)
         except (asyncio.QueueFull, queue.Full):
             raise _full(state) from None
+        if state.spool is not None:
+            state.spool.add(new_event)
         state.put_count += 1
         return
     with state.lock:
@@ -292,12 +310,16 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
                 bus.put_nowait(new_event)
             except (asyncio.QueueFull, queue.Full):
                 raise _full(state) from None
+            if state.spool is not None:
+                state.spool.add(new_event)
             state.put_count += 1
             return
         if state.maxsize and _no_room(bus, state):
             raise _full(state)
         state.reserved += 1
         state.put_count += 1
+    if state.spool is not None:
+        state.spool.add(new_event)
     # Another thread than the loop's: hand the event to the loop, in the place reserved for it
     try:
         loop.call_soon_threadsafe(_put_reserved, state, bus, new_event)
@@ -367,11 +389,14 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
         if not state.reserved or not _no_room(bus, state):
             try:
                 bus.put_nowait(new_event)
-                return _queued()
             except asyncio.QueueFull:
                 pass
+            else:
+                if state.spool is not None:
+                    state.spool.add(new_event)
+                return _queued()
         # Full: wait for room (backpressure)
-        return bus.put(new_event)
+        return _put_waiting(state, bus, new_event)
     return _put_binding(hub, state, new_event)
 
 
@@ -379,7 +404,14 @@ async def _put_binding(hub, state: BrokerState, new_event: Event):
     """The first put in a loop: bind the queue to it, then queue the event."""
     bus = _bind(hub, state)
     state.put_count += 1
+    await _put_waiting(state, bus, new_event)
+
+
+async def _put_waiting(state: BrokerState, bus: asyncio.Queue, new_event: Event):
+    """Queue an event once there is room; spool it before the listener can take it."""
     await bus.put(new_event)
+    if state.spool is not None:
+        state.spool.add(new_event)
 
 
 async def propagate(hub, contexts: dict[str, Any], event: Event, wait: bool = True):
@@ -406,9 +438,12 @@ def stats(hub) -> dict[str, Any]:
     """
     state: BrokerState = hub.evbus.broker.STATE
     bus = hub.evbus.BUS
+    spool = state.spool
     return {
         "put": state.put_count,
         "queue_depth": bus.qsize(),
+        "spool_depth": spool.depth() if spool is not None else None,
+        "redelivered": spool.redelivered if spool is not None else 0,
         "unrouted": hub.evbus.route.STATE.unrouted,
         "lanes": [lane.stats() for lane in hub.evbus.route.all_lanes()],
     }

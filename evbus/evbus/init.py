@@ -65,8 +65,24 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
     route_state = hub.evbus.route.STATE
     match = router.match
+    spool = hub.evbus.broker.STATE.spool
     stop_item = None
     try:
+        if spool is not None:
+            # What a crashed process left in the spool goes first
+            left_over = spool.left_over()
+            if left_over:
+                hub.log.warning(
+                    f"Re-delivering {len(left_over)} event(s) left in the spool {spool.path}",
+                    extra={"evbus_internal": True},
+                )
+            for event in left_over:
+                lanes = match(event.profile)
+                spool.routed(event, len(lanes))
+                for lane in lanes:
+                    if lane.full:
+                        await lane.room()
+                    lane.put(event)
         while stop_item is None:
             if bus.empty():
                 pending_stop = hub.evbus.init.STOP
@@ -81,6 +97,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                     stop_item = event
                     break
                 lanes = match(event.profile)
+                if spool is not None:
+                    spool.routed(event, len(lanes))
                 if lanes:
                     for lane in lanes:
                         if lane.full:
@@ -101,6 +119,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             hub.evbus.init.STOP = None
         timeout = stop_item.timeout if stop_item is not None else 0
         undelivered = await hub.evbus.route.close(timeout)
+        if spool is not None:
+            spool.flush()
         hub.log.debug("The event bus stopped", extra={"evbus_internal": True})
         if stop_item is not None and not stop_item.done.done():
             stop_item.done.set_result(undelivered)

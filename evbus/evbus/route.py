@@ -202,6 +202,8 @@ def router(hub, contexts: Any) -> Router:
     window = hub.evbus.settings.get("max_in_flight")
     lane_size = hub.evbus.settings.get("lane_size")
     lane_full = hub.evbus.settings.get("lane_full")
+    spool = hub.evbus.broker.STATE.spool
+    on_settled = spool.settled if spool is not None else None
 
     def warn(message: str):
         hub.log.warning(hub.evbus.MASK.text(message), extra={"evbus_internal": True})
@@ -225,6 +227,7 @@ def router(hub, contexts: Any) -> Router:
             log=warn,
             limit=lane_size,
             when_full=lane_full,
+            on_settled=on_settled,
         )
         if lane.destination.open is not None:
             # Connect now: a broker that cannot be reached is reported at start

@@ -29,6 +29,7 @@ DEFAULTS = {
     "lane_size": 100000,
     "lane_full": "wait",
     "dead_letter_file": None,
+    "spool": None,
 }
 
 
@@ -114,6 +115,7 @@ def apply(hub):
     for name in NUMBERS + COUNTS + SIZES + tuple(CHOICES):
         hub.evbus.settings.get(name)
     hub.evbus.broker.resize(hub.evbus.settings.get("queue_size"))
+    hub.evbus.broker.open_spool(hub.evbus.settings.get("spool"))
     # Only a config that passed is marked applied: a bad one raises on every use
     hub.evbus.settings.APPLIED = opt
 
