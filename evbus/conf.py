@@ -21,6 +21,7 @@ CLI_CONFIG = {
     "lane_full": {"subcommands": ["_global_"]},
     "dead_letter_file": {"subcommands": ["_global_"]},
     "spool": {"subcommands": ["_global_"]},
+    "spool_sync": {"subcommands": ["_global_"]},
     "acct_file": {"subcommands": ["_global_"]},
     "acct_key": {"subcommands": ["_global_"]},
     "events": {
@@ -137,6 +138,12 @@ CONFIG = {
         "type": str,
         "os": "EVBUS_SPOOL",
         "help": "A SQLite file: put() returns once the event is stored there, and start() re-delivers what a crash left (default: no spool)",
+    },
+    "spool_sync": {
+        "default": "normal",
+        "type": str,
+        "os": "EVBUS_SPOOL_SYNC",
+        "help": "How the spool writes: normal (a crash loses nothing), full (a power loss loses nothing either), off (fastest; a power loss may corrupt the spool)",
     },
     "acct_file": {
         "default": None,

@@ -116,17 +116,19 @@ def _moved(old, kind, maxsize: int):
     return new
 
 
-def open_spool(hub, path: str | None):
+def open_spool(hub, path: str | None, sync: str = "normal"):
     """
     Use the durable spool at ``path`` (config ``spool``); None or "" for none.
+
+    :param sync: config ``spool_sync``
     """
     state: BrokerState = hub.evbus.broker.STATE
     current = state.spool
-    if current is not None and current.path == path:
+    if current is not None and current.path == path and current.sync == sync:
         return
     if current is not None:
         current.close()
-    state.spool = Spool(path) if path else None
+    state.spool = Spool(path, sync) if path else None
 
 
 def resize(hub, size: int):

@@ -30,6 +30,7 @@ DEFAULTS = {
     "lane_full": "wait",
     "dead_letter_file": None,
     "spool": None,
+    "spool_sync": "normal",
 }
 
 
@@ -42,7 +43,7 @@ NUMBERS = ("stop_timeout", "timeout", "publish_timeout", "retry_seconds", "retry
 COUNTS = ("retry_attempts", "max_in_flight")
 # Options that are sizes: whole numbers, 0 for no bound
 SIZES = ("queue_size", "lane_size")
-CHOICES = {"lane_full": ("wait", "dead-letter")}
+CHOICES = {"lane_full": ("wait", "dead-letter"), "spool_sync": ("normal", "full", "off")}
 
 
 def get(hub, name: str) -> Any:
@@ -115,7 +116,7 @@ def apply(hub):
     for name in NUMBERS + COUNTS + SIZES + tuple(CHOICES):
         hub.evbus.settings.get(name)
     hub.evbus.broker.resize(hub.evbus.settings.get("queue_size"))
-    hub.evbus.broker.open_spool(hub.evbus.settings.get("spool"))
+    hub.evbus.broker.open_spool(hub.evbus.settings.get("spool"), hub.evbus.settings.get("spool_sync"))
     # Only a config that passed is marked applied: a bad one raises on every use
     hub.evbus.settings.APPLIED = opt
 
