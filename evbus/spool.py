@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from typing import Any
 
+from evbus.exc import ConfigError
 from evbus.types import Event
 
 SCHEMA = """
@@ -47,10 +48,15 @@ class Spool:
     def __init__(self, path: str, sync: str = "normal"):
         self.path = path
         self.sync = sync
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._closed = False
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1)
         # One process per spool: an exclusive lock saves two file-lock calls per transaction
         self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            self._db.close()
+            raise ConfigError(f"Cannot use the spool {path}: {e} (another process has it open?)") from None
         self._db.execute(f"PRAGMA synchronous={SYNC_MODES[SYNC_MODES.index(sync)].upper()}")
         # Fewer checkpoints (each one syncs the file): every 20000 pages of WAL instead of 1000
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
@@ -99,7 +105,7 @@ class Spool:
         """Write the removals of settled events."""
         with self._lock:
             done, self._done = self._done, []
-            if done:
+            if done and not self._closed:
                 self._db.execute("BEGIN")
                 self._db.executemany("DELETE FROM events WHERE seq = ?", done)
                 self._db.execute("COMMIT")
@@ -129,6 +135,8 @@ class Spool:
             return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def close(self):
+        """Write what is pending and release the file."""
         self.flush()
         with self._lock:
+            self._closed = True
             self._db.close()

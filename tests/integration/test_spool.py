@@ -45,6 +45,8 @@ async def test_a_new_hub_redelivers_what_the_old_one_left(hub, running, monkeypa
     for n in range(20):
         await hub.evbus.broker.put(body=n)
     assert hub.evbus.broker.stats()["spool_depth"] == 20
+    # The first process "dies": its lock on the spool goes with it
+    hub.evbus.broker.STATE.spool.close()
 
     import pop.hub
 
@@ -60,6 +62,20 @@ async def test_a_new_hub_redelivers_what_the_old_one_left(hub, running, monkeypa
     await asyncio.wait_for(listener, 10)
     assert second.evbus.broker.stats()["redelivered"] == 20
     assert second.evbus.broker.stats()["spool_depth"] == 0
+
+
+async def test_a_spool_in_use_is_a_clear_error(hub, monkeypatch, tmp_path):
+    from evbus.exc import ConfigError
+    from evbus.spool import Spool
+
+    holder = Spool(str(tmp_path / "spool.db"))
+    try:
+        with pytest.raises(ConfigError) as info:
+            use_spool(hub, monkeypatch, tmp_path / "spool.db")
+            await hub.evbus.broker.init()
+        assert "spool.db" in str(info.value)
+    finally:
+        holder.close()
 
 
 async def test_sigkill_mid_stream_loses_nothing_put_returned_for(tmp_path, amqp):
