@@ -170,3 +170,32 @@ async def test_dead_letter_keeps_binary_bodies_exactly(hub, running):
 
     assert [msgpack.unpackb(b) for b in hub.ingress.flaky.SEEN] == [body]
     await hub.evbus.route.close(timeout=5)
+
+
+async def test_bad_lanes_do_not_hold_up_the_others(hub, running, monkeypatch):
+    """A plugin that raises on every call, one that hangs, one that is slow: internal gets everything at once."""
+    add_ingress(hub, "failing", "hang", "slow")
+    configure(hub, monkeypatch, publish_timeout=30)
+    await running(
+        {
+            "internal": {"*": {}},
+            "failing": {"*": {}},
+            "hang": {"*": {}},
+            "slow": {"*": {"delay": 0.5}},
+        }
+    )
+    for n in range(1000):
+        await hub.evbus.broker.put(body=n, profile="any")
+    assert await take_json(await hub.ingress.internal.get(), 1000, timeout=10) == list(range(1000))
+    lanes = {lane["plugin"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
+    # while internal delivered all 1000, the others were still at their first events
+    assert lanes["internal"]["published"] == 1000
+    assert lanes["hang"]["published"] == 0 and lanes["hang"]["depth"] == 1000
+    assert lanes["slow"]["published"] <= 20
+    # the failing lane fails on its own: down, dead-lettering, without touching the rest
+    await wait_for(
+        lambda: any(lane["plugin"] == "failing" and lane["down"] for lane in hub.evbus.broker.stats()["lanes"]),
+        10,
+        "the failing lane marked down",
+    )
+    await hub.evbus.init.stop(timeout=0.5)

@@ -208,3 +208,28 @@ def test_ssl_context_from_any_subset_of_files(hub, tmp_path):
     with pytest.raises(ValueError) as info:
         build({"cert_file": str(cert), "key_file": str(tmp_path / "nokey.key")})
     assert "nokey.key" in str(info.value)
+
+
+async def test_broker_down_at_start_comes_up_within_the_budget(hub, running, topic, monkeypatch, caplog):
+    from tests.brokers import Tansu
+    from tests.brokers import _tansu_binary
+
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "100")
+    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "30")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.1")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
+    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "2")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    late = Tansu(_tansu_binary())  # a port where nothing listens yet
+    try:
+        await running({"kafka": {"default": {"topics": [topic], "key": "k", "connection": {"bootstrap_servers": late.bootstrap}}}})
+        for n in range(200):
+            await hub.evbus.broker.put(body=n)
+        await wait_for(lambda: "Cannot connect" in caplog.text or "failed (attempt" in caplog.text, 10, "the broker reported down")
+        await asyncio.get_running_loop().run_in_executor(None, late.start)
+        assert await hub.evbus.init.stop(timeout=60) == 0
+        lane = hub.evbus.broker.stats()["lanes"][0]
+        assert (lane["published"], lane["failed"]) == (200, 0)
+        assert [json.loads(m.value) for m in await consume(late.bootstrap, topic, 200)] == list(range(200))
+    finally:
+        late.kill()
