@@ -32,7 +32,8 @@ CLI_CONFIG = {
     },
     "profile": {"subcommands": ["publish"]},
     "routing_key": {"subcommands": ["publish"]},
-    "timeout": {"subcommands": ["publish", "replay"]},
+    "timeout": {"subcommands": ["publish", "replay", "profiles"]},
+    "output": {"subcommands": ["profiles"]},
     "plugin": {"subcommands": ["replay"]},
     "acct_profile": {"subcommands": ["replay"]},
 }
@@ -175,6 +176,12 @@ CONFIG = {
         "os": "EVBUS_TIMEOUT",
         "help": "Seconds the evbus command waits for published events to arrive",
     },
+    "output": {
+        "default": "yaml",
+        "type": str,
+        "choices": ["yaml", "json"],
+        "help": "evbus profiles: the output format, yaml or json",
+    },
     "plugin": {
         "default": None,
         "type": str,
@@ -198,6 +205,10 @@ SUBCOMMANDS = {
     },
     "replay": {
         "help": "Publish the dead letters again to their destinations and remove those delivered",
+        "dyne": "evbus",
+    },
+    "profiles": {
+        "help": "Show the configured profiles per provider, secrets masked, and whether each destination is reachable",
         "dyne": "evbus",
     },
 }

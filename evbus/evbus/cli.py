@@ -1,6 +1,10 @@
 """
 The ``evbus`` command line.
 
+``evbus profiles [--output yaml|json]`` shows the configured profiles per
+provider, secrets masked, and whether each destination is reachable; the
+exit status is 1 when one is not.
+
 ``evbus replay [--plugin NAME] [--acct-profile NAME]`` publishes the dead
 letters again, to their destinations in the profiles of the acct file, and
 removes those delivered; the exit status is 1 when some failed again.
@@ -17,6 +21,7 @@ import sys
 from typing import Any
 
 import msgpack
+import yaml
 
 from evbus.exc import EvbusError
 
@@ -29,13 +34,15 @@ def run(hub) -> int:
     Load the config, run the chosen subcommand in a new loop, and return the exit status.
     """
     hub.pop.config.load(["evbus"], cli="evbus")
-    if hub.SUBPARSER not in ("publish", "replay"):
+    if hub.SUBPARSER not in ("publish", "replay", "profiles"):
         hub.args.PARSER.print_help(sys.stderr)
         return 2
     try:
         hub.evbus.settings.apply()
         if hub.SUBPARSER == "replay":
             return asyncio.run(hub.evbus.cli.replay())
+        if hub.SUBPARSER == "profiles":
+            return asyncio.run(hub.evbus.cli.profiles())
         events = hub.evbus.cli.read_events(hub.OPT.evbus.events)
         return asyncio.run(hub.evbus.cli.publish(events))
     except (EvbusError, ValueError) as e:
@@ -124,6 +131,48 @@ async def replay(hub) -> int:
         file=sys.stderr,
     )
     return 1 if counts["failed"] else 0
+
+
+async def profiles(hub) -> int:
+    """
+    Print the configured profiles per provider with their secrets masked, and
+    whether each destination can be reached (connected to, then closed).
+
+    :return: 0 when every destination is reachable, else 1
+    """
+    opt = hub.OPT.evbus
+    timeout = hub.evbus.settings.get("timeout")
+    hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    if not contexts:
+        contexts = await hub.evbus.acct.profiles(acct_data={"internal": {MATCH_ALL.get(hub.match.PLUGIN, "*"): {}}})
+    report: dict[str, dict[str, Any]] = {}
+    unreachable = 0
+    for lane in hub.evbus.route.router(contexts).lanes:
+        entry: dict[str, Any] = {"plugin": lane.plugin, "profile": hub.evbus.MASK.data(dict(lane.ctx.acct))}
+        destination = lane.destination
+        if destination.describe is not None:
+            entry["destination"] = hub.evbus.MASK.text(destination.describe(lane.ctx))
+        if destination.open is None:
+            entry["reachable"] = True  # in-process
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    await destination.open(lane.ctx)
+                entry["reachable"] = True
+            except Exception as e:
+                entry["reachable"] = False
+                entry["error"] = hub.evbus.MASK.exception(e) if not isinstance(e, TimeoutError) else (
+                    f"no connection within {timeout} s"
+                )
+                unreachable += 1
+        report.setdefault(lane.provider, {})[lane.profile] = entry
+    await hub.evbus.route.close(timeout)
+    if opt.output == "json":
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(yaml.safe_dump(report, sort_keys=False, default_flow_style=False), end="")
+    return 1 if unreachable else 0
 
 
 def _decode(body: bytes) -> Any:

@@ -113,3 +113,28 @@ async def test_replay_dead_letters_to_rabbitmq(tmp_path, amqp):
     assert "3 delivered" in out.stderr
     assert [json.loads(m.body) for m in await amqp.take(queue, 3)] == [1, 2, 3]
     assert dead.read_text() == ""
+
+
+def test_profiles_masks_secrets_and_checks_reachability(tmp_path, rabbitmq):
+    acct = tmp_path / "acct.yml"
+    acct.write_text(
+        "pika:\n"
+        "  good:\n    connection:\n      url: amqp://guest:guest@127.0.0.1:5672/\n"
+        "  bad:\n    connection:\n      host: 127.0.0.1\n      port: 1\n      login: bob\n      password: pr0file-s3cret\n"
+        "internal:\n  default: {}\n"
+    )
+    out = evbus("profiles", "--acct-file", str(acct), "--output", "json", "--timeout", "5", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr  # one destination is unreachable
+    report = json.loads(out.stdout)
+    assert report["internal"]["default"]["reachable"] is True
+    assert report["pika"]["good"]["reachable"] is True
+    assert report["pika"]["bad"]["reachable"] is False
+    assert "127.0.0.1" in report["pika"]["bad"]["destination"] and ":1" in report["pika"]["bad"]["destination"]
+    assert report["pika"]["bad"]["profile"]["connection"]["password"] == "***"
+    assert "pr0file-s3cret" not in out.stdout + out.stderr
+
+
+def test_profiles_without_configuration(tmp_path):
+    out = evbus("profiles", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "internal" in out.stdout and "reachable: true" in out.stdout
