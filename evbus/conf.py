@@ -31,6 +31,7 @@ CLI_CONFIG = {
         "subcommands": ["publish"],
     },
     "profile": {"subcommands": ["publish"]},
+    "file": {"subcommands": ["publish"]},
     "routing_key": {"subcommands": ["publish"]},
     "timeout": {"subcommands": ["publish", "replay", "profiles"]},
     "output": {"subcommands": ["profiles"]},
@@ -175,6 +176,11 @@ CONFIG = {
         "type": float,
         "os": "EVBUS_TIMEOUT",
         "help": "Seconds the evbus command waits for published events to arrive",
+    },
+    "file": {
+        "default": None,
+        "type": str,
+        "help": "evbus publish: a file of events, one JSON document per line",
     },
     "output": {
         "default": "yaml",

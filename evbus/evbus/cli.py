@@ -43,20 +43,28 @@ def run(hub) -> int:
             return asyncio.run(hub.evbus.cli.replay())
         if hub.SUBPARSER == "profiles":
             return asyncio.run(hub.evbus.cli.profiles())
-        events = hub.evbus.cli.read_events(hub.OPT.evbus.events)
-        return asyncio.run(hub.evbus.cli.publish(events))
+        events = hub.evbus.cli.read_events(hub.OPT.evbus.events, hub.OPT.evbus.file)
+        return asyncio.run(hub.evbus.cli.publish(events, progress=bool(hub.OPT.evbus.file) and sys.stderr.isatty()))
     except (EvbusError, ValueError) as e:
         print(f"evbus: {hub.evbus.MASK.text(e)}", file=sys.stderr)
         return 2
 
 
-def read_events(hub, args: list[str] | tuple) -> list[Any]:
+def read_events(hub, args: list[str] | tuple, path: str | None = None) -> list[Any]:
     """
-    :param args: JSON documents from the command line; when empty, JSON lines are read from stdin
+    :param args: JSON documents from the command line
+    :param path: A file of JSON lines; with neither, JSON lines are read from stdin
     :return: The decoded event bodies
-    :raises ValueError: naming the argument or line that is not JSON
+    :raises ValueError: naming the argument or line that is not JSON, or a file that cannot be read
     """
-    if args:
+    if path:
+        try:
+            with open(path, encoding="utf-8") as lines:
+                sources = [(f"{path} line {n}", line) for n, line in enumerate(lines, 1) if line.strip()]
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e}") from None
+        sources = [(f"argument {n}", text) for n, text in enumerate(args, 1)] + sources
+    elif args:
         sources = [(f"argument {n}", text) for n, text in enumerate(args, 1)]
     elif sys.stdin is None or sys.stdin.isatty():
         sources = []
@@ -71,11 +79,12 @@ def read_events(hub, args: list[str] | tuple) -> list[Any]:
     return bodies
 
 
-async def publish(hub, bodies: list[Any]) -> int:
+async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
     """
     Publish event bodies to the configured profiles and print what arrives internally.
 
     :param bodies: Event bodies
+    :param progress: Show a progress bar on stderr (a terminal)
     :return: 0 when every publish succeeded, else 1
     """
     opt = hub.OPT.evbus
@@ -88,8 +97,11 @@ async def publish(hub, bodies: list[Any]) -> int:
     listener = asyncio.create_task(hub.evbus.init.start(contexts))
     try:
         await hub.evbus.init.join(timeout=timeout)
-        for body in bodies:
+        for n, body in enumerate(bodies, 1):
             await hub.evbus.broker.put(routing_key=opt.routing_key, body=body, profile=opt.profile)
+            if progress and (n % 500 == 0 or n == len(bodies)):
+                await asyncio.sleep(0)  # let the lanes run between updates
+                _progress(n, len(bodies), hub.evbus.broker.stats()["lanes"])
     finally:
         undelivered = await hub.evbus.init.stop(timeout=timeout)
         await asyncio.gather(listener, return_exceptions=True)
@@ -102,12 +114,30 @@ async def publish(hub, bodies: list[Any]) -> int:
     lanes = hub.evbus.broker.stats()["lanes"]
     failed = sum(lane["failed"] for lane in lanes)
     published = sum(lane["published"] for lane in lanes)
+    if progress:
+        print(file=sys.stderr)
     print(
         f"evbus: {len(bodies)} event(s) put, {published} published on {len(lanes)} lane(s), "
-        f"{failed} failed" + (f" ({undelivered} not delivered before the timeout)" if undelivered else ""),
+        f"{failed} failed and dead-lettered"
+        + (f" ({undelivered} not delivered before the timeout)" if undelivered else "")
+        + (f"; dead letters: {hub.evbus.deadletter.store().path}" if failed else ""),
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+def _progress(done: int, total: int, lanes: list[dict]):
+    """One line of progress on a terminal: put, published, failed."""
+    width = 30
+    filled = int(width * done / total) if total else width
+    published = sum(lane["published"] for lane in lanes)
+    failed = sum(lane["failed"] for lane in lanes)
+    print(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} put, {published} published, {failed} failed",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 async def replay(hub) -> int:

@@ -105,7 +105,7 @@ async def test_replay_dead_letters_to_rabbitmq(tmp_path, amqp):
 
     out = evbus("publish", "--acct-file", str(down), stdin="1\n2\n3\n", env=env, cwd=tmp_path)
     assert out.returncode == 1, out.stderr
-    assert "3 failed" in out.stderr
+    assert "3 failed and dead-lettered" in out.stderr
     assert len(dead.read_text().splitlines()) == 3
 
     out = evbus("replay", "--acct-file", str(up), "--plugin", "pika", env=env, cwd=tmp_path)
@@ -138,3 +138,38 @@ def test_profiles_without_configuration(tmp_path):
     out = evbus("profiles", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "internal" in out.stdout and "reachable: true" in out.stdout
+
+
+def test_publish_from_a_file_on_a_terminal(tmp_path):
+    """A file of JSON lines, with a progress bar when stderr is a terminal (here: a pseudo-terminal)."""
+    import pty
+
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(1200)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    primary, secondary = pty.openpty()
+    proc = subprocess.run(
+        [str(EVBUS), "publish", "--file", str(events)], stdout=subprocess.PIPE, stderr=secondary,
+        stdin=subprocess.DEVNULL, env=env, cwd=tmp_path, timeout=60,
+    )
+    os.close(secondary)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(primary)
+    assert proc.returncode == 0
+    assert len(lines(proc.stdout.decode())) == 1200
+    text = terminal.decode()
+    assert "1200/1200 put" in text and "#" in text
+    assert "1200 published" in text
+
+
+def test_publish_file_that_is_missing(tmp_path):
+    out = evbus("publish", "--file", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+    assert out.returncode == 2 and "cannot read" in out.stderr
