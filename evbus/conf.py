@@ -30,10 +30,11 @@ CLI_CONFIG = {
         "display_priority": 0,
         "subcommands": ["publish"],
     },
-    "profile": {"subcommands": ["publish"]},
+    "profile": {"subcommands": ["publish", "listen"]},
     "file": {"subcommands": ["publish"]},
-    "routing_key": {"subcommands": ["publish"]},
-    "timeout": {"subcommands": ["publish", "replay", "profiles"]},
+    "routing_key": {"subcommands": ["publish", "listen"]},
+    "count": {"subcommands": ["listen"]},
+    "timeout": {"subcommands": ["publish", "replay", "profiles", "listen"]},
     "output": {"subcommands": ["profiles"]},
     "plugin": {"subcommands": ["replay"]},
     "acct_profile": {"subcommands": ["replay"]},
@@ -175,7 +176,12 @@ CONFIG = {
         "default": 5.0,
         "type": float,
         "os": "EVBUS_TIMEOUT",
-        "help": "Seconds the evbus command waits for published events to arrive",
+        "help": "Seconds the evbus command waits: for publishes to be delivered, for a connection, or (listen) for the next message; 0 for ever with listen",
+    },
+    "count": {
+        "default": 0,
+        "type": int,
+        "help": "evbus listen: stop after this many messages (0: no limit)",
     },
     "file": {
         "default": None,
@@ -215,6 +221,10 @@ SUBCOMMANDS = {
     },
     "profiles": {
         "help": "Show the configured profiles per provider, secrets masked, and whether each destination is reachable",
+        "dyne": "evbus",
+    },
+    "listen": {
+        "help": "Print what arrives at a profile's destination (Kafka topic, AMQP queue, ...), for debugging a deployment",
         "dyne": "evbus",
     },
 }

@@ -1,6 +1,10 @@
 """
 The ``evbus`` command line.
 
+``evbus listen [--profile NAME] [--routing-key KEY] [--count N]`` prints
+what arrives at a profile's destination (Kafka topic, AMQP queue, ...), for
+debugging a deployment.
+
 ``evbus profiles [--output yaml|json]`` shows the configured profiles per
 provider, secrets masked, and whether each destination is reachable; the
 exit status is 1 when one is not.
@@ -20,6 +24,7 @@ import json
 import sys
 from typing import Any
 
+import dict_tools.data as data
 import msgpack
 import yaml
 
@@ -34,7 +39,7 @@ def run(hub) -> int:
     Load the config, run the chosen subcommand in a new loop, and return the exit status.
     """
     hub.pop.config.load(["evbus"], cli="evbus")
-    if hub.SUBPARSER not in ("publish", "replay", "profiles"):
+    if hub.SUBPARSER not in ("publish", "replay", "profiles", "listen"):
         hub.args.PARSER.print_help(sys.stderr)
         return 2
     try:
@@ -43,6 +48,8 @@ def run(hub) -> int:
             return asyncio.run(hub.evbus.cli.replay())
         if hub.SUBPARSER == "profiles":
             return asyncio.run(hub.evbus.cli.profiles())
+        if hub.SUBPARSER == "listen":
+            return asyncio.run(hub.evbus.cli.listen())
         events = hub.evbus.cli.read_events(hub.OPT.evbus.events, hub.OPT.evbus.file)
         return asyncio.run(hub.evbus.cli.publish(events, progress=bool(hub.OPT.evbus.file) and sys.stderr.isatty()))
     except (EvbusError, ValueError) as e:
@@ -203,6 +210,53 @@ async def profiles(hub) -> int:
     else:
         print(yaml.safe_dump(report, sort_keys=False, default_flow_style=False), end="")
     return 1 if unreachable else 0
+
+
+async def listen(hub) -> int:
+    """
+    Print, as JSON lines, what arrives at the destination of the acct profile
+    ``--profile`` (its Kafka topic, AMQP queue, ...), until ``--count``
+    messages or ``--timeout`` seconds without one; with no configuration,
+    the internal ingress.
+
+    :return: 0, or 2 when the profile or its plugin cannot listen
+    """
+    opt = hub.OPT.evbus
+    timeout = hub.evbus.settings.get("timeout") or None
+    count = int(opt.count or 0)
+    hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    if not contexts:
+        contexts = await hub.evbus.acct.profiles(acct_data={"internal": {opt.profile: {}}})
+    destinations = [
+        (plugin, provider, name, data)
+        for plugin, provider, name, data in hub.evbus.route.destinations(contexts)
+        if name == opt.profile
+    ]
+    if not destinations:
+        print(f"evbus: no acct profile named '{opt.profile}'", file=sys.stderr)
+        return 2
+    plugin_name, _, _, profile = destinations[0]
+    plugin = hub.ingress[plugin_name]
+    if not hasattr(plugin, "listen"):
+        print(f"evbus: ingress.{plugin_name} cannot listen", file=sys.stderr)
+        return 2
+    ctx = data.NamespaceDict(acct=data.NamespaceDict(profile))
+    messages = plugin.listen(ctx, opt.routing_key).__aiter__()
+    seen = 0
+    try:
+        while not count or seen < count:
+            try:
+                async with asyncio.timeout(timeout):
+                    routing_key, body = await messages.__anext__()
+            except (TimeoutError, StopAsyncIteration):
+                break
+            print(json.dumps({"routing_key": routing_key, "body": _decode(body)}, default=repr), flush=True)
+            seen += 1
+    finally:
+        await messages.aclose()
+    print(f"evbus: {seen} message(s) from ingress.{plugin_name} profile '{opt.profile}'", file=sys.stderr)
+    return 0
 
 
 def _decode(body: bytes) -> Any:

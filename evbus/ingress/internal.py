@@ -56,3 +56,16 @@ def publish_nowait(hub, ctx, routing_key: str, body: bytes):
     if channel is None:
         channel = queues[routing_key] = asyncio.Queue()
     channel.put_nowait(body)
+
+
+async def listen(hub, ctx, routing_key: str | None = None):
+    """
+    What arrives on the internal queue of a routing key in this process
+    (``evbus listen``).
+
+    :return: An async iterator of (routing key, body)
+    """
+    key = routing_key if routing_key is not None else ctx.acct.get("routing_key")
+    channel = await hub.ingress.internal.get(key)
+    while True:
+        yield key, await channel.get()

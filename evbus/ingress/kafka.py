@@ -264,3 +264,30 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 
     receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
     await receipt
+
+
+async def listen(hub, ctx, routing_key: str | None = None):
+    """
+    Consume what the profile's topics receive from now on (``evbus listen``).
+
+    :param routing_key: The topic, when the profile names none
+    :return: An async iterator of (topic, body)
+    """
+    topics = ctx.acct.get("topics") or ([routing_key] if routing_key else [])
+    if isinstance(topics, str):
+        topics = [topics]
+    if not topics:
+        raise NoTopicError("no Kafka topic to listen on: the profile names none and no --routing-key was given")
+    kwargs = {
+        key: value
+        for key, value in _producer_kwargs(hub, ctx).items()
+        if key in ("bootstrap_servers", "client_id", "security_protocol", "ssl_context", "sasl_mechanism",
+                   "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
+    }
+    consumer = aiokafka.AIOKafkaConsumer(*map(str, topics), auto_offset_reset="latest", **kwargs)
+    await consumer.start()
+    try:
+        async for record in consumer:
+            yield record.topic, record.value
+    finally:
+        await consumer.stop()

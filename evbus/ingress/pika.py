@@ -216,3 +216,26 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 
     receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
     await receipt
+
+
+async def listen(hub, ctx, routing_key: str | None = None):
+    """
+    Consume the profile's queue (``evbus listen``): the queue named by the
+    routing key, which must exist. Messages taken are acknowledged.
+
+    :param routing_key: The queue, when the profile names no routing_key
+    :return: An async iterator of (queue, body)
+    """
+    queue_name = routing_key or ctx.acct.get("routing_key")
+    if not queue_name:
+        raise EvbusError("no queue to listen on: the profile names no routing_key and no --routing-key was given")
+    connection = await aio_pika.connect(**_connection_kwargs(ctx))
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        async with queue.iterator() as messages:
+            async for message in messages:
+                async with message.process():
+                    yield queue_name, message.body
+    finally:
+        await connection.close()

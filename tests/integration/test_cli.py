@@ -1,4 +1,5 @@
 """The evbus command, run as a user runs it."""
+import asyncio
 import json
 import os
 import pathlib
@@ -173,3 +174,61 @@ def test_publish_from_a_file_on_a_terminal(tmp_path):
 def test_publish_file_that_is_missing(tmp_path):
     out = evbus("publish", "--file", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert out.returncode == 2 and "cannot read" in out.stderr
+
+
+async def test_listen_on_a_rabbitmq_queue(tmp_path, amqp):
+    import aio_pika
+
+    queue = await amqp.queue()
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"pika:\n  mine:\n    connection:\n      url: amqp://guest:guest@127.0.0.1:5672/\n    routing_key: {queue}\n")
+    for n in range(3):
+        await amqp.channel.default_exchange.publish(aio_pika.Message(json.dumps({"n": n}).encode()), routing_key=queue)
+    loop = asyncio.get_running_loop()
+    out = await loop.run_in_executor(
+        None, lambda: evbus("listen", "--acct-file", str(acct), "--profile", "mine", "--count", "3", cwd=tmp_path)
+    )
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [{"routing_key": queue, "body": {"n": n}} for n in range(3)]
+
+
+async def test_listen_on_a_kafka_topic(tmp_path, tansu, topic):
+    import aiokafka
+
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"kafka:\n  mine:\n    topics: [{topic}]\n    connection:\n      bootstrap_servers: {tansu.bootstrap}\n")
+    proc = await asyncio.create_subprocess_exec(
+        str(EVBUS), "listen", "--acct-file", str(acct), "--profile", "mine", "--count", "2", "--timeout", "30",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    received = []
+
+    async def read():
+        while len(received) < 2:
+            line = await proc.stdout.readline()
+            if not line:
+                return
+            received.append(json.loads(line))
+
+    reader = asyncio.create_task(read())
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=tansu.bootstrap)
+    await producer.start()
+    try:
+        for attempt in range(60):  # the listener starts at the end of the topic: send until it has two
+            await producer.send_and_wait(topic, json.dumps({"try": attempt}).encode())
+            done, _ = await asyncio.wait([reader], timeout=0.5)
+            if done:
+                break
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        await producer.stop()
+        if proc.returncode is None:
+            proc.kill()
+    assert len(received) == 2 and all(r["routing_key"] == topic and "try" in r["body"] for r in received)
+
+
+def test_listen_with_an_unknown_profile(tmp_path):
+    acct = tmp_path / "acct.yml"
+    acct.write_text("internal:\n  default: {}\n")
+    out = evbus("listen", "--acct-file", str(acct), "--profile", "nope", cwd=tmp_path)
+    assert out.returncode == 2 and "no acct profile named 'nope'" in out.stderr
