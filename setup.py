@@ -29,7 +29,7 @@ exec((HERE / "evbus" / "version.py").read_text(), version)
 setup(
     name="evbus",
     version=version["version"],
-    description="An asynchronous event bus for pop projects: internal queues, Kafka, RabbitMQ and more",
+    description="An asynchronous event bus for pop projects: internal queues, Kafka, RabbitMQ, NATS, Redis, MQTT and more",
     long_description=(HERE / "README.rst").read_text(),
     long_description_content_type="text/x-rst",
     license="Apache-2.0",
@@ -42,6 +42,9 @@ setup(
     extras_require={
         "kafka": requirements("kafka"),
         "pika": requirements("pika"),
+        "nats": requirements("nats"),
+        "redis": requirements("redis"),
+        "mqtt": requirements("mqtt"),
         "test": [r for r in requirements("test") if r not in requirements("base")],
     },
     entry_points={"console_scripts": ["evbus = evbus.scripts:start"]},

@@ -1,6 +1,10 @@
-"""Broker fixtures for the integration tests: RabbitMQ, and a Tansu (Kafka) broker the session starts."""
+"""
+Broker fixtures for the integration tests: RabbitMQ, a Tansu (Kafka) broker
+the session starts, NATS, Redis and MQTT.
+"""
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -167,3 +171,343 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0)
     finally:
         await consumer.stop()
     return messages
+
+
+# NATS, Redis and MQTT: the machine's services for most tests, and processes
+# of a test's own (on a free port, with a data directory of its own) for the
+# tests that stop and start a server mid-stream. The machine's Redis keeps
+# nothing on disk, and other tests talk to the machine's services meanwhile.
+
+NATS_URL = "nats://127.0.0.1:4222"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+
+
+def unique(prefix: str = "evbus-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def _take(queue: asyncio.Queue, count: int, timeout: float, what: str) -> list:
+    items: list = []
+
+    async def _fill():
+        while len(items) < count:
+            items.append(await queue.get())
+
+    try:
+        await asyncio.wait_for(_fill(), timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"only {len(items)} of {count} messages arrived on {what} within {timeout} s")
+    return items
+
+
+class ServerProcess:
+    """
+    A server process of a test's own on a free loopback port, with a data
+    directory of its own, that the test can stop and start again on the same
+    port and directory.
+
+    :param name: For messages
+    :param argv: ``argv(port)`` -> the command line
+    """
+
+    def __init__(self, name: str, argv):
+        self.name = name
+        self.argv = argv
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0):
+        self.process = subprocess.Popen(
+            self.argv(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on 127.0.0.1:{self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 30.0):
+        """Stop the server as its service would (SIGTERM: it saves its data); kill it after ``timeout``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def _binary(name: str) -> str:
+    """The path of a server binary; skips the test (fails it under CI) when it is not installed."""
+    for path in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if path and os.access(path, os.X_OK):
+            return path
+    message = f"{name} is not installed"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def own_nats(tmp_path):
+    """A nats-server with JetStream (file storage in the test's directory) of the test's own."""
+    binary = _binary("nats-server")
+    server = ServerProcess(
+        "nats-server", lambda port: [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)]
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own that syncs its append-only file on every write."""
+    binary = _binary("redis-server")
+    server = ServerProcess(
+        "redis-server",
+        lambda port: [
+            binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+        ],
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path):
+    """A mosquitto of the test's own that keeps sessions and queued messages on disk."""
+    binary = _binary("mosquitto")
+    conf = tmp_path / "mosquitto.conf"
+
+    def argv(port: int) -> list[str]:
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {tmp_path}/\n"
+            "max_queued_messages 0\n"
+            "user root\n"
+            "log_dest none\n"
+        )
+        return [binary, "-c", str(conf)]
+
+    server = ServerProcess("mosquitto", argv)
+    server.start()
+    yield server
+    server.stop()
+
+
+class NatsConsumer:
+    """A nats-py connection of the test's own: core subscriptions, and JetStream streams it made."""
+
+    def __init__(self, client):
+        self.client = client
+        self.js = client.jetstream()
+        self.streams: list[str] = []
+
+    async def subscribe(self, subject: str) -> asyncio.Queue:
+        """
+        Subscribe to a subject (before the events are published: core NATS
+        keeps nothing), and return once the server has the subscription.
+        """
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def received(message):
+            queue.put_nowait(message)
+
+        await self.client.subscribe(subject, cb=received)
+        # A probe published after the subscription comes back only once the server has it
+        # (nats-py's flush() may overtake a subscription it has not written yet)
+        await self.client.publish(subject, b"probe")
+        probe = await asyncio.wait_for(queue.get(), 10)
+        assert probe.data == b"probe"
+        return queue
+
+    async def take(self, queue: asyncio.Queue, count: int, timeout: float = 20.0) -> list:
+        return await _take(queue, count, timeout, "a NATS subscription")
+
+    async def stream(self) -> tuple[str, str]:
+        """Make a stream for one subject; it is deleted at the end of the test. :return: (stream, subject)"""
+        name = unique("EVBUS_TEST").replace("-", "_").upper()
+        subject = unique("evbus-test") + ".events"
+        await self.js.add_stream(name=name, subjects=[subject])
+        self.streams.append(name)
+        return name, subject
+
+    async def messages(self, stream: str, count: int, timeout: float = 20.0) -> list:
+        """Wait until a stream holds ``count`` messages and read them all, in order."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            held = (await self.js.stream_info(stream)).state.messages
+            if held >= count:
+                break
+            if loop.time() > deadline:
+                pytest.fail(f"only {held} of {count} messages arrived in stream {stream} within {timeout} s")
+            await asyncio.sleep(0.02)
+        return [await self.js.get_msg(stream, seq) for seq in range(1, held + 1)]
+
+
+@pytest.fixture
+def nats_server():
+    service("127.0.0.1", 4222, "NATS")
+    return NATS_URL
+
+
+@pytest.fixture
+async def nats_consumer(nats_server):
+    import nats
+
+    client = await nats.connect(nats_server)
+    consumer = NatsConsumer(client)
+    yield consumer
+    for name in consumer.streams:
+        try:
+            await consumer.js.delete_stream(name)
+        except Exception:
+            pass
+    await client.close()
+
+
+class RedisReader:
+    """A redis-py client of the test's own; the keys it names are deleted at the end of the test."""
+
+    def __init__(self, client):
+        self.client = client
+        self.keys: list[str] = []
+        self.readers: list[tuple] = []
+
+    def key(self) -> str:
+        name = unique()
+        self.keys.append(name)
+        return name
+
+    async def entries(self, stream: str, count: int, timeout: float = 20.0) -> list[tuple[bytes, dict]]:
+        """Wait until a stream holds ``count`` entries and read them all, in order."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (held := await self.client.xlen(stream)) < count:
+            if loop.time() > deadline:
+                pytest.fail(f"only {held} of {count} entries arrived in stream {stream} within {timeout} s")
+            await asyncio.sleep(0.02)
+        return await self.client.xrange(stream)
+
+    async def subscribe(self, channel: str) -> asyncio.Queue:
+        """
+        Subscribe to a channel (before the events are published: pub/sub
+        keeps nothing), and return once the server confirmed the subscription.
+        """
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(channel)
+        queue: asyncio.Queue = asyncio.Queue()
+        subscribed = asyncio.Event()
+
+        async def read():
+            async for message in pubsub.listen():
+                if message["type"] == "subscribe":
+                    subscribed.set()
+                elif message["type"] == "message":
+                    queue.put_nowait(message["data"])
+
+        self.readers.append((pubsub, asyncio.create_task(read())))
+        await asyncio.wait_for(subscribed.wait(), 10)
+        return queue
+
+    async def take(self, queue: asyncio.Queue, count: int, timeout: float = 20.0) -> list:
+        return await _take(queue, count, timeout, "a Redis channel")
+
+
+@pytest.fixture
+def redis_server():
+    service("127.0.0.1", 6379, "Redis")
+    return REDIS_URL
+
+
+@pytest.fixture
+async def redis_reader(redis_server):
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_server)
+    reader = RedisReader(client)
+    yield reader
+    for pubsub, task in reader.readers:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+        await pubsub.aclose()
+    if reader.keys:
+        await client.delete(*reader.keys)
+    await client.aclose()
+
+
+class MqttSubscriber:
+    """An aiomqtt client of the test's own, reading what its subscriptions receive."""
+
+    def __init__(self, client):
+        self.client = client
+        self.queues: dict[str, asyncio.Queue] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self):
+        async for message in self.client.messages:
+            self.queues.setdefault(str(message.topic), asyncio.Queue()).put_nowait(message)
+
+    async def subscribe(self, topic: str, qos: int = 1) -> str:
+        """Subscribe (before the events are published: the broker keeps nothing for a topic nobody takes)."""
+        self.queues.setdefault(topic, asyncio.Queue())
+        await self.client.subscribe(topic, qos=qos)
+        return topic
+
+    async def take(self, topic: str, count: int, timeout: float = 20.0) -> list:
+        queue = self.queues.setdefault(topic, asyncio.Queue())
+        return await _take(queue, count, timeout, f"MQTT topic {topic}")
+
+
+@pytest.fixture
+def mqtt_broker():
+    service(MQTT_HOST, MQTT_PORT, "Mosquitto")
+    return {"hostname": MQTT_HOST, "port": MQTT_PORT}
+
+
+async def mqtt_subscriber(connection: dict, **kwargs):
+    """Connect an MqttSubscriber; the caller closes it with :func:`close_mqtt_subscriber`."""
+    import aiomqtt
+
+    client = aiomqtt.Client(**connection, **kwargs)
+    await client.__aenter__()
+    return MqttSubscriber(client)
+
+
+async def close_mqtt_subscriber(subscriber: MqttSubscriber):
+    subscriber.reader.cancel()
+    try:
+        await subscriber.reader
+    except (asyncio.CancelledError, Exception):
+        pass
+    try:
+        await subscriber.client.__aexit__(None, None, None)
+    except Exception:
+        pass
+
+
+@pytest.fixture
+async def mqtt(mqtt_broker):
+    subscriber = await mqtt_subscriber(mqtt_broker)
+    yield subscriber
+    await close_mqtt_subscriber(subscriber)

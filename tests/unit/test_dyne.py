@@ -46,7 +46,16 @@ def test_event_dataclass(hub):
         seed.body = b"changed"
 
 
-@pytest.mark.parametrize("plugin,library,extra", [("kafka", "aiokafka", "kafka"), ("pika", "aio_pika", "pika")])
+@pytest.mark.parametrize(
+    "plugin,library,extra",
+    [
+        ("kafka", "aiokafka", "kafka"),
+        ("pika", "aio_pika", "pika"),
+        ("nats", "nats", "nats"),
+        ("redis", "redis", "redis"),
+        ("mqtt", "aiomqtt", "mqtt"),
+    ],
+)
 def test_broker_plugin_without_its_library_says_which_extra(tmp_path, plugin, library, extra):
     code = (
         "import sys\n"

@@ -1,0 +1,321 @@
+"""
+MQTT ingress, with one client connection per profile, opened at start and
+reused by every event.
+
+Accepts the acct provider ``mqtt``. Install with ``pip install evbus[mqtt]``.
+
+.. code-block:: yaml
+
+    mqtt:
+      my_profile:
+        connection:               # keyword arguments of aiomqtt.Client
+          hostname: 127.0.0.1
+          port: 1883
+          username: user
+          password: secret
+          identifier: my-app      # the client id; a random one when empty
+          protocol: 5             # 3.1, 3.1.1 (the default) or 5
+          tls_params:             # keyword arguments of aiomqtt.TLSParameters (optional)
+            ca_certs: /path/ca.pem
+        topic: events/default     # used when the event has no routing key
+        qos: 1                    # 0, 1 (the default) or 2
+        retain: false
+
+The event's routing key (or the profile's ``routing_key``) is the topic;
+``topic`` is the one used when there is none.
+
+With QoS 1 or 2 an event counts as published when the broker acknowledged it
+(PUBACK, or PUBCOMP for QoS 2); with QoS 0 when it was written to the
+connection. The message is the event body as it is: MQTT 3.1.1 has no
+headers. With ``protocol: 5`` each message also carries the content type of
+its event and the user properties ``Evbus-Id`` and ``Evbus-Timestamp``
+(seconds since the epoch).
+
+A lost connection fails the events not yet acknowledged at once; the lane
+sends them again on a new connection.
+"""
+import asyncio
+from typing import Any
+
+try:
+    import aiomqtt
+    import paho.mqtt.client as paho_mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    HAS_LIBS = True
+except ImportError:
+    HAS_LIBS = False
+
+from evbus.exc import EvbusError
+
+# protocol: in a profile -> aiomqtt.ProtocolVersion member name
+PROTOCOLS = {"3": "V31", "3.1": "V31", "4": "V311", "3.1.1": "V311", "5": "V5", "5.0": "V5"}
+
+# CONNACK reason codes that a retry cannot help: refused credentials (MQTT 3.1.1 and 5)
+REFUSED_CREDENTIALS = {4, 5, 134, 135}
+
+
+class NoTopicError(EvbusError, ValueError):
+    """An event with no topic: the event has no routing key and the profile names no topic."""
+
+    retriable = False
+
+
+class PublishRefused(EvbusError, ConnectionError):
+    """The broker acknowledged a message with a failure reason code (MQTT 5)."""
+
+
+class MqttConnectFailed(EvbusError, ConnectionError):
+    """The broker of a profile could not be reached."""
+
+
+def __virtual__(hub):
+    if not HAS_LIBS:
+        return False, "the mqtt ingress needs aiomqtt: pip install evbus[mqtt]"
+    return True
+
+
+def __init__(hub):
+    hub.ingress.mqtt.ACCT = ["mqtt"]
+    # connection key -> Publisher
+    hub.ingress.mqtt.PUBLISHERS = {}
+    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
+    hub.ingress.mqtt.BY_CTX = {}
+
+
+def client_kwargs(hub, connection: dict) -> dict:
+    """
+    The keyword arguments of ``aiomqtt.Client`` from a profile's ``connection``.
+
+    :param connection: The profile's ``connection``; ``protocol`` may be a
+        name ("3.1.1", "5"), ``tls_params`` and ``will`` mappings
+    """
+    kwargs = {key: value for key, value in dict(connection).items() if key != "loop"}
+    kwargs.setdefault("hostname", "localhost")
+    protocol = kwargs.get("protocol")
+    if protocol is not None and not isinstance(protocol, aiomqtt.ProtocolVersion):
+        name = str(protocol).lower().lstrip("v")
+        if name not in PROTOCOLS:
+            error = ValueError(f"unknown MQTT protocol '{protocol}': use 3.1, 3.1.1 or 5")
+            error.retriable = False
+            raise error
+        kwargs["protocol"] = aiomqtt.ProtocolVersion[PROTOCOLS[name]]
+    if isinstance(kwargs.get("tls_params"), dict):
+        kwargs["tls_params"] = aiomqtt.TLSParameters(**kwargs["tls_params"])
+    if isinstance(kwargs.get("will"), dict):
+        kwargs["will"] = aiomqtt.Will(**kwargs["will"])
+    return kwargs
+
+
+class Publisher:
+    """One profile's MQTT client connection, opened once."""
+
+    def __init__(self, client_kwargs: dict, where: str):
+        self.client_kwargs = client_kwargs
+        self.where = where
+        self.v5 = client_kwargs.get("protocol") == aiomqtt.ProtocolVersion.V5
+        self.client: Any = None
+        # The paho-mqtt client inside aiomqtt's: its publish() hands a message
+        # off without waiting, where aiomqtt's awaits the acknowledgement
+        self.paho: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Serializes open(): lanes of profiles that share this connection open it at once
+        self.lock = asyncio.Lock()
+        self.lock_loop: asyncio.AbstractEventLoop | None = None
+        # message id -> future of its acknowledgement
+        self.pending: dict[int, asyncio.Future] = {}
+        self._forward_publish: Any = None
+        self._forward_disconnect: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self.paho is not None and self.loop is asyncio.get_running_loop() and self.paho.is_connected()
+
+    def _lock(self) -> asyncio.Lock:
+        """The lock of open(), one per event loop (an asyncio lock belongs to the loop that first used it)."""
+        loop = asyncio.get_running_loop()
+        if self.lock_loop is not loop:
+            self.lock, self.lock_loop = asyncio.Lock(), loop
+        return self.lock
+
+    async def open(self):
+        """Connect (aiomqtt's ``__aenter__``) and take the acknowledgements of this client's messages."""
+        async with self._lock():
+            if self.ready:
+                return
+            await self.close()
+            client = aiomqtt.Client(**self.client_kwargs)
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttCodeError:  # the broker answered: refused credentials, say
+                raise
+            except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
+                raise MqttConnectFailed(f"cannot connect to {self.where}: {e}") from e
+            paho = client._client
+            self._forward_publish, paho.on_publish = paho.on_publish, self._on_publish
+            self._forward_disconnect, paho.on_disconnect = paho.on_disconnect, self._on_disconnect
+            self.client, self.paho, self.loop = client, paho, asyncio.get_running_loop()
+
+    async def close(self):
+        client, self.client = self.client, None
+        self.paho = None
+        self._fail_pending(ConnectionError("the MQTT connection was closed"))
+        if client is not None:
+            try:
+                await client.__aexit__(None, None, None)
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                pass
+
+    def _on_publish(self, client, userdata, mid: int, reason_code, properties):
+        """paho-mqtt's callback: a message was acknowledged (QoS 1 and 2) or written (QoS 0)."""
+        future = self.pending.pop(mid, None) if client is self.paho else None
+        if future is None:
+            # a publish of aiomqtt's own (or of a client this publisher left)
+            self._forward_publish(client, userdata, mid, reason_code, properties)
+        elif not future.done():
+            if getattr(reason_code, "is_failure", False):
+                future.set_exception(PublishRefused(f"the MQTT broker refused the message: {reason_code}"))
+            else:
+                future.set_result(None)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        """paho-mqtt's callback: the connection is gone; what it had not acknowledged fails now."""
+        self._forward_disconnect(client, userdata, flags, reason_code, properties)
+        if client is self.paho:
+            self._fail_pending(ConnectionError(f"the MQTT connection was lost: {reason_code}"))
+
+    def _fail_pending(self, error: BaseException):
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+class Route:
+    """What a lane's sends need of its profile: the publisher and the per-profile settings."""
+
+    def __init__(self, publisher: Publisher, acct):
+        self.publisher = publisher
+        self.topic = acct.get("topic") or None
+        qos = acct.get("qos")
+        self.qos = 1 if qos is None or qos == "" else int(qos)
+        retain = acct.get("retain") or False
+        self.retain = retain is True or str(retain).lower() in ("true", "1", "yes")
+
+
+def _connection(ctx) -> dict:
+    return dict(ctx.acct.get("connection") or {})
+
+
+def _key(ctx) -> str:
+    return repr(sorted(((key, repr(value)) for key, value in _connection(ctx).items() if key != "loop")))
+
+
+def _route(hub, ctx) -> Route:
+    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+    entry = hub.ingress.mqtt.BY_CTX.get(id(ctx))
+    if entry is not None and entry[0] is ctx:
+        return entry[1]
+    publishers = hub.ingress.mqtt.PUBLISHERS
+    key = _key(ctx)
+    publisher = publishers.get(key)
+    if publisher is None:
+        publisher = publishers[key] = Publisher(
+            hub.ingress.mqtt.client_kwargs(_connection(ctx)), where=hub.ingress.mqtt.describe(ctx)
+        )
+    route = Route(publisher, ctx.acct)
+    hub.ingress.mqtt.BY_CTX[id(ctx)] = (ctx, route)
+    return route
+
+
+def retriable(hub, error: BaseException) -> bool:
+    """
+    Whether a retry can help: not for refused credentials, nor for what
+    paho-mqtt rejects as a ``ValueError`` (a topic with wildcards, a payload
+    too large), nor for an event without a topic.
+    """
+    if isinstance(error, ValueError):
+        return False
+    if (
+        isinstance(error, aiomqtt.MqttCodeError)
+        and getattr(error.rc, "value", error.rc) in REFUSED_CREDENTIALS
+    ):
+        return False
+    return getattr(error, "retriable", True) is not False
+
+
+def describe(hub, ctx) -> str:
+    """
+    :return: The broker's address, ``mqtt://host:port``, without credentials
+    """
+    connection = ctx.acct.get("connection") or {}
+    tls = connection.get("tls_params") or connection.get("tls_context")
+    scheme = "mqtts" if tls else "mqtt"
+    return f"{scheme}://{connection.get('hostname', 'localhost')}:{connection.get('port', 1883)}"
+
+
+async def open(hub, ctx):
+    """
+    Connect the profile's client now, so that a broker that cannot be
+    reached is reported when the bus starts.
+    """
+    await _route(hub, ctx).publisher.open()
+
+
+async def close(hub, ctx):
+    """
+    Disconnect the profile's client; the lane has already waited for every
+    acknowledgement.
+    """
+    publisher = hub.ingress.mqtt.PUBLISHERS.pop(_key(ctx), None)
+    by_ctx = hub.ingress.mqtt.BY_CTX
+    for ctx_id, (_, route) in list(by_ctx.items()):
+        if route.publisher is publisher or ctx_id == id(ctx):
+            del by_ctx[ctx_id]
+    if publisher is not None:
+        await publisher.close()
+
+
+async def send(hub, ctx, routing_key: str, event):
+    """
+    Hand one event to the client, in order; the returned future completes
+    when the broker acknowledged it (QoS 1 and 2) or when it was written to
+    the connection (QoS 0).
+
+    :param routing_key: The topic; the profile's ``topic`` when empty
+    :param event: The event
+    """
+    route = _route(hub, ctx)
+    publisher = route.publisher
+    if not publisher.ready:
+        await publisher.open()
+    topic = routing_key or route.topic
+    if not topic:
+        raise NoTopicError("no MQTT topic: the event has no routing key and the profile names no topic")
+    properties = None
+    if publisher.v5:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ContentType = event.content_type
+        properties.UserProperty = [("Evbus-Id", event.id), ("Evbus-Timestamp", repr(event.timestamp))]
+    info = publisher.paho.publish(topic, event.body, route.qos, route.retain, properties)
+    if info.rc != paho_mqtt.MQTT_ERR_SUCCESS:
+        raise ConnectionError(f"MQTT publish failed: {paho_mqtt.error_string(info.rc)}")
+    # aiomqtt writes from the event loop, so the acknowledgement cannot come before this
+    future = publisher.loop.create_future()
+    publisher.pending[info.mid] = future
+    return future
+
+
+async def publish(hub, ctx, routing_key: str, body: bytes):
+    """
+    Publish one body and wait for the broker's acknowledgement (the ingress
+    contract; the lanes use ``send``).
+
+    :param routing_key: The topic; the profile's ``topic`` when empty
+    :param body: The serialized event body
+    """
+    from evbus.types import Event
+
+    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
+    await receipt

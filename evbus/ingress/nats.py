@@ -1,0 +1,381 @@
+"""
+NATS ingress, core NATS or JetStream, with one connection per profile,
+opened at start and reused by every event.
+
+Accepts the acct provider ``nats``. Install with ``pip install evbus[nats]``.
+
+.. code-block:: yaml
+
+    nats:
+      my_profile:
+        connection:               # keyword arguments of nats.connect
+          servers: nats://127.0.0.1:4222   # or a list; nats://user:password@host:port works too
+          user: user
+          password: secret        # or token: ...
+          name: my-app
+        subject: events.default   # used when the event has no routing key
+        jetstream: true           # publish to JetStream and wait for its PubAck (default: core NATS)
+        stream: EVENTS            # optional: the stream that must take the message (JetStream)
+
+The event's routing key (or the profile's ``routing_key``) is the subject;
+``subject`` is the one used when there is none.
+
+Each message carries the NATS headers ``Evbus-Id``, ``Evbus-Timestamp``
+(seconds since the epoch) and ``Content-Type`` of its event; a JetStream
+message also ``Nats-Msg-Id`` (the event id), so that the stream drops a copy
+that a retry sent again within its duplicate window.
+
+A JetStream publish counts as published when the stream acknowledged it
+(PubAck). Core NATS acknowledges nothing: events are written to the
+connection as they come, and one PING after a batch of them confirms the
+whole batch once its PONG is back, so a publish counts as published when the
+server read it (not when a subscriber got it: core NATS is at most once).
+
+The lanes retry and reconnect: unless the profile sets ``allow_reconnect:
+true`` (nats-py then reconnects and buffers on its own), a lost connection
+fails the events not yet confirmed at once, and the lane sends them again
+on a new connection.
+"""
+import asyncio
+import urllib.parse
+from typing import Any
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    HAS_LIBS = True
+except ImportError:
+    HAS_LIBS = False
+
+from evbus.exc import EvbusError
+
+# Connection options the plugin sets unless the profile does: one quick
+# connection attempt per server (nats-py would otherwise try each server 60
+# times, 2 s apart), and no reconnect of its own (the lane retries).
+QUICK_CONNECT = {"max_reconnect_attempts": 1, "reconnect_time_wait": 0}
+
+
+class NoSubjectError(EvbusError, ValueError):
+    """An event with no subject: the event has no routing key and the profile names no subject."""
+
+    retriable = False
+
+
+class NatsConnectError(EvbusError, ConnectionError):
+    """No server of a profile could be reached."""
+
+
+class NoStreamError(EvbusError, LookupError):
+    """The JetStream stream a profile names does not exist."""
+
+
+def __virtual__(hub):
+    if not HAS_LIBS:
+        return False, "the nats ingress needs nats-py: pip install evbus[nats]"
+    return True
+
+
+def __init__(hub):
+    hub.ingress.nats.ACCT = ["nats"]
+    # connection key -> Connection
+    hub.ingress.nats.CONNECTIONS = {}
+    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
+    hub.ingress.nats.BY_CTX = {}
+
+
+class Session:
+    """
+    One client of a profile's connection, and what it was handed and has not
+    confirmed yet: the core NATS batches waiting for their PONG, and (in
+    nats-py's JetStream context) the publishes waiting for their PubAck.
+    """
+
+    def __init__(self):
+        self.client: Any = None
+        self.js: Any = None
+        self.flushes: dict[asyncio.Future, asyncio.Task] = {}
+
+    async def fail(self):
+        """
+        nats-py's callback when the client lost its connection: what it holds
+        fails now, so that the lane sends it again.
+        """
+        error = nats.errors.ConnectionClosedError()
+        pending = list(self.flushes)
+        for task in self.flushes.values():
+            task.cancel()  # their PONG will not come
+        if self.js is not None:
+            # nats-py keeps the futures of publish_async() by reply token
+            pending.extend(getattr(self.js, "_publish_async_futures", {}).values())
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    async def flush(self, route: "Route", batch: asyncio.Future):
+        """
+        Confirm a batch of core NATS publishes: PING after them, done when the
+        PONG is back.
+        """
+        if route.batch is batch:
+            route.batch = None  # events published from here on wait for the next PING
+        client = self.client
+        try:
+            # nats-py writes its PING straight to the socket, ahead of what it still buffers:
+            # the batch's publishes must have left the buffer first
+            waited = 0
+            while client.pending_data_size > 0 and not client.is_closed:
+                await asyncio.sleep(0 if waited < 10 else 0.001)
+                waited += 1
+            await client.flush()
+        except asyncio.CancelledError:
+            if not batch.done():
+                batch.set_exception(nats.errors.ConnectionClosedError())
+        except Exception as e:
+            if not batch.done():
+                batch.set_exception(e)
+        else:
+            if not batch.done():
+                batch.set_result(None)
+        finally:
+            self.flushes.pop(batch, None)
+
+
+class Connection:
+    """One profile's NATS connection (and JetStream context), opened once."""
+
+    def __init__(self, connection_kwargs: dict, jetstream: bool, stream: str | None, where: str):
+        self.connection_kwargs = connection_kwargs
+        self.jetstream = jetstream
+        self.stream = stream
+        self.where = where
+        self.session = Session()
+        # JetStream: publish_async(subject, body, headers=, stream=) -> future of the PubAck
+        self.publish_async: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Serializes open(): lanes of profiles that share this connection open it at once
+        self.lock = asyncio.Lock()
+        self.lock_loop: asyncio.AbstractEventLoop | None = None
+        self.last_error: BaseException | None = None
+
+    @property
+    def client(self) -> Any:
+        """The nats-py client, or None"""
+        return self.session.client
+
+    @property
+    def ready(self) -> bool:
+        client = self.session.client
+        return client is not None and self.loop is asyncio.get_running_loop() and not client.is_closed
+
+    def _lock(self) -> asyncio.Lock:
+        """The lock of open(), one per event loop (an asyncio lock belongs to the loop that first used it)."""
+        loop = asyncio.get_running_loop()
+        if self.lock_loop is not loop:
+            self.lock, self.lock_loop = asyncio.Lock(), loop
+        return self.lock
+
+    async def open(self):
+        """Connect; with JetStream and a ``stream``, check that the stream exists."""
+        async with self._lock():
+            if self.ready:
+                return
+            await self.close()
+            kwargs = dict(self.connection_kwargs)
+            if not kwargs.get("allow_reconnect"):
+                kwargs["allow_reconnect"] = False
+                for name, value in QUICK_CONNECT.items():
+                    kwargs.setdefault(name, value)
+            kwargs.setdefault("name", "evbus")
+            # A new session: a late callback of the last client fails what that client held, no more
+            session = Session()
+            kwargs.update(error_cb=self._on_error, closed_cb=session.fail, disconnected_cb=session.fail)
+            self.last_error = None
+            try:
+                client = await nats.connect(**kwargs)
+            except nats.errors.NoServersError:
+                reason = f": {type(self.last_error).__name__}: {self.last_error}" if self.last_error else ""
+                raise NatsConnectError(f"cannot connect to {self.where}{reason}") from None
+            session.client = client
+            if self.jetstream:
+                js = session.js = client.jetstream()
+                if self.stream:
+                    try:
+                        await js.stream_info(self.stream)
+                    except BaseException as e:
+                        await client.close()
+                        if isinstance(e, nats.js.errors.NotFoundError):
+                            raise NoStreamError(
+                                f"JetStream stream '{self.stream}' does not exist on {self.where}"
+                            ) from None
+                        raise
+                self.publish_async = getattr(js, "publish_async", None) or self._publish_task
+            self.session, self.loop = session, asyncio.get_running_loop()
+
+    async def _publish_task(
+        self, subject: str, body: bytes, headers: dict, stream: str | None
+    ) -> asyncio.Task:
+        """For a nats-py without ``publish_async``: the PubAck of ``publish`` in a task of its own."""
+        return self.loop.create_task(self.session.js.publish(subject, body, headers=headers, stream=stream))
+
+    async def close(self):
+        session, self.session = self.session, Session()
+        self.publish_async = None
+        client = session.client
+        if client is not None and not client.is_closed:
+            try:
+                await client.close()  # writes what is buffered
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                pass
+        await session.fail()  # what the client still held, should nats-py not have said so yet
+
+    async def _on_error(self, error: Exception):
+        # nats-py reports connection errors here (and would log them); the lane reports its own
+        self.last_error = error
+
+
+class Route:
+    """What a lane's sends need of its profile: the connection and the per-profile settings."""
+
+    def __init__(self, connection: Connection, subject: str | None, stream: str | None):
+        self.connection = connection
+        self.subject = subject
+        self.stream = stream
+        # Core NATS: the confirmation shared by the events published since the last PING
+        self.batch: asyncio.Future | None = None
+
+
+def _connection_kwargs(ctx) -> dict:
+    connection = ctx.acct.get("connection") or {}
+    return {key: value for key, value in dict(connection).items() if key != "loop"}
+
+
+def _key(ctx) -> str:
+    return repr(
+        (
+            sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]),
+            bool(ctx.acct.get("jetstream")),
+            ctx.acct.get("stream") or None,
+        )
+    )
+
+
+def _route(hub, ctx) -> Route:
+    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+    entry = hub.ingress.nats.BY_CTX.get(id(ctx))
+    if entry is not None and entry[0] is ctx:
+        return entry[1]
+    connections = hub.ingress.nats.CONNECTIONS
+    key = _key(ctx)
+    connection = connections.get(key)
+    if connection is None:
+        connection = connections[key] = Connection(
+            _connection_kwargs(ctx),
+            jetstream=bool(ctx.acct.get("jetstream")),
+            stream=ctx.acct.get("stream") or None,
+            where=hub.ingress.nats.describe(ctx),
+        )
+    route = Route(connection, subject=ctx.acct.get("subject") or None, stream=connection.stream)
+    hub.ingress.nats.BY_CTX[id(ctx)] = (ctx, route)
+    return route
+
+
+def retriable(hub, error: BaseException) -> bool:
+    """
+    Whether a retry can help: not for a message over the server's size
+    limit, a malformed subject, refused credentials, or an event without a subject.
+    """
+    if isinstance(
+        error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.AuthorizationError)
+    ):
+        return False
+    return getattr(error, "retriable", True) is not False
+
+
+def describe(hub, ctx) -> str:
+    """
+    :return: The servers, ``nats://host:port`` (comma separated), without credentials
+    """
+    servers = (ctx.acct.get("connection") or {}).get("servers") or "nats://localhost:4222"
+    if isinstance(servers, str):
+        servers = servers.split(",")
+    described = []
+    for server in servers:
+        server = str(server).strip()
+        if "://" not in server:
+            server = f"nats://{server}"
+        url = urllib.parse.urlsplit(server)
+        described.append(f"{url.scheme}://{url.hostname}:{url.port or 4222}")
+    return ",".join(described)
+
+
+async def open(hub, ctx):
+    """
+    Connect the profile now, so that a server that cannot be reached is
+    reported when the bus starts.
+    """
+    await _route(hub, ctx).connection.open()
+
+
+async def close(hub, ctx):
+    """
+    Close the profile's connection; the lane has already waited for every
+    confirmation.
+    """
+    connection = hub.ingress.nats.CONNECTIONS.pop(_key(ctx), None)
+    by_ctx = hub.ingress.nats.BY_CTX
+    for ctx_id, (_, route) in list(by_ctx.items()):
+        if route.connection is connection or ctx_id == id(ctx):
+            del by_ctx[ctx_id]
+    if connection is not None:
+        await connection.close()
+
+
+async def send(hub, ctx, routing_key: str, event):
+    """
+    Hand one event to the connection, in order; the returned future
+    completes when JetStream acknowledged it (JetStream), or when the server
+    answered the PING that followed it (core NATS).
+
+    :param routing_key: The subject; the profile's ``subject`` when empty
+    :param event: The event
+    """
+    route = _route(hub, ctx)
+    connection = route.connection
+    if not connection.ready:
+        await connection.open()
+    subject = routing_key or route.subject
+    if not subject:
+        raise NoSubjectError("no NATS subject: the event has no routing key and the profile names no subject")
+    headers = {
+        "Evbus-Id": event.id,
+        "Evbus-Timestamp": repr(event.timestamp),
+        "Content-Type": event.content_type,
+    }
+    if connection.publish_async is not None:
+        headers["Nats-Msg-Id"] = event.id
+        return await connection.publish_async(subject, event.body, headers=headers, stream=route.stream)
+    session = connection.session
+    await session.client.publish(subject, event.body, headers=headers)
+    batch = route.batch
+    if batch is None or batch.done():
+        loop = connection.loop
+        batch = route.batch = loop.create_future()
+        session.flushes[batch] = loop.create_task(session.flush(route, batch))
+    return batch
+
+
+async def publish(hub, ctx, routing_key: str, body: bytes):
+    """
+    Publish one body and wait for its confirmation (the ingress contract;
+    the lanes use ``send``).
+
+    :param routing_key: The subject; the profile's ``subject`` when empty
+    :param body: The serialized event body
+    """
+    from evbus.types import Event
+
+    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
+    # shielded: a core NATS confirmation is shared with the other events of its batch
+    await asyncio.shield(receipt)

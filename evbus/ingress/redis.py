@@ -1,0 +1,384 @@
+"""
+Redis ingress, to a stream (XADD) or a pub/sub channel (PUBLISH), with one
+client per profile, connected at start and reused by every event.
+
+Accepts the acct provider ``redis``. Install with ``pip install evbus[redis]``.
+
+.. code-block:: yaml
+
+    redis:
+      my_profile:
+        connection:               # keyword arguments of redis.asyncio.Redis
+          url: redis://:secret@127.0.0.1:6379/0   # or host, port, db, username, password, ssl, ...
+        mode: stream              # stream (XADD, the default) or pubsub (PUBLISH)
+        stream: events            # the stream (mode stream); the event's routing key when empty
+        channel: events           # the channel (mode pubsub); the event's routing key when empty
+        maxlen: 100000            # optional: XADD MAXLEN ~ maxlen, an approximate cap of the stream
+
+A stream entry has the fields ``body`` (the serialized event), ``id``,
+``timestamp`` (seconds since the epoch) and ``content_type`` of its event; a
+pub/sub message is the body alone.
+
+An event counts as published when Redis answered its command: the entry id
+of XADD (the entry is in the stream, and as durable as the server's
+persistence settings make it), or the receiver count of PUBLISH (pub/sub is
+at most once: a subscriber that is not connected misses the message).
+
+Commands go to Redis in pipelines on one connection, in order: what the
+lanes hand over while one pipeline is on its way goes in the next. A failed
+pipeline fails the commands queued behind it too, so that the lane sends
+them again in order; the next pipeline connects again. Replies are bounded
+by the connection's ``socket_timeout`` (redis-py's default: 5 s) per pipeline.
+"""
+import asyncio
+import math
+import urllib.parse
+from typing import Any
+
+try:
+    import redis.asyncio
+    import redis.exceptions
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.asyncio.retry import Retry
+
+    HAS_LIBS = True
+except ImportError:
+    HAS_LIBS = False
+
+from evbus.exc import EvbusError
+from evbus.exc import ProfileError
+
+
+class NoKeyError(EvbusError, ValueError):
+    """An event with no stream or channel: the profile names none and the event has no routing key."""
+
+    retriable = False
+
+
+def __virtual__(hub):
+    if not HAS_LIBS:
+        return False, "the redis ingress needs redis-py: pip install evbus[redis]"
+    return True
+
+
+def __init__(hub):
+    hub.ingress.redis.ACCT = ["redis"]
+    # connection key -> Writer
+    hub.ingress.redis.WRITERS = {}
+    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
+    hub.ingress.redis.BY_CTX = {}
+
+
+def command(*args: bytes, more: int = 0) -> bytes:
+    """
+    A command in RESP, the Redis protocol: an array of bulk strings.
+
+    :param args: The command and its arguments, as bytes
+    :param more: How many arguments the caller appends after these (as :data:`ENTRY` does)
+    """
+    return b"*%d\r\n" % (len(args) + more) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
+
+
+# The rest of an XADD after "body": the body and the other fields of the entry,
+# as RESP bulk strings; formatted with (len(body), body, len(id), id, ...)
+ENTRY = (
+    b"$%d\r\n%s\r\n"
+    b"$2\r\nid\r\n$%d\r\n%s\r\n"
+    b"$9\r\ntimestamp\r\n$%d\r\n%s\r\n"
+    b"$12\r\ncontent_type\r\n$%d\r\n%s\r\n"
+)
+ENTRY_ARGUMENTS = 7
+
+
+class Writer:
+    """
+    One profile's Redis client and connection, and the commands waiting for
+    the next pipeline: they are written in one go, and the replies read in order.
+    """
+
+    def __init__(self, connection_kwargs: dict, where: str):
+        self.connection_kwargs = connection_kwargs
+        self.where = where
+        self.client: Any = None
+        # The pool connection the writer keeps for itself
+        self.connection: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Serializes open(): lanes of profiles that share this connection open it at once
+        self.lock = asyncio.Lock()
+        self.lock_loop: asyncio.AbstractEventLoop | None = None
+        # (command in RESP, future of its reply), in order
+        self.queue: list[tuple[bytes, asyncio.Future]] = []
+        self.flusher: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.client is not None and self.loop is asyncio.get_running_loop()
+
+    def _lock(self) -> asyncio.Lock:
+        """The lock of open(), one per event loop (an asyncio lock belongs to the loop that first used it)."""
+        loop = asyncio.get_running_loop()
+        if self.lock_loop is not loop:
+            self.lock, self.lock_loop = asyncio.Lock(), loop
+        return self.lock
+
+    async def open(self):
+        """Make the client, check that the server answers, and take a connection of the pool."""
+        async with self._lock():
+            if self.ready:
+                return
+            await self.close()
+            kwargs = dict(self.connection_kwargs)
+            # One quick retry of redis-py's own when it connects (its default: 10); the lane does the rest
+            kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1))
+            url = kwargs.pop("url", None)
+            client = (
+                redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
+            )
+            try:
+                await client.ping()
+                self.connection = await client.connection_pool.get_connection()
+            except BaseException:
+                await client.aclose()
+                raise
+            self.client, self.loop = client, asyncio.get_running_loop()
+
+    async def close(self):
+        client, self.client = self.client, None
+        self.connection = None
+        flusher, self.flusher = self.flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+        self._fail(self.queue, redis.exceptions.ConnectionError("the connection was closed"))
+        self.queue = []
+        if client is not None:
+            try:
+                await client.aclose()  # disconnects the pool's connections, the writer's too
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                pass
+
+    def submit(self, packed: bytes) -> asyncio.Future:
+        """
+        Queue one command for the next pipeline.
+
+        :param packed: The command in RESP (:func:`command`)
+        :return: The future of its reply
+        """
+        future = self.loop.create_future()
+        self.queue.append((packed, future))
+        if self.flusher is None:
+            self.flusher = self.loop.create_task(self._flush())
+        return future
+
+    async def _flush(self):
+        """Send the queued commands in pipelines, one at a time, until none is left."""
+        connection = self.connection
+        try:
+            while self.queue:
+                batch, self.queue = self.queue, []
+                # A command whose future is done was dropped: its lane went back and will send it again
+                batch = [(packed, future) for packed, future in batch if not future.done()]
+                if not batch:
+                    continue
+                timeout = connection.socket_timeout
+                try:
+                    # One time limit for the whole pipeline, instead of one per reply
+                    async with asyncio.timeout(timeout):
+                        # (re)connects when the connection was lost
+                        await connection.send_packed_command(
+                            b"".join(packed for packed, _ in batch), check_health=False
+                        )
+                        for _, future in batch:
+                            try:
+                                reply = await connection.read_response(timeout=math.inf)
+                            except redis.exceptions.ResponseError as e:  # this command's own error
+                                if not future.done():
+                                    future.set_exception(e)
+                            else:
+                                if not future.done():
+                                    future.set_result(reply)
+                except Exception as e:
+                    error = e
+                    if isinstance(e, TimeoutError) and not isinstance(e, redis.exceptions.RedisError):
+                        error = redis.exceptions.TimeoutError(
+                            f"no reply from {self.where} within {timeout} s"
+                        )
+                    try:
+                        await connection.disconnect()  # unread replies would answer the next commands
+                    except Exception:
+                        pass
+                    # Those queued behind fail too: the lane sends them all again, in order
+                    self._fail(batch, error)
+                    self._fail(self.queue, error)
+                    self.queue = []
+        finally:
+            if self.flusher is asyncio.current_task():
+                self.flusher = None
+
+    @staticmethod
+    def _fail(queued: list[tuple[bytes, asyncio.Future]], error: BaseException):
+        for _, future in queued:
+            if not future.done():
+                future.set_exception(error)
+
+
+class Route:
+    """What a lane's sends need of its profile: the writer and the commands it makes."""
+
+    def __init__(self, writer: Writer, acct, pubsub: bool):
+        self.writer = writer
+        self.pubsub = pubsub
+        key = (acct.get("channel") if pubsub else acct.get("stream")) or None
+        self.key: str | None = str(key) if key else None
+        maxlen = acct.get("maxlen")
+        self.xadd_options = (b"MAXLEN", b"~", str(int(maxlen)).encode(), b"*") if maxlen else (b"*",)
+        # stream or channel -> the start of its command, the same for every event
+        self.heads: dict[str, bytes] = {}
+
+    def head(self, key: str) -> bytes:
+        """
+        :return: ``PUBLISH <channel>``, or ``XADD <stream> [MAXLEN ~ <n>] * body``, in RESP
+            with room for the arguments that follow
+        """
+        head = self.heads.get(key)
+        if head is None:
+            if self.pubsub:
+                head = command(b"PUBLISH", key.encode(), more=1)
+            else:
+                head = command(b"XADD", key.encode(), *self.xadd_options, b"body", more=ENTRY_ARGUMENTS)
+            if len(self.heads) < 1000:  # routing keys are few; a flood of them is not cached
+                self.heads[key] = head
+        return head
+
+
+def _connection_kwargs(ctx) -> dict:
+    connection = ctx.acct.get("connection") or {}
+    return {key: value for key, value in dict(connection).items() if key != "loop"}
+
+
+def _key(ctx) -> str:
+    return repr(sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]))
+
+
+def _route(hub, ctx) -> Route:
+    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+    entry = hub.ingress.redis.BY_CTX.get(id(ctx))
+    if entry is not None and entry[0] is ctx:
+        return entry[1]
+    mode = str(ctx.acct.get("mode") or "stream").lower()
+    if mode not in ("stream", "pubsub"):
+        error = ProfileError("redis", None, f"mode '{mode}' is neither stream nor pubsub")
+        error.retriable = False
+        raise error
+    writers = hub.ingress.redis.WRITERS
+    key = _key(ctx)
+    writer = writers.get(key)
+    if writer is None:
+        writer = writers[key] = Writer(_connection_kwargs(ctx), where=hub.ingress.redis.describe(ctx))
+    route = Route(writer, ctx.acct, pubsub=mode == "pubsub")
+    hub.ingress.redis.BY_CTX[id(ctx)] = (ctx, route)
+    return route
+
+
+def retriable(hub, error: BaseException) -> bool:
+    """
+    Whether a retry can help: not for refused credentials, a key that holds
+    no stream (WRONGTYPE), or an event without a stream or channel.
+    """
+    if isinstance(error, (redis.exceptions.AuthenticationError, redis.exceptions.DataError)):
+        return False
+    if isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE"):
+        return False
+    return getattr(error, "retriable", True) is not False
+
+
+def describe(hub, ctx) -> str:
+    """
+    :return: The server's address, ``redis://host:port/db``, without credentials
+    """
+    connection = ctx.acct.get("connection") or {}
+    if connection.get("url"):
+        url = urllib.parse.urlsplit(str(connection["url"]))
+        if url.scheme == "unix":
+            return f"unix://{url.path}"
+        return f"{url.scheme}://{url.hostname}:{url.port or 6379}{url.path or '/0'}"
+    if connection.get("unix_socket_path"):
+        return f"unix://{connection['unix_socket_path']}"
+    scheme = "rediss" if connection.get("ssl") else "redis"
+    host, port = connection.get("host", "localhost"), connection.get("port", 6379)
+    return f"{scheme}://{host}:{port}/{connection.get('db', 0)}"
+
+
+async def open(hub, ctx):
+    """
+    Connect the profile's client now, so that a server that cannot be
+    reached is reported when the bus starts.
+    """
+    await _route(hub, ctx).writer.open()
+
+
+async def close(hub, ctx):
+    """
+    Close the profile's client; the lane has already waited for every reply.
+    """
+    writer = hub.ingress.redis.WRITERS.pop(_key(ctx), None)
+    by_ctx = hub.ingress.redis.BY_CTX
+    for ctx_id, (_, route) in list(by_ctx.items()):
+        if route.writer is writer or ctx_id == id(ctx):
+            del by_ctx[ctx_id]
+    if writer is not None:
+        await writer.close()
+
+
+async def send(hub, ctx, routing_key: str, event):
+    """
+    Hand one event's command to the next pipeline, in order; the returned
+    future completes with Redis's reply (the entry id of XADD, the receiver
+    count of PUBLISH).
+
+    :param routing_key: The stream or channel when the profile names none
+    :param event: The event
+    """
+    route = _route(hub, ctx)
+    writer = route.writer
+    if not writer.ready:
+        await writer.open()
+    key = route.key or routing_key
+    if not key:
+        raise NoKeyError(
+            f"no Redis {'channel' if route.pubsub else 'stream'}: "
+            "the profile names none and the event has no routing key"
+        )
+    body = event.body
+    if route.pubsub:
+        return writer.submit(b"%s$%d\r\n%s\r\n" % (route.head(key), len(body), body))
+    event_id = event.id.encode()
+    timestamp = repr(event.timestamp).encode()
+    content_type = event.content_type.encode()
+    return writer.submit(
+        route.head(key)
+        + ENTRY
+        % (
+            len(body),
+            body,
+            len(event_id),
+            event_id,
+            len(timestamp),
+            timestamp,
+            len(content_type),
+            content_type,
+        )
+    )
+
+
+async def publish(hub, ctx, routing_key: str, body: bytes):
+    """
+    Publish one body and wait for Redis's reply (the ingress contract; the
+    lanes use ``send``).
+
+    :param routing_key: The stream or channel when the profile names none
+    :param body: The serialized event body
+    """
+    from evbus.types import Event
+
+    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
+    await receipt

@@ -1,0 +1,271 @@
+"""The nats ingress against a real NATS server with JetStream, checked with an independent nats-py client."""
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.brokers import NATS_URL
+from tests.brokers import NatsConsumer
+from tests.brokers import unique
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_core_subject_from_profile_headers_and_order(hub, running, nats_consumer):
+    subject = unique() + ".core"
+    queue = await nats_consumer.subscribe(subject)
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject}}})
+    before = time.time()
+    for n in range(500):
+        await hub.evbus.broker.put(body={"n": n})
+    await hub.evbus.init.stop()
+    messages = await nats_consumer.take(queue, 500)
+    assert [json.loads(m.data) for m in messages] == [{"n": n} for n in range(500)]
+    assert messages[0].data == b'{"n": 0}'
+    assert all(m.subject == subject for m in messages)
+    assert all(m.headers["Content-Type"] == "application/json" for m in messages)
+    assert len({m.headers["Evbus-Id"] for m in messages}) == 500
+    assert all(before - 1 <= float(m.headers["Evbus-Timestamp"]) <= time.time() + 1 for m in messages)
+    assert all("Nats-Msg-Id" not in m.headers for m in messages)
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"]) == (500, 0)
+
+
+async def test_jetstream_acknowledged_with_dedup_id(hub, running, nats_consumer):
+    stream, subject = await nats_consumer.stream()
+    await running(
+        {
+            "nats": {
+                "default": {
+                    "connection": {"servers": NATS_URL},
+                    "subject": subject,
+                    "jetstream": True,
+                    "stream": stream,
+                }
+            }
+        }
+    )
+    for n in range(500):
+        await hub.evbus.broker.put(body={"n": n})
+    await hub.evbus.init.stop()
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"]) == (500, 0)
+    # Published means acknowledged: the stream holds every event now, without waiting
+    assert (await nats_consumer.js.stream_info(stream)).state.messages == 500
+    messages = await nats_consumer.messages(stream, 500)
+    assert [json.loads(m.data) for m in messages] == [{"n": n} for n in range(500)]
+    assert all(m.headers["Nats-Msg-Id"] == m.headers["Evbus-Id"] for m in messages)
+    assert all(m.headers["Content-Type"] == "application/json" for m in messages)
+    assert len({m.headers["Evbus-Id"] for m in messages}) == 500
+
+
+async def test_jetstream_drops_a_copy_sent_again(hub, nats_consumer):
+    """A retry sends an event again with the same Nats-Msg-Id: the stream keeps one."""
+    from dict_tools import data
+
+    from evbus.types import Event
+
+    stream, subject = await nats_consumer.stream()
+    ctx = data.NamespaceDict(acct=data.NamespaceDict(connection={"servers": NATS_URL}, jetstream=True))
+    event = Event(profile="default", routing_key=subject, body=b'"once"')
+    acks = [await (await hub.ingress.nats.send(ctx, subject, event)) for _ in range(3)]
+    await hub.ingress.nats.close(ctx)
+    assert [ack.stream for ack in acks] == [stream] * 3
+    assert [bool(ack.duplicate) for ack in acks] == [False, True, True]
+    [message] = await nats_consumer.messages(stream, 1)
+    assert message.data == b'"once"'
+    assert (await nats_consumer.js.stream_info(stream)).state.messages == 1
+
+
+async def test_routing_key_from_event_wins_over_subject(hub, running, nats_consumer):
+    from_profile, from_event = unique() + ".profile", unique() + ".event"
+    profile_queue = await nats_consumer.subscribe(from_profile)
+    event_queue = await nats_consumer.subscribe(from_event)
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": from_profile}}})
+    await hub.evbus.broker.put(routing_key=from_event, body="to-event-subject")
+    await hub.evbus.broker.put(body="to-profile-subject")
+    await hub.evbus.init.stop()
+    assert [m.data for m in await nats_consumer.take(event_queue, 1)] == [b'"to-event-subject"']
+    assert [m.data for m in await nats_consumer.take(profile_queue, 1)] == [b'"to-profile-subject"']
+
+
+async def test_event_without_subject_is_an_error_not_retried(hub, running, nats_server, error_sink):
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert "no NATS subject" in str(error["exception"])
+    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
+
+
+async def test_missing_stream_is_reported(hub, running, nats_server, error_sink, caplog):
+    await running(
+        {
+            "nats": {
+                "default": {
+                    "connection": {"servers": NATS_URL},
+                    "subject": unique(),
+                    "jetstream": True,
+                    "stream": "EVBUS_NO_SUCH_STREAM",
+                }
+            }
+        }
+    )
+    await wait_for(lambda: "Cannot connect" in caplog.text, 10, "the warning at start")
+    assert "EVBUS_NO_SUCH_STREAM" in caplog.text
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 20, "the give-up")
+    assert "EVBUS_NO_SUCH_STREAM" in str(error_sink[0]["exception"])
+
+
+async def test_one_connection_per_profile_reused_and_closed(hub, running, nats_consumer):
+    subject = unique()
+    queue = await nats_consumer.subscribe(subject)
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject}}})
+    await wait_for(
+        lambda: any(c.client is not None for c in hub.ingress.nats.CONNECTIONS.values()),
+        10,
+        "the connection at start",
+    )
+    [connection] = hub.ingress.nats.CONNECTIONS.values()
+    client = connection.client
+    for n in range(100):
+        await hub.evbus.broker.put(body=n)
+    await nats_consumer.take(queue, 100)
+    assert connection.client is client and client.is_connected
+    assert client.stats["reconnects"] == 0
+    await hub.evbus.init.stop()
+    assert client.is_closed  # closed on stop
+    assert hub.ingress.nats.CONNECTIONS == {} and hub.ingress.nats.BY_CTX == {}
+
+
+async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
+    await running(
+        {
+            "nats": {
+                "default": {
+                    "connection": {"servers": "nats://evbus:s3cret-pw@127.0.0.1:1", "token": "t0ken-s3cret"},
+                    "subject": "x",
+                }
+            }
+        }
+    )
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 30, "the give-up")
+    exception = str(error_sink[0]["exception"])
+    assert "127.0.0.1:1" in caplog.text and "127.0.0.1:1" in exception
+    assert "cannot connect" in exception
+    text = caplog.text + exception + repr(error_sink)
+    assert "s3cret-pw" not in text and "t0ken-s3cret" not in text
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert lane["retried"] == 2 and lane["failed"] == 1
+
+
+async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_nats, monkeypatch):
+    """
+    A nats-server of the test's own stopped and started again while events
+    flow to JetStream: every event is in the stream afterwards, once.
+    """
+    import nats
+
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
+    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
+    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    url = f"nats://127.0.0.1:{own_nats.port}"
+    admin = await nats.connect(url)
+    await admin.jetstream().add_stream(name="RESTART", subjects=["restart.events"])
+    await admin.close()
+
+    await running(
+        {
+            "nats": {
+                "default": {"connection": {"servers": url}, "subject": "restart.events", "jetstream": True}
+            }
+        }
+    )
+    [lane] = hub.evbus.route.all_lanes()
+    total = 2000
+    loop = asyncio.get_running_loop()
+    try:
+        for n in range(total):
+            await hub.evbus.broker.put(body=n)
+            if n == 700:
+                await wait_for(lambda: lane.published >= 500, 30, "events before the stop")
+                await loop.run_in_executor(None, own_nats.stop)
+            if n == 1000:
+                await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the server is down")
+                await loop.run_in_executor(None, own_nats.start)
+            if n % 50 == 0:
+                await asyncio.sleep(0.01)
+        assert await hub.evbus.init.stop(timeout=90) == 0
+    finally:
+        if not own_nats.running:
+            await loop.run_in_executor(None, own_nats.start)
+    reader = await nats.connect(url)
+    js = reader.jetstream()
+    try:
+        held = (await js.stream_info("RESTART")).state.messages
+        bodies = [json.loads((await js.get_msg("RESTART", seq)).data) for seq in range(1, held + 1)]
+    finally:
+        await reader.close()
+    assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
+    assert len(bodies) == total  # copies sent again by a retry were dropped by their Nats-Msg-Id
+    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
+
+
+async def test_server_restart_core_nats_goes_on(hub, running, own_nats, monkeypatch):
+    """Core NATS after a restart: the lane reconnects and every event put after it arrives."""
+    import nats
+
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
+    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    url = f"nats://127.0.0.1:{own_nats.port}"
+    await running({"nats": {"default": {"connection": {"servers": url}, "subject": "core.events"}}})
+    [lane] = hub.evbus.route.all_lanes()
+    await hub.evbus.broker.put(body="before")
+    await wait_for(lambda: lane.published == 1, 10, "the first event")
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, own_nats.stop)
+        await hub.evbus.broker.put(body="while-down")
+        await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the server is down")
+    finally:
+        await loop.run_in_executor(None, own_nats.start)
+    # Sent once the server is back; core NATS kept it for no one
+    await wait_for(lambda: lane.published == 2, 30, "the event put while the server was down")
+    reader = NatsConsumer(await nats.connect(url))
+    try:
+        received = await reader.subscribe("core.events")
+        for n in range(50):
+            await hub.evbus.broker.put(body=n)
+        assert await hub.evbus.init.stop(timeout=60) == 0
+        got = await reader.take(received, 50)
+    finally:
+        await reader.client.close()
+    assert [json.loads(m.data) for m in got] == list(range(50))
+    assert (lane.published, lane.failed) == (52, 0)
+
+
+async def test_publish_of_the_ingress_contract_waits_for_the_ack(hub, nats_consumer):
+    from dict_tools import data
+
+    stream, subject = await nats_consumer.stream()
+    core_subject = unique()
+    queue = await nats_consumer.subscribe(core_subject)
+    jetstream = data.NamespaceDict(acct=data.NamespaceDict(connection={"servers": NATS_URL}, jetstream=True))
+    core = data.NamespaceDict(acct=data.NamespaceDict(connection={"servers": NATS_URL}))
+    await hub.ingress.nats.publish(jetstream, subject, b'"direct"')
+    assert (await nats_consumer.js.stream_info(stream)).state.messages == 1
+    await hub.ingress.nats.publish(core, core_subject, b'"core"')
+    await hub.ingress.nats.close(jetstream)
+    await hub.ingress.nats.close(core)
+    assert [m.data for m in await nats_consumer.take(queue, 1)] == [b'"core"']
+    assert hub.ingress.nats.CONNECTIONS == {}

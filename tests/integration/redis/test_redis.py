@@ -1,0 +1,225 @@
+"""The redis ingress against a real Redis, checked with an independent redis-py client."""
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.brokers import REDIS_URL
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_stream_named_by_profile_fields_and_order(hub, running, redis_reader):
+    stream = redis_reader.key()
+    await running({"redis": {"default": {"connection": {"url": REDIS_URL}, "stream": stream}}})
+    before = time.time()
+    for n in range(500):
+        await hub.evbus.broker.put(body={"n": n})
+    await hub.evbus.init.stop()
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"]) == (500, 0)
+    # Published means Redis answered XADD: the stream holds every event now
+    assert await redis_reader.client.xlen(stream) == 500
+    entries = await redis_reader.entries(stream, 500)
+    fields = [entry for _, entry in entries]
+    assert [json.loads(f[b"body"]) for f in fields] == [{"n": n} for n in range(500)]
+    assert fields[0][b"body"] == b'{"n": 0}'
+    assert set(fields[0]) == {b"body", b"id", b"timestamp", b"content_type"}
+    assert all(f[b"content_type"] == b"application/json" for f in fields)
+    assert len({f[b"id"] for f in fields}) == 500
+    assert all(before - 1 <= float(f[b"timestamp"]) <= time.time() + 1 for f in fields)
+
+
+async def test_stream_is_the_routing_key_when_the_profile_names_none(hub, running, redis_reader):
+    from_profile, from_event = redis_reader.key(), redis_reader.key()
+    await running(
+        {
+            "redis": {
+                "named": {"connection": {"url": REDIS_URL}, "stream": from_profile},
+                "unnamed": {"connection": {"url": REDIS_URL}},
+            }
+        }
+    )
+    await hub.evbus.broker.put(routing_key=from_event, body="by-routing-key", profile="unnamed")
+    await hub.evbus.broker.put(routing_key=from_event, body="by-profile", profile="named")
+    await hub.evbus.init.stop()
+    assert [e[b"body"] for _, e in await redis_reader.entries(from_event, 1)] == [b'"by-routing-key"']
+    assert [e[b"body"] for _, e in await redis_reader.entries(from_profile, 1)] == [b'"by-profile"']
+
+
+async def test_pubsub_channel_from_profile_or_routing_key(hub, running, redis_reader):
+    channel, other = redis_reader.key(), redis_reader.key()
+    queue = await redis_reader.subscribe(channel)
+    other_queue = await redis_reader.subscribe(other)
+    await running(
+        {
+            "redis": {
+                "named": {"connection": {"url": REDIS_URL}, "mode": "pubsub", "channel": channel},
+                "unnamed": {"connection": {"url": REDIS_URL}, "mode": "pubsub"},
+            }
+        }
+    )
+    for n in range(200):
+        await hub.evbus.broker.put(body=n, profile="named")
+    await hub.evbus.broker.put(routing_key=other, body="by-routing-key", profile="unnamed")
+    await hub.evbus.init.stop()
+    assert [json.loads(b) for b in await redis_reader.take(queue, 200)] == list(range(200))
+    assert await redis_reader.take(other_queue, 1) == [b'"by-routing-key"']
+    assert queue.empty() and other_queue.empty()
+
+
+async def test_maxlen_caps_the_stream(hub, running, redis_reader):
+    stream = redis_reader.key()
+    await running({"redis": {"default": {"connection": {"url": REDIS_URL}, "stream": stream, "maxlen": 10}}})
+    for n in range(1000):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    # MAXLEN ~ trims whole nodes of the stream: the cap is approximate
+    assert 10 <= await redis_reader.client.xlen(stream) < 1000
+    [(_, last)] = await redis_reader.client.xrevrange(stream, count=1)
+    assert last[b"body"] == b"999"
+
+
+async def test_event_without_stream_is_an_error_not_retried(hub, running, redis_server, error_sink):
+    await running({"redis": {"default": {"connection": {"url": REDIS_URL}}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert "no Redis stream" in str(error["exception"])
+    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
+
+
+async def test_key_of_the_wrong_type_is_not_retried(hub, running, redis_reader, error_sink):
+    key = redis_reader.key()
+    await redis_reader.client.set(key, "a string")
+    await running({"redis": {"default": {"connection": {"url": REDIS_URL}, "stream": key}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.broker.put(body=2)
+    await hub.evbus.init.stop()
+    assert len(error_sink) == 2 and "WRONGTYPE" in str(error_sink[0]["exception"])
+    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
+
+
+async def test_one_connection_per_profile_reused_and_closed(hub, running, redis_reader):
+    stream = redis_reader.key()
+    name = redis_reader.key()  # the client name the server lists the plugin's connections by
+    connection = {"host": "127.0.0.1", "port": 6379, "client_name": name}
+    await running(
+        {
+            "redis": {
+                "first": {"connection": connection, "stream": stream},
+                "second": {"connection": connection},
+            }
+        }
+    )
+
+    async def connections() -> int:
+        return sum(1 for client in await redis_reader.client.client_list() if client["name"] == name)
+
+    await wait_for(
+        lambda: any(w.client is not None for w in hub.ingress.redis.WRITERS.values()),
+        10,
+        "the client at start",
+    )
+    # Two profiles with the same connection share one client
+    [writer] = hub.ingress.redis.WRITERS.values()
+    client = writer.client
+    for n in range(100):
+        await hub.evbus.broker.put(body=n, profile="first")
+    await redis_reader.entries(stream, 100)
+    assert writer.client is client
+    assert (count := await connections()) == 1, count
+    await hub.evbus.init.stop()
+    assert writer.client is None and await connections() == 0  # closed on stop
+    assert hub.ingress.redis.WRITERS == {} and hub.ingress.redis.BY_CTX == {}
+
+
+async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
+    await running(
+        {
+            "redis": {
+                "default": {"connection": {"url": "redis://evbus:s3cret-pw@127.0.0.1:1/0"}, "stream": "x"}
+            }
+        }
+    )
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 30, "the give-up")
+    exception = str(error_sink[0]["exception"])
+    assert "127.0.0.1:1" in caplog.text and "127.0.0.1:1" in exception
+    assert "s3cret-pw" not in caplog.text + exception + repr(error_sink)
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert lane["retried"] == 2 and lane["failed"] == 1
+
+
+async def test_password_is_masked(hub, running, error_sink, caplog):
+    await running(
+        {
+            "redis": {
+                "default": {
+                    "connection": {"host": "127.0.0.1", "port": 1, "password": "pw-s3cret"},
+                    "stream": "x",
+                }
+            }
+        }
+    )
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 30, "the give-up")
+    assert "redis://127.0.0.1:1/0" in caplog.text
+    assert "pw-s3cret" not in caplog.text + repr(error_sink)
+    assert error_sink[0]["ctx"]["acct"]["connection"]["password"] == "***"
+
+
+async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_redis, monkeypatch):
+    """
+    A redis-server of the test's own (append-only file, synced on every
+    write) stopped and started again while events flow: every event is in
+    the stream afterwards.
+    """
+    import redis.asyncio
+
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
+    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
+    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
+    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    await running({"redis": {"default": {"connection": {"url": url}, "stream": "restart"}}})
+    [lane] = hub.evbus.route.all_lanes()
+    total = 2000
+    loop = asyncio.get_running_loop()
+    try:
+        for n in range(total):
+            await hub.evbus.broker.put(body=n)
+            if n == 700:
+                await wait_for(lambda: lane.published >= 500, 30, "events before the stop")
+                await loop.run_in_executor(None, own_redis.stop)
+            if n == 1000:
+                await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the server is down")
+                await loop.run_in_executor(None, own_redis.start)
+            if n % 50 == 0:
+                await asyncio.sleep(0.01)
+        assert await hub.evbus.init.stop(timeout=90) == 0
+    finally:
+        if not own_redis.running:
+            await loop.run_in_executor(None, own_redis.start)
+    reader = redis.asyncio.Redis.from_url(url)
+    try:
+        bodies = [json.loads(fields[b"body"]) for _, fields in await reader.xrange("restart")]
+    finally:
+        await reader.aclose()
+    assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
+    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
+
+
+async def test_publish_of_the_ingress_contract_waits_for_the_reply(hub, redis_reader):
+    from dict_tools import data
+
+    stream = redis_reader.key()
+    ctx = data.NamespaceDict(acct=data.NamespaceDict(connection={"url": REDIS_URL}))
+    await hub.ingress.redis.publish(ctx, stream, b'"direct"')
+    await hub.ingress.redis.close(ctx)
+    [(_, fields)] = await redis_reader.client.xrange(stream)
+    assert fields[b"body"] == b'"direct"' and fields[b"content_type"] == b"application/json"
