@@ -233,6 +233,7 @@ class Lane:
         loop = asyncio.get_running_loop()
         attempts = 0
         first_failure = 0.0
+        error: BaseException
         while True:
             if self._to_report:
                 event, error = self._to_report.popleft()
@@ -260,10 +261,13 @@ class Lane:
                     if receipt is not None:
                         await receipt
             except asyncio.CancelledError:
-                self._forget_in_flight()
-                raise
+                if asyncio.current_task().cancelling():
+                    self._forget_in_flight()
+                    raise
+                # A receipt that someone else cancelled: a failed publish, not the lane's end
+                error = ConnectionError(f"the confirmation from {self.where} was cancelled")
             except TimeoutError as e:
-                error: BaseException = TimeoutError(
+                error = TimeoutError(
                     f"no confirmation within {policy.timeout} s from {self.where}" + (f": {e}" if str(e) else "")
                 )
             except Exception as e:  # a failed publish never stops the lane

@@ -49,6 +49,7 @@ try:
 except ImportError:
     HAS_LIBS = False
 
+from evbus.connection import LoopLock
 from evbus.exc import ProfileError
 from evbus.exc import EvbusError
 
@@ -128,16 +129,15 @@ class Producer:
     def __init__(self):
         self.producer: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.lock = asyncio.Lock()
+        # Serializes open(): lanes of profiles that share this connection open it once
+        self.lock = LoopLock()
 
     @property
     def ready(self) -> bool:
         return self.producer is not None and self.loop is asyncio.get_running_loop()
 
     async def open(self, kwargs_factory):
-        if self.loop is not asyncio.get_running_loop():
-            self.lock = asyncio.Lock()
-        async with self.lock:
+        async with self.lock.get():
             if self.ready:
                 return
             await self.close()

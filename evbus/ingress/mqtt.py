@@ -47,6 +47,7 @@ try:
 except ImportError:
     HAS_LIBS = False
 
+from evbus.connection import LoopLock
 from evbus.exc import EvbusError
 
 # protocol: in a profile -> aiomqtt.ProtocolVersion member name
@@ -121,8 +122,7 @@ class Publisher:
         self.paho: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # Serializes open(): lanes of profiles that share this connection open it at once
-        self.lock = asyncio.Lock()
-        self.lock_loop: asyncio.AbstractEventLoop | None = None
+        self.lock = LoopLock()
         # message id -> future of its acknowledgement
         self.pending: dict[int, asyncio.Future] = {}
         self._forward_publish: Any = None
@@ -132,16 +132,9 @@ class Publisher:
     def ready(self) -> bool:
         return self.paho is not None and self.loop is asyncio.get_running_loop() and self.paho.is_connected()
 
-    def _lock(self) -> asyncio.Lock:
-        """The lock of open(), one per event loop (an asyncio lock belongs to the loop that first used it)."""
-        loop = asyncio.get_running_loop()
-        if self.lock_loop is not loop:
-            self.lock, self.lock_loop = asyncio.Lock(), loop
-        return self.lock
-
     async def open(self):
         """Connect (aiomqtt's ``__aenter__``) and take the acknowledgements of this client's messages."""
-        async with self._lock():
+        async with self.lock.get():
             if self.ready:
                 return
             await self.close()

@@ -49,6 +49,7 @@ try:
 except ImportError:
     HAS_LIBS = False
 
+from evbus.connection import LoopLock
 from evbus.exc import EvbusError
 
 # Connection options the plugin sets unless the profile does: one quick
@@ -155,8 +156,7 @@ class Connection:
         self.publish_async: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # Serializes open(): lanes of profiles that share this connection open it at once
-        self.lock = asyncio.Lock()
-        self.lock_loop: asyncio.AbstractEventLoop | None = None
+        self.lock = LoopLock()
         self.last_error: BaseException | None = None
 
     @property
@@ -169,16 +169,9 @@ class Connection:
         client = self.session.client
         return client is not None and self.loop is asyncio.get_running_loop() and not client.is_closed
 
-    def _lock(self) -> asyncio.Lock:
-        """The lock of open(), one per event loop (an asyncio lock belongs to the loop that first used it)."""
-        loop = asyncio.get_running_loop()
-        if self.lock_loop is not loop:
-            self.lock, self.lock_loop = asyncio.Lock(), loop
-        return self.lock
-
     async def open(self):
         """Connect; with JetStream and a ``stream``, check that the stream exists."""
-        async with self._lock():
+        async with self.lock.get():
             if self.ready:
                 return
             await self.close()

@@ -34,6 +34,7 @@ try:
 except ImportError:
     HAS_LIBS = False
 
+from evbus.connection import LoopLock
 from evbus.exc import EvbusError
 
 
@@ -65,7 +66,8 @@ class Publisher:
         self.channel: Any = None
         self.raw_channel: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.lock = asyncio.Lock()
+        # Serializes open(): lanes of profiles that share this connection open it once
+        self.lock = LoopLock()
 
     @property
     def ready(self) -> bool:
@@ -78,9 +80,7 @@ class Publisher:
 
     async def open(self):
         """Connect, open a channel with publisher confirms, check the exchange exists."""
-        if self.loop is not asyncio.get_running_loop():
-            self.lock = asyncio.Lock()
-        async with self.lock:
+        async with self.lock.get():
             if self.ready:
                 return
             await self.close()

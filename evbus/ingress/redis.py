@@ -45,6 +45,7 @@ try:
 except ImportError:
     HAS_LIBS = False
 
+from evbus.connection import LoopLock
 from evbus.exc import EvbusError
 from evbus.exc import ProfileError
 
@@ -104,8 +105,7 @@ class Writer:
         self.connection: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # Serializes open(): lanes of profiles that share this connection open it at once
-        self.lock = asyncio.Lock()
-        self.lock_loop: asyncio.AbstractEventLoop | None = None
+        self.lock = LoopLock()
         # (command in RESP, future of its reply), in order
         self.queue: list[tuple[bytes, asyncio.Future]] = []
         self.flusher: asyncio.Task | None = None
@@ -114,16 +114,9 @@ class Writer:
     def ready(self) -> bool:
         return self.client is not None and self.loop is asyncio.get_running_loop()
 
-    def _lock(self) -> asyncio.Lock:
-        """The lock of open(), one per event loop (an asyncio lock belongs to the loop that first used it)."""
-        loop = asyncio.get_running_loop()
-        if self.lock_loop is not loop:
-            self.lock, self.lock_loop = asyncio.Lock(), loop
-        return self.lock
-
     async def open(self):
         """Make the client, check that the server answers, and take a connection of the pool."""
-        async with self._lock():
+        async with self.lock.get():
             if self.ready:
                 return
             await self.close()

@@ -178,3 +178,54 @@ async def test_broker_restart_mid_stream(hub, running, amqp, monkeypatch):
         assert lane["published"] == total and lane["failed"] == 0 and lane["retried"] >= 1
     finally:
         await loop.run_in_executor(None, _rabbitmqctl, "start_app")
+
+
+async def test_profiles_sharing_a_connection_open_it_once(hub, running, amqp, monkeypatch):
+    import aio_pika
+
+    opened = []
+    real_connect = aio_pika.connect
+
+    async def counting_connect(*args, **kwargs):
+        connection = await real_connect(*args, **kwargs)
+        opened.append(connection)
+        return connection
+
+    monkeypatch.setattr(aio_pika, "connect", counting_connect)
+    queue = await amqp.queue()
+    await running({"pika": {name: {"connection": {"url": URL}, "routing_key": queue} for name in ("a", "b", "c")}})
+    for profile in ("a", "b", "c"):
+        await hub.evbus.broker.put(body=profile, profile=profile)
+    assert sorted(json.loads(m.body) for m in await amqp.take(queue, 3)) == ["a", "b", "c"]
+    assert len(opened) == 1 and len(hub.ingress.pika.PUBLISHERS) == 1
+    await hub.evbus.init.stop()
+    assert opened[0].is_closed
+
+
+async def test_a_receipt_cancelled_elsewhere_is_a_failed_publish_not_a_dead_lane(hub, amqp):
+    """A confirmation task cancelled by someone else: the lane retries, it does not end."""
+    queue = await amqp.queue()
+    contexts = await hub.evbus.acct.profiles(
+        acct_data={"pika": {"default": {"connection": {"url": URL}, "routing_key": queue}}}
+    )
+    # The router makes the lane and schedules its task; wrap its send before the task runs
+    [lane] = hub.evbus.route.router(contexts).lanes
+    send = lane._send
+    cancelled = []
+
+    async def send_and_cancel_once(ctx, routing_key, event):
+        receipt = await send(ctx, routing_key, event)
+        if not cancelled:
+            receipt.cancel()
+            cancelled.append(event.id)
+        return receipt
+
+    lane._send = send_and_cancel_once
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=10)
+    for n in range(5):
+        await hub.evbus.broker.put(body=n)
+    await hub.evbus.init.stop()
+    await asyncio.wait_for(listener, 10)
+    assert cancelled and lane.retried >= 1 and lane.published == 5
+    assert sorted({json.loads(m.body) for m in await amqp.take(queue, 5)}) == [0, 1, 2, 3, 4]
