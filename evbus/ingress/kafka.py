@@ -270,10 +270,10 @@ async def listen(hub, ctx, routing_key: str | None = None):
     """
     Consume what the profile's topics receive from now on (``evbus listen``).
 
-    :param routing_key: The topic, when the profile names none
+    :param routing_key: The topic to listen on instead of the profile's (``--routing-key``)
     :return: An async iterator of (topic, body)
     """
-    topics = ctx.acct.get("topics") or ([routing_key] if routing_key else [])
+    topics = [routing_key] if routing_key else ctx.acct.get("topics") or []
     if isinstance(topics, str):
         topics = [topics]
     if not topics:

@@ -312,3 +312,46 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 
     receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
     await receipt
+
+
+async def listen(hub, ctx, routing_key: str | None = None):
+    """
+    Subscribe to the profile's topic (``evbus listen``) with its ``qos`` and
+    take what is published to it from now on, on a client connection of its
+    own (made from the profile's ``connection``) that is closed when the
+    listening ends.
+
+    The topic is the routing key given, else the profile's ``routing_key``,
+    else its ``topic`` (as a published event's), and may hold wildcards
+    (``events/+``, ``events/#``); retained messages of the topic come first.
+    The connection takes a random client id and no ``will``, so that it does
+    not take over the session of a publisher with the profile's
+    ``identifier``, nor publish its will.
+
+    :param routing_key: The topic, overriding the profile's
+    :return: An async iterator of (topic of the message, payload)
+    :raises NoTopicError: The profile names no topic and no routing key was given
+    :raises MqttConnectFailed: The broker could not be reached
+    """
+    topic = routing_key or ctx.acct.get("routing_key") or ctx.acct.get("topic")
+    if not topic:
+        raise NoTopicError("no MQTT topic to listen on: the profile names no topic and no --routing-key was given")
+    qos = ctx.acct.get("qos")
+    qos = 1 if qos is None or qos == "" else int(qos)
+    connection = {key: value for key, value in _connection(ctx).items() if key not in ("identifier", "will")}
+    client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection))
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttCodeError:  # the broker answered: refused credentials, say
+        raise
+    except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
+        raise MqttConnectFailed(f"cannot connect to {hub.ingress.mqtt.describe(ctx)}: {e}") from e
+    try:
+        await client.subscribe(str(topic), qos=qos)
+        async for message in client.messages:
+            yield str(message.topic), bytes(message.payload)
+    finally:
+        try:
+            await client.__aexit__(None, None, None)
+        except Exception:  # closing a broken connection may fail; it is gone either way
+            pass

@@ -372,3 +372,60 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
     receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
     # shielded: a core NATS confirmation is shared with the other events of its batch
     await asyncio.shield(receipt)
+
+
+async def listen(hub, ctx, routing_key: str | None = None):
+    """
+    Subscribe to the profile's subject (``evbus listen``) and take what is
+    published to it from now on, on a connection of its own (made from the
+    profile's ``connection``) that is closed when the listening ends.
+
+    The subject is the routing key given, else the profile's ``routing_key``,
+    else its ``subject`` (as a published event's), and may hold wildcards
+    (``events.*``, ``events.>``). The subscription is a core NATS one, with
+    ``jetstream: true`` too: it gets what is published to the subject from
+    now on, JetStream publishes included, and nothing that a stream held
+    before; no consumer is made on the stream.
+
+    :param routing_key: The subject, overriding the profile's
+    :return: An async iterator of (subject, body)
+    :raises NoSubjectError: The profile names no subject and no routing key was given
+    :raises NatsConnectError: No server could be reached, or the connection was lost
+    """
+    subject = routing_key or ctx.acct.get("routing_key") or ctx.acct.get("subject")
+    if not subject:
+        raise NoSubjectError(
+            "no NATS subject to listen on: the profile names no subject and no --routing-key was given"
+        )
+    where = hub.ingress.nats.describe(ctx)
+    kwargs = _connection_kwargs(ctx)
+    if not kwargs.get("allow_reconnect"):
+        kwargs["allow_reconnect"] = False
+        for name, value in QUICK_CONNECT.items():
+            kwargs.setdefault(name, value)
+    kwargs.setdefault("name", "evbus-listen")
+    errors: list[BaseException] = []
+
+    async def on_error(error: Exception):
+        errors.append(error)  # reported with the NatsConnectError, instead of nats-py's log
+
+    kwargs["error_cb"] = on_error
+    try:
+        client = await nats.connect(**kwargs)
+    except nats.errors.NoServersError:
+        reason = f": {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""
+        raise NatsConnectError(f"cannot connect to {where}{reason}") from None
+    try:
+        subscription = await client.subscribe(str(subject))
+        await client.flush()  # the server has the subscription (and answers) before the first message
+        async for message in subscription.messages:
+            yield message.subject, message.data
+        # The iterator ends when the client closed: not by us, so the connection was lost
+        reason = f": {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""
+        raise NatsConnectError(f"lost the connection to {where}{reason}")
+    finally:
+        if not client.is_closed:
+            try:
+                await client.close()
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                pass

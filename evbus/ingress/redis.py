@@ -31,6 +31,7 @@ them again in order; the next pipeline connects again. Replies are bounded
 by the connection's ``socket_timeout`` (redis-py's default: 5 s) per pipeline.
 """
 import asyncio
+import json
 import math
 import urllib.parse
 from typing import Any
@@ -375,3 +376,70 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 
     receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
     await receipt
+
+
+async def listen(hub, ctx, routing_key: str | None = None):
+    """
+    Take what arrives at the profile's stream or channel from now on
+    (``evbus listen``), on a client of its own (made from the profile's
+    ``connection``) that is closed when the listening ends.
+
+    Mode ``stream``: ``XREAD BLOCK`` from ``$`` (the entries added from now
+    on, none of those the stream held before), then from the last entry read;
+    the body is the entry's ``body`` field (an entry without one, not written
+    by evbus, is given as its fields in JSON). Mode ``pubsub``: ``SUBSCRIBE``
+    to the channel. The client reads without the profile's ``socket_timeout``,
+    which would cut a blocking read short (``socket_connect_timeout`` still
+    bounds connecting).
+
+    :param routing_key: The stream or channel, overriding the profile's
+        ``stream``/``channel`` (then its ``routing_key``)
+    :return: An async iterator of (stream or channel, body)
+    :raises NoKeyError: The profile names no stream or channel and no routing key was given
+    """
+    mode = str(ctx.acct.get("mode") or "stream").lower()
+    if mode not in ("stream", "pubsub"):
+        error = ProfileError("redis", None, f"mode '{mode}' is neither stream nor pubsub")
+        error.retriable = False
+        raise error
+    pubsub = mode == "pubsub"
+    key = routing_key or ctx.acct.get("channel" if pubsub else "stream") or ctx.acct.get("routing_key")
+    if not key:
+        raise NoKeyError(
+            f"no Redis {'channel' if pubsub else 'stream'} to listen on: "
+            "the profile names none and no --routing-key was given"
+        )
+    key = str(key)
+    kwargs = _connection_kwargs(ctx)
+    kwargs.setdefault("socket_connect_timeout", kwargs.get("socket_timeout") or 5)
+    kwargs["socket_timeout"] = None  # a blocking read waits as long as it takes
+    kwargs["decode_responses"] = False  # bodies are bytes
+    url = kwargs.pop("url", None)
+    client = redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
+    try:
+        if pubsub:
+            subscriber = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await subscriber.subscribe(key)
+                while True:
+                    message = await subscriber.get_message(timeout=None)
+                    if message is not None and message["type"] == "message":
+                        yield key, message["data"]
+            finally:
+                await subscriber.aclose()
+        else:
+            last = "$"
+            while True:
+                reply = await client.xread({key: last}, block=0)
+                for _, entries in reply or ():
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        body = fields.get(b"body")
+                        if body is None:
+                            body = json.dumps(
+                                {name.decode(errors="replace"): value.decode(errors="replace")
+                                 for name, value in fields.items()}
+                            ).encode()
+                        yield key, body
+    finally:
+        await client.aclose()

@@ -232,3 +232,104 @@ def test_listen_with_an_unknown_profile(tmp_path):
     acct.write_text("internal:\n  default: {}\n")
     out = evbus("listen", "--acct-file", str(acct), "--profile", "nope", cwd=tmp_path)
     assert out.returncode == 2 and "no acct profile named 'nope'" in out.stderr
+
+
+async def _listen_while_publishing(tmp_path, acct: pathlib.Path, publish) -> list:
+    """
+    Run ``evbus listen --count 2`` on the profile ``mine`` of ``acct`` and call
+    ``publish(attempt)`` until the listener printed two lines (it takes only
+    what is published once it listens); assert it exits 0.
+
+    :return: The two lines, as data
+    """
+    proc = await asyncio.create_subprocess_exec(
+        str(EVBUS), "listen", "--acct-file", str(acct), "--profile", "mine", "--count", "2", "--timeout", "30",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    received = []
+
+    async def read():
+        while len(received) < 2:
+            line = await proc.stdout.readline()
+            if not line:
+                return
+            received.append(json.loads(line))
+
+    reader = asyncio.create_task(read())
+    try:
+        for attempt in range(60):
+            await publish(attempt)
+            done, _ = await asyncio.wait([reader], timeout=0.5)
+            if done:
+                break
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        reader.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert len(received) == 2, err.decode()
+    return received
+
+
+async def test_listen_on_a_nats_subject(tmp_path, nats_server):
+    import nats
+
+    from tests.brokers import unique
+
+    subject = unique() + ".events"
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"nats:\n  mine:\n    subject: {subject}\n    connection:\n      servers: {nats_server}\n")
+    client = await nats.connect(nats_server)
+    try:
+        async def publish(attempt: int):
+            await client.publish(subject, json.dumps({"try": attempt}).encode())
+            await client.flush()
+
+        received = await _listen_while_publishing(tmp_path, acct, publish)
+    finally:
+        await client.close()
+    assert all(r["routing_key"] == subject and "try" in r["body"] for r in received)
+
+
+@pytest.mark.parametrize("mode", ["stream", "pubsub"])
+async def test_listen_on_a_redis_stream_or_channel(tmp_path, redis_reader, redis_server, mode):
+    key = redis_reader.key()
+    acct = tmp_path / "acct.yml"
+    acct.write_text(
+        f"redis:\n  mine:\n    mode: {mode}\n    {'stream' if mode == 'stream' else 'channel'}: {key}\n"
+        f"    connection:\n      url: {redis_server}\n"
+    )
+
+    async def publish(attempt: int):
+        body = json.dumps({"try": attempt}).encode()
+        if mode == "stream":
+            await redis_reader.client.xadd(key, {"body": body, "id": str(attempt)})
+        else:
+            await redis_reader.client.publish(key, body)
+
+    received = await _listen_while_publishing(tmp_path, acct, publish)
+    assert all(r["routing_key"] == key and "try" in r["body"] for r in received)
+    if mode == "stream":  # the entries in order, from the first one added after the listener started
+        tries = [r["body"]["try"] for r in received]
+        assert tries[1] == tries[0] + 1
+
+
+async def test_listen_on_an_mqtt_topic(tmp_path, mqtt_broker):
+    import aiomqtt
+
+    from tests.brokers import unique
+
+    topic = unique() + "/events"
+    acct = tmp_path / "acct.yml"
+    acct.write_text(
+        f"mqtt:\n  mine:\n    topic: {topic}\n    qos: 1\n"
+        f"    connection:\n      hostname: {mqtt_broker['hostname']}\n      port: {mqtt_broker['port']}\n"
+    )
+    async with aiomqtt.Client(**mqtt_broker) as client:
+        async def publish(attempt: int):
+            await client.publish(topic, json.dumps({"try": attempt}).encode(), qos=1)
+
+        received = await _listen_while_publishing(tmp_path, acct, publish)
+    assert all(r["routing_key"] == topic and "try" in r["body"] for r in received)
