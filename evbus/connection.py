@@ -2,6 +2,8 @@
 What the broker plugins share about their connections.
 """
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 
 class LoopLock:
@@ -22,3 +24,35 @@ class LoopLock:
         if self._loop is not loop:
             self._lock, self._loop = asyncio.Lock(), loop
         return self._lock
+
+
+class PerCtx:
+    """
+    What a plugin works out once per lane ``ctx`` (its connection, its route),
+    found again by the ctx's identity on every send. A lane's ctx lives as long
+    as the lane; entries go when the plugin closes the connection.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, tuple[Any, Any]] = {}
+
+    def get(self, ctx) -> Any:
+        """:return: What was kept for this ctx, or None"""
+        entry = self._entries.get(id(ctx))
+        if entry is not None and entry[0] is ctx:
+            return entry[1]
+        return None
+
+    def put(self, ctx, value: Any) -> Any:
+        """Keep ``value`` for this ctx; return it."""
+        self._entries[id(ctx)] = (ctx, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def forget(self, ctx, uses: Callable[[Any], bool]):
+        """Drop the entry of ``ctx`` and every entry whose value ``uses`` says belongs to a closed connection."""
+        for key, (_, value) in list(self._entries.items()):
+            if key == id(ctx) or uses(value):
+                del self._entries[key]

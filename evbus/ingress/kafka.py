@@ -50,6 +50,7 @@ except ImportError:
     HAS_LIBS = False
 
 from evbus.connection import LoopLock
+from evbus.connection import PerCtx
 from evbus.exc import ProfileError
 from evbus.exc import EvbusError
 
@@ -71,7 +72,7 @@ def __init__(hub):
     # connection key -> Producer
     hub.ingress.kafka.PRODUCERS = {}
     # id(ctx) -> (ctx, Producer): the lookup of every send, without rebuilding the key
-    hub.ingress.kafka.BY_CTX = {}
+    hub.ingress.kafka.BY_CTX = PerCtx()
 
 
 def ssl_context(hub, options: dict) -> ssl.SSLContext:
@@ -157,16 +158,15 @@ class Producer:
 
 def _producer(hub, ctx) -> Producer:
     """The producer of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    entry = hub.ingress.kafka.BY_CTX.get(id(ctx))
-    if entry is not None and entry[0] is ctx:
-        return entry[1]
+    cached = hub.ingress.kafka.BY_CTX.get(ctx)
+    if cached is not None:
+        return cached
     producers = hub.ingress.kafka.PRODUCERS
     key = _key(ctx)
     producer = producers.get(key)
     if producer is None:
         producer = producers[key] = Producer()
-    hub.ingress.kafka.BY_CTX[id(ctx)] = (ctx, producer)
-    return producer
+    return hub.ingress.kafka.BY_CTX.put(ctx, producer)
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -203,10 +203,7 @@ async def close(hub, ctx):
     Flush and stop the profile's producer.
     """
     producer = hub.ingress.kafka.PRODUCERS.pop(_key(ctx), None)
-    by_ctx = hub.ingress.kafka.BY_CTX
-    for ctx_id, (_, cached) in list(by_ctx.items()):
-        if cached is producer or ctx_id == id(ctx):
-            del by_ctx[ctx_id]
+    hub.ingress.kafka.BY_CTX.forget(ctx, lambda cached: cached is producer)
     if producer is not None:
         await producer.close()
 

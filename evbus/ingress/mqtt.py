@@ -48,6 +48,7 @@ except ImportError:
     HAS_LIBS = False
 
 from evbus.connection import LoopLock
+from evbus.connection import PerCtx
 from evbus.exc import EvbusError
 
 # protocol: in a profile -> aiomqtt.ProtocolVersion member name
@@ -82,7 +83,7 @@ def __init__(hub):
     # connection key -> Publisher
     hub.ingress.mqtt.PUBLISHERS = {}
     # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.mqtt.BY_CTX = {}
+    hub.ingress.mqtt.BY_CTX = PerCtx()
 
 
 def client_kwargs(hub, connection: dict) -> dict:
@@ -207,9 +208,9 @@ def _key(ctx) -> str:
 
 def _route(hub, ctx) -> Route:
     """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    entry = hub.ingress.mqtt.BY_CTX.get(id(ctx))
-    if entry is not None and entry[0] is ctx:
-        return entry[1]
+    cached = hub.ingress.mqtt.BY_CTX.get(ctx)
+    if cached is not None:
+        return cached
     publishers = hub.ingress.mqtt.PUBLISHERS
     key = _key(ctx)
     publisher = publishers.get(key)
@@ -218,8 +219,7 @@ def _route(hub, ctx) -> Route:
             hub.ingress.mqtt.client_kwargs(_connection(ctx)), where=hub.ingress.mqtt.describe(ctx)
         )
     route = Route(publisher, ctx.acct)
-    hub.ingress.mqtt.BY_CTX[id(ctx)] = (ctx, route)
-    return route
+    return hub.ingress.mqtt.BY_CTX.put(ctx, route)
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -262,10 +262,7 @@ async def close(hub, ctx):
     acknowledgement.
     """
     publisher = hub.ingress.mqtt.PUBLISHERS.pop(_key(ctx), None)
-    by_ctx = hub.ingress.mqtt.BY_CTX
-    for ctx_id, (_, route) in list(by_ctx.items()):
-        if route.publisher is publisher or ctx_id == id(ctx):
-            del by_ctx[ctx_id]
+    hub.ingress.mqtt.BY_CTX.forget(ctx, lambda route: route.publisher is publisher)
     if publisher is not None:
         await publisher.close()
 

@@ -50,6 +50,7 @@ except ImportError:
     HAS_LIBS = False
 
 from evbus.connection import LoopLock
+from evbus.connection import PerCtx
 from evbus.exc import EvbusError
 
 # Connection options the plugin sets unless the profile does: one quick
@@ -83,7 +84,7 @@ def __init__(hub):
     # connection key -> Connection
     hub.ingress.nats.CONNECTIONS = {}
     # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.nats.BY_CTX = {}
+    hub.ingress.nats.BY_CTX = PerCtx()
 
 
 class Session:
@@ -256,9 +257,9 @@ def _key(ctx) -> str:
 
 def _route(hub, ctx) -> Route:
     """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    entry = hub.ingress.nats.BY_CTX.get(id(ctx))
-    if entry is not None and entry[0] is ctx:
-        return entry[1]
+    cached = hub.ingress.nats.BY_CTX.get(ctx)
+    if cached is not None:
+        return cached
     connections = hub.ingress.nats.CONNECTIONS
     key = _key(ctx)
     connection = connections.get(key)
@@ -270,8 +271,7 @@ def _route(hub, ctx) -> Route:
             where=hub.ingress.nats.describe(ctx),
         )
     route = Route(connection, subject=ctx.acct.get("subject") or None, stream=connection.stream)
-    hub.ingress.nats.BY_CTX[id(ctx)] = (ctx, route)
-    return route
+    return hub.ingress.nats.BY_CTX.put(ctx, route)
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -317,10 +317,7 @@ async def close(hub, ctx):
     confirmation.
     """
     connection = hub.ingress.nats.CONNECTIONS.pop(_key(ctx), None)
-    by_ctx = hub.ingress.nats.BY_CTX
-    for ctx_id, (_, route) in list(by_ctx.items()):
-        if route.connection is connection or ctx_id == id(ctx):
-            del by_ctx[ctx_id]
+    hub.ingress.nats.BY_CTX.forget(ctx, lambda route: route.connection is connection)
     if connection is not None:
         await connection.close()
 

@@ -35,6 +35,7 @@ except ImportError:
     HAS_LIBS = False
 
 from evbus.connection import LoopLock
+from evbus.connection import PerCtx
 from evbus.exc import EvbusError
 
 
@@ -53,7 +54,7 @@ def __init__(hub):
     # connection key -> Publisher
     hub.ingress.pika.PUBLISHERS = {}
     # id(ctx) -> (ctx, Publisher): the lookup of every send, without rebuilding the key
-    hub.ingress.pika.BY_CTX = {}
+    hub.ingress.pika.BY_CTX = PerCtx()
 
 
 class Publisher:
@@ -122,16 +123,15 @@ def _key(ctx) -> tuple:
 
 def _publisher(hub, ctx) -> Publisher:
     """The publisher of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    entry = hub.ingress.pika.BY_CTX.get(id(ctx))
-    if entry is not None and entry[0] is ctx:
-        return entry[1]
+    cached = hub.ingress.pika.BY_CTX.get(ctx)
+    if cached is not None:
+        return cached
     publishers = hub.ingress.pika.PUBLISHERS
     key = _key(ctx)
     publisher = publishers.get(key)
     if publisher is None:
         publisher = publishers[key] = Publisher(_connection_kwargs(ctx), _exchange(ctx))
-    hub.ingress.pika.BY_CTX[id(ctx)] = (ctx, publisher)
-    return publisher
+    return hub.ingress.pika.BY_CTX.put(ctx, publisher)
 
 
 def describe(hub, ctx) -> str:
@@ -161,10 +161,7 @@ async def close(hub, ctx):
     confirmation.
     """
     publisher = hub.ingress.pika.PUBLISHERS.pop(_key(ctx), None)
-    by_ctx = hub.ingress.pika.BY_CTX
-    for ctx_id, (_, cached) in list(by_ctx.items()):
-        if cached is publisher or ctx_id == id(ctx):
-            del by_ctx[ctx_id]
+    hub.ingress.pika.BY_CTX.forget(ctx, lambda cached: cached is publisher)
     if publisher is not None:
         await publisher.close()
 

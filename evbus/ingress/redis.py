@@ -47,6 +47,7 @@ except ImportError:
     HAS_LIBS = False
 
 from evbus.connection import LoopLock
+from evbus.connection import PerCtx
 from evbus.exc import EvbusError
 from evbus.exc import ProfileError
 
@@ -68,7 +69,7 @@ def __init__(hub):
     # connection key -> Writer
     hub.ingress.redis.WRITERS = {}
     # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.redis.BY_CTX = {}
+    hub.ingress.redis.BY_CTX = PerCtx()
 
 
 def command(*args: bytes, more: int = 0) -> bytes:
@@ -255,9 +256,9 @@ def _key(ctx) -> str:
 
 def _route(hub, ctx) -> Route:
     """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    entry = hub.ingress.redis.BY_CTX.get(id(ctx))
-    if entry is not None and entry[0] is ctx:
-        return entry[1]
+    cached = hub.ingress.redis.BY_CTX.get(ctx)
+    if cached is not None:
+        return cached
     mode = str(ctx.acct.get("mode") or "stream").lower()
     if mode not in ("stream", "pubsub"):
         error = ProfileError("redis", None, f"mode '{mode}' is neither stream nor pubsub")
@@ -269,8 +270,7 @@ def _route(hub, ctx) -> Route:
     if writer is None:
         writer = writers[key] = Writer(_connection_kwargs(ctx), where=hub.ingress.redis.describe(ctx))
     route = Route(writer, ctx.acct, pubsub=mode == "pubsub")
-    hub.ingress.redis.BY_CTX[id(ctx)] = (ctx, route)
-    return route
+    return hub.ingress.redis.BY_CTX.put(ctx, route)
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -315,10 +315,7 @@ async def close(hub, ctx):
     Close the profile's client; the lane has already waited for every reply.
     """
     writer = hub.ingress.redis.WRITERS.pop(_key(ctx), None)
-    by_ctx = hub.ingress.redis.BY_CTX
-    for ctx_id, (_, route) in list(by_ctx.items()):
-        if route.writer is writer or ctx_id == id(ctx):
-            del by_ctx[ctx_id]
+    hub.ingress.redis.BY_CTX.forget(ctx, lambda route: route.writer is writer)
     if writer is not None:
         await writer.close()
 

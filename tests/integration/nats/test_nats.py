@@ -138,7 +138,7 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, nats_c
     assert client.stats["reconnects"] == 0
     await hub.evbus.init.stop()
     assert client.is_closed  # closed on stop
-    assert hub.ingress.nats.CONNECTIONS == {} and hub.ingress.nats.BY_CTX == {}
+    assert hub.ingress.nats.CONNECTIONS == {} and len(hub.ingress.nats.BY_CTX) == 0
 
 
 async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):

@@ -133,7 +133,7 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, redis_
     assert (count := await connections()) == 1, count
     await hub.evbus.init.stop()
     assert writer.client is None and await connections() == 0  # closed on stop
-    assert hub.ingress.redis.WRITERS == {} and hub.ingress.redis.BY_CTX == {}
+    assert hub.ingress.redis.WRITERS == {} and len(hub.ingress.redis.BY_CTX) == 0
 
 
 async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
