@@ -197,34 +197,17 @@ async def test_listen_on_a_kafka_topic(tmp_path, tansu, topic):
 
     acct = tmp_path / "acct.yml"
     acct.write_text(f"kafka:\n  mine:\n    topics: [{topic}]\n    connection:\n      bootstrap_servers: {tansu.bootstrap}\n")
-    proc = await asyncio.create_subprocess_exec(
-        str(EVBUS), "listen", "--acct-file", str(acct), "--profile", "mine", "--count", "2", "--timeout", "30",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
-    )
-    received = []
-
-    async def read():
-        while len(received) < 2:
-            line = await proc.stdout.readline()
-            if not line:
-                return
-            received.append(json.loads(line))
-
-    reader = asyncio.create_task(read())
     producer = aiokafka.AIOKafkaProducer(bootstrap_servers=tansu.bootstrap)
     await producer.start()
     try:
-        for attempt in range(60):  # the listener starts at the end of the topic: send until it has two
+
+        async def publish(attempt: int):
             await producer.send_and_wait(topic, json.dumps({"try": attempt}).encode())
-            done, _ = await asyncio.wait([reader], timeout=0.5)
-            if done:
-                break
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+        received = await _listen_while_publishing(tmp_path, acct, publish)
     finally:
         await producer.stop()
-        if proc.returncode is None:
-            proc.kill()
-    assert len(received) == 2 and all(r["routing_key"] == topic and "try" in r["body"] for r in received)
+    assert all(r["routing_key"] == topic and "try" in r["body"] for r in received)
 
 
 def test_listen_with_an_unknown_profile(tmp_path):
