@@ -511,3 +511,29 @@ async def mqtt(mqtt_broker):
     subscriber = await mqtt_subscriber(mqtt_broker)
     yield subscriber
     await close_mqtt_subscriber(subscriber)
+
+
+async def put_through_a_restart(hub, lane, server, total: int = 2000, stop_at: int = 700, start_at: int = 1000):
+    """
+    Put ``total`` events while ``server`` (with ``stop()``, ``start()`` and
+    ``running``) is stopped after event ``stop_at`` — once the lane published
+    500 — and started again at ``start_at``, once the lane saw a publish fail.
+    The server is running again when this returns or raises.
+    """
+    from tests.conftest import wait_for
+
+    loop = asyncio.get_running_loop()
+    try:
+        for n in range(total):
+            await hub.evbus.broker.put(body=n)
+            if n == stop_at:
+                await wait_for(lambda: lane.published >= 500, 30, "events before the stop")
+                await loop.run_in_executor(None, server.stop)
+            if n == start_at:
+                await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the server is down")
+                await loop.run_in_executor(None, server.start)
+            if n % 50 == 0:
+                await asyncio.sleep(0.01)  # pace the stream so that the lane publishes while it flows
+    finally:
+        if not server.running:
+            await loop.run_in_executor(None, server.start)

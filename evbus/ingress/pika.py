@@ -27,7 +27,6 @@ from typing import Any
 
 try:
     import aio_pika
-    import aiormq
     from aiormq import spec
 
     HAS_LIBS = True

@@ -6,7 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-import msgpack
 import pytest
 
 pytestmark = pytest.mark.integration

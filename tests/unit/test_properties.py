@@ -6,7 +6,6 @@ listener never dies; no secret appears in any output.
 import asyncio
 import json
 import logging
-import math
 import sys
 
 import msgpack

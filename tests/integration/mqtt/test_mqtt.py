@@ -6,10 +6,11 @@ import time
 import msgpack
 import pytest
 
+from tests.brokers import close_mqtt_subscriber
 from tests.brokers import MQTT_HOST
 from tests.brokers import MQTT_PORT
-from tests.brokers import close_mqtt_subscriber
 from tests.brokers import mqtt_subscriber
+from tests.brokers import put_through_a_restart
 from tests.brokers import unique
 from tests.conftest import wait_for
 
@@ -176,18 +177,8 @@ async def test_broker_restart_mid_stream_loses_nothing_acknowledged(hub, running
     await running({"mqtt": {"default": {"connection": connection, "topic": topic, "qos": 1}}})
     [lane] = hub.evbus.route.all_lanes()
     total = 2000
-    loop = asyncio.get_running_loop()
     try:
-        for n in range(total):
-            await hub.evbus.broker.put(body=n)
-            if n == 700:
-                await wait_for(lambda: lane.published >= 500, 30, "events before the stop")
-                await loop.run_in_executor(None, own_mosquitto.stop)
-            if n == 1000:
-                await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the broker is down")
-                await loop.run_in_executor(None, own_mosquitto.start)
-            if n % 50 == 0:
-                await asyncio.sleep(0.01)
+        await put_through_a_restart(hub, lane, own_mosquitto, total)
         assert await hub.evbus.init.stop(timeout=90) == 0
         await wait_for(lambda: len(seen) == total, 60, "every event at the reader")
     finally:
@@ -197,8 +188,6 @@ async def test_broker_restart_mid_stream_loses_nothing_acknowledged(hub, running
             await reader
         except asyncio.CancelledError:
             pass
-        if not own_mosquitto.running:
-            await loop.run_in_executor(None, own_mosquitto.start)
     assert seen == set(range(total))
     assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
 

@@ -7,6 +7,7 @@ import pytest
 
 from tests.brokers import NATS_URL
 from tests.brokers import NatsConsumer
+from tests.brokers import put_through_a_restart
 from tests.brokers import unique
 from tests.conftest import wait_for
 
@@ -190,22 +191,8 @@ async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running
     )
     [lane] = hub.evbus.route.all_lanes()
     total = 2000
-    loop = asyncio.get_running_loop()
-    try:
-        for n in range(total):
-            await hub.evbus.broker.put(body=n)
-            if n == 700:
-                await wait_for(lambda: lane.published >= 500, 30, "events before the stop")
-                await loop.run_in_executor(None, own_nats.stop)
-            if n == 1000:
-                await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the server is down")
-                await loop.run_in_executor(None, own_nats.start)
-            if n % 50 == 0:
-                await asyncio.sleep(0.01)
-        assert await hub.evbus.init.stop(timeout=90) == 0
-    finally:
-        if not own_nats.running:
-            await loop.run_in_executor(None, own_nats.start)
+    await put_through_a_restart(hub, lane, own_nats, total)
+    assert await hub.evbus.init.stop(timeout=90) == 0
     reader = await nats.connect(url)
     js = reader.jetstream()
     try:

@@ -145,7 +145,7 @@ async def test_broker_restart_mid_stream(hub, running, amqp, monkeypatch):
 
     # A durable queue survives the restart of the app; the test removes it at the end
     queue = f"evbus-restart-{time.time_ns()}"
-    declare = await amqp.channel.declare_queue(queue, durable=True)
+    await amqp.channel.declare_queue(queue, durable=True)
     await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue, "persistent": True}}})
     total = 2000
     loop = asyncio.get_running_loop()

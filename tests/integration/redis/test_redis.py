@@ -1,10 +1,10 @@
 """The redis ingress against a real Redis, checked with an independent redis-py client."""
-import asyncio
 import json
 import time
 
 import pytest
 
+from tests.brokers import put_through_a_restart
 from tests.brokers import REDIS_URL
 from tests.conftest import wait_for
 
@@ -189,22 +189,8 @@ async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running
     await running({"redis": {"default": {"connection": {"url": url}, "stream": "restart"}}})
     [lane] = hub.evbus.route.all_lanes()
     total = 2000
-    loop = asyncio.get_running_loop()
-    try:
-        for n in range(total):
-            await hub.evbus.broker.put(body=n)
-            if n == 700:
-                await wait_for(lambda: lane.published >= 500, 30, "events before the stop")
-                await loop.run_in_executor(None, own_redis.stop)
-            if n == 1000:
-                await wait_for(lambda: lane.retried >= 1, 30, "a failed publish while the server is down")
-                await loop.run_in_executor(None, own_redis.start)
-            if n % 50 == 0:
-                await asyncio.sleep(0.01)
-        assert await hub.evbus.init.stop(timeout=90) == 0
-    finally:
-        if not own_redis.running:
-            await loop.run_in_executor(None, own_redis.start)
+    await put_through_a_restart(hub, lane, own_redis, total)
+    assert await hub.evbus.init.stop(timeout=90) == 0
     reader = redis.asyncio.Redis.from_url(url)
     try:
         bodies = [json.loads(fields[b"body"]) for _, fields in await reader.xrange("restart")]
