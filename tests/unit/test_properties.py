@@ -157,7 +157,8 @@ def test_malformed_acct_data_is_a_config_error(hub, acct_data):
 
 
 @settings(max_examples=10, deadline=None)
-@given(secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789!#%&", min_size=8, max_size=24))
+# A marker keeps the secret from being a word that output holds anyway ("unrouted")
+@given(secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789!#%&", min_size=6, max_size=24).map(lambda s: "Zq" + s))
 def test_no_secret_in_any_output(secret):
     hub = new_hub()
     hub.pop.sub.extend(subname="ingress", static=[str(PLUGINS / "failing")])
