@@ -8,8 +8,12 @@ Every lane has the same delivery machinery, whatever the plugin:
 
 - each broker call is bounded by ``policy.timeout``;
 - a failed publish is retried with exponential backoff and full jitter, within
-  a budget of attempts and seconds; only then is the event handed to
-  ``on_failure`` (log, count, error callback) and the lane goes on;
+  a budget of attempts and seconds; only then is the event given up: handed
+  to ``on_failure`` (dead letter, log, error callback), counted, and the lane
+  goes on. A lane whose event used up its budget is *down*: until a publish
+  succeeds, its events get one attempt each;
+- a lane holds at most ``limit`` events; when full, the listener waits for
+  room, or the oldest event not yet handed off is given up (``when_full``);
 - a plugin that can pipeline (:class:`Destination` with ``pipelined``) gets up
   to ``window`` events handed off before the oldest is confirmed; when one
   fails, the lane goes back to the oldest unconfirmed event and hands them all

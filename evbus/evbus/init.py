@@ -42,6 +42,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
 
     The contexts are checked first: a malformed profile, an unknown match
     plugin or an ingress plugin without ACCT raises here (and from ``join()``).
+    With the spool on, what a crashed process left in it is delivered first.
 
     :param contexts: The output of ``hub.evbus.acct.profiles``
     :raises BusRunningError: when a listener already runs
