@@ -60,6 +60,28 @@ def body(n: int) -> dict:
     return {"n": n, "message": "event content", "tags": {"run": "bench"}}
 
 
+async def with_in_flight(publish, events: int, limit: int = 500) -> float:
+    """
+    events/s of ``publish(n)`` for n in range(events), a task each, with up to
+    ``limit`` in flight: how a raw client without its own pipelining is driven.
+    """
+    in_flight = asyncio.Semaphore(limit)
+
+    async def one(n: int):
+        try:
+            await publish(n)
+        finally:
+            in_flight.release()
+
+    started = time.perf_counter()
+    tasks = []
+    for n in range(events):
+        await in_flight.acquire()
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    return events / (time.perf_counter() - started)
+
+
 async def evbus_run(acct_data: dict, events: int) -> float:
     """events/s through evbus: puts until the lane counted every event published (confirmed)."""
     import pop.hub
@@ -107,23 +129,13 @@ async def raw_pika(queue: str, events: int) -> float:
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel(publisher_confirms=True)
     exchange = channel.default_exchange
-    in_flight = asyncio.Semaphore(500)
 
     async def publish(n: int):
-        try:
-            await exchange.publish(aio_pika.Message(json.dumps(body(n)).encode()), routing_key=queue)
-        finally:
-            in_flight.release()
+        await exchange.publish(aio_pika.Message(json.dumps(body(n)).encode()), routing_key=queue)
 
-    started = time.perf_counter()
-    tasks = []
-    for n in range(events):
-        await in_flight.acquire()
-        tasks.append(asyncio.create_task(publish(n)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
+    rate = await with_in_flight(publish, events)
     await connection.close()
-    return events / elapsed
+    return rate
 
 
 async def raw_kafka(bootstrap: str, topic: str, events: int) -> float:
@@ -177,22 +189,11 @@ async def raw_mqtt(topic: str, events: int) -> float:
 
     async with aiomqtt.Client(**MQTT) as client:
         client.pending_calls_threshold = 1000  # it warns above this many calls in flight
-        in_flight = asyncio.Semaphore(500)
 
         async def publish(n: int):
-            try:
-                await client.publish(topic, json.dumps(body(n)).encode(), qos=1)
-            finally:
-                in_flight.release()
+            await client.publish(topic, json.dumps(body(n)).encode(), qos=1)
 
-        started = time.perf_counter()
-        tasks = []
-        for n in range(events):
-            await in_flight.acquire()
-            tasks.append(asyncio.create_task(publish(n)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
-    return events / elapsed
+        return await with_in_flight(publish, events)
 
 
 async def rabbitmq_pair(events: int) -> tuple[float, float]:
