@@ -57,6 +57,10 @@ class BusRunningError(EvbusError, RuntimeError):
     """start() called while a listener already runs."""
 
 
+class BusStoppedError(EvbusError, RuntimeError):
+    """The listener ended (it was cancelled) before the stop that waited for it was done."""
+
+
 class PublishError(EvbusError):
     """A publish that failed; its text has every known secret masked."""
 

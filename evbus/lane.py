@@ -31,6 +31,9 @@ from typing import Any
 from evbus.exc import LaneFullError
 from evbus.types import Event
 
+# Seconds a closing lane's task gets to end, and its plugin to flush and disconnect
+CLOSE_GRACE = 3.0
+
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
@@ -155,6 +158,10 @@ class Lane:
         # (sequence number, future) of callers waiting for one event to be settled
         self._settle_waiters: list[tuple[int, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
+        # Set by close(): the task ends at its next step instead of waiting for events
+        self._closing = False
+        # Set once a stop's deadline passed: the listener no longer waits for room
+        self._unbounded = False
         # Set when an event used up its retry budget; cleared by the next success
         self.down = False
         self.queued = 0
@@ -180,7 +187,7 @@ class Lane:
 
     def start(self):
         """Start the lane's task (and its early connection) in the running loop."""
-        if self._task is None:
+        if self._task is None and not self._closing:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"evbus lane ingress.{self.plugin}:{self.profile}"
             )
@@ -238,7 +245,7 @@ class Lane:
         attempts = 0
         first_failure = 0.0
         error: BaseException
-        while True:
+        while not self._closing:
             if self._to_report:
                 event, error = self._to_report.popleft()
                 await self._give_up(event, error)
@@ -384,7 +391,20 @@ class Lane:
     @property
     def full(self) -> bool:
         """Whether the lane holds ``limit`` events and makes the listener wait for room."""
-        return bool(self.limit) and self.when_full == "wait" and len(self._pending) >= self.limit
+        return (
+            bool(self.limit)
+            and self.when_full == "wait"
+            and not self._unbounded
+            and len(self._pending) >= self.limit
+        )
+
+    def unbound(self):
+        """
+        Stop making the listener wait for room (a stop's deadline passed): the
+        events still coming are taken, and given up when the lane closes.
+        """
+        self._unbounded = True
+        self._wake_room()
 
     async def room(self):
         """Return once the lane has room for another event."""
@@ -443,21 +463,30 @@ class Lane:
         self._idle.append(waiter)
         await waiter
 
-    async def close(self, error: BaseException) -> int:
+    async def close(self, error: BaseException, grace: float | None = None) -> int:
         """
-        Stop the lane: events still queued are given up with ``error``, then
-        the plugin's ``close`` (flush, disconnect) runs, within the policy's timeout.
+        Stop the lane: its task is cancelled, events still queued are given up
+        with ``error``, then the plugin's ``close`` (flush, disconnect) runs.
+
+        Every wait is bounded: the task gets ``grace`` seconds to end (a plugin
+        or library that swallows a cancel is cancelled again, then left
+        behind with a warning), and so does the plugin's ``close``. A
+        cancellation of the caller is never swallowed.
 
         :param error: The reason given for what is not delivered
+        :param grace: Seconds for the task to end and for the plugin to close,
+            each (default: the policy's timeout)
         :return: How many events were not delivered
         """
+        if grace is None:
+            grace = self.policy.timeout
+        self._closing = True
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        if task is not None and not await end_task(task, grace):
+            self._log(
+                f"The lane to {self.where} did not end within {grace} s of being cancelled "
+                f"(its plugin ignores cancellation); left behind"
+            )
         self._forget_in_flight()
         for event, inline_error in list(self._to_report):
             await self._give_up(event, inline_error)
@@ -471,10 +500,14 @@ class Lane:
         self._set_idle()
         if self.destination.close is not None:
             try:
-                async with asyncio.timeout(self.policy.timeout):
+                async with asyncio.timeout(grace):
                     await self.destination.close(self.ctx)
             except TimeoutError:
-                self._log(f"Closing {self.where} took longer than {self.policy.timeout} s")
+                self._log(f"Closing {self.where} took longer than {grace} s")
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+                self._log(f"Closing {self.where} was cancelled by its plugin")
             except Exception as e:
                 self._log(f"Closing {self.where} failed: {type(e).__name__}: {e}")
         return len(undelivered)
@@ -498,3 +531,30 @@ class Lane:
             "mean_publish_seconds": self.publish_seconds / self.published if self.published else 0.0,
             "max_publish_seconds": self.max_publish_seconds,
         }
+
+
+async def end_task(task: asyncio.Task, grace: float) -> bool:
+    """
+    Cancel a task and wait, at most ``grace`` seconds, for it to end.
+
+    A library may swallow a cancel (``asyncio.wait_for`` on Python 3.11 does
+    when the call it waits for completes in the same turn): the task is then
+    cancelled again at its next wait, every 50 ms, until the grace runs out.
+    A cancellation of the caller propagates; the task's own outcome is
+    retrieved, so asyncio logs nothing about it.
+
+    :return: Whether the task ended
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while not task.done():
+        task.cancel()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        await asyncio.wait((task,), timeout=min(remaining, 0.05))
+    if not task.done():
+        return False
+    if not task.cancelled():
+        task.exception()
+    return True

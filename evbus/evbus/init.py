@@ -9,20 +9,30 @@ import time
 from typing import Any
 
 from evbus.exc import BusRunningError
+from evbus.exc import BusStoppedError
 from evbus.exc import EvbusTimeoutError
+from evbus.lane import CLOSE_GRACE
 from evbus.mask import Masker
 
 
 class Stop:
     """The item stop() puts on the broker queue: everything before it is delivered first."""
 
-    __slots__ = ("timeout", "done", "queued")
+    __slots__ = ("timeout", "deadline", "done", "queued")
 
     def __init__(self, timeout: float | None, done: asyncio.Future):
         self.timeout = timeout
+        # The loop time by which the lanes must have drained; None: no limit
+        self.deadline = None if timeout is None else done.get_loop().time() + timeout
         self.done = done
         # False when a full queue had no room for it: the listener stops once the queue is empty
         self.queued = True
+
+    def remaining(self) -> float | None:
+        """:return: Seconds left until the deadline (never negative), or None for no limit"""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - self.done.get_loop().time())
 
 
 def __init__(hub):
@@ -118,13 +128,19 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             hub.evbus.broker.STATE.closed = True
         if hub.evbus.init.STOP is stop_item:
             hub.evbus.init.STOP = None
-        timeout = stop_item.timeout if stop_item is not None else 0
-        undelivered = await hub.evbus.route.close(timeout)
-        if spool is not None:
-            spool.flush()
-        hub.log.debug("The event bus stopped", extra={"evbus_internal": True})
-        if stop_item is not None and not stop_item.done.done():
-            stop_item.done.set_result(undelivered)
+        timeout = stop_item.remaining() if stop_item is not None else 0
+        undelivered = None
+        try:
+            undelivered = await hub.evbus.route.close(timeout)
+        finally:
+            if spool is not None:
+                spool.flush()
+            hub.log.debug("The event bus stopped", extra={"evbus_internal": True})
+            if stop_item is not None and not stop_item.done.done():
+                if undelivered is None:
+                    stop_item.done.set_exception(BusStoppedError("The listener was cancelled while it stopped"))
+                else:
+                    stop_item.done.set_result(undelivered)
 
 
 async def stop(hub, timeout: float | None = None) -> int:
@@ -143,10 +159,15 @@ async def stop(hub, timeout: float | None = None) -> int:
     bus = await hub.evbus.broker.init()
     # Let puts that other threads scheduled before this call reach the queue first
     await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
     stop_item = hub.evbus.init.STOP
-    if stop_item is None or stop_item.done.get_loop() is not asyncio.get_running_loop():
-        stop_item = Stop(timeout, asyncio.get_running_loop().create_future())
+    if stop_item is None or stop_item.done.get_loop() is not loop:
+        stop_item = Stop(timeout, loop.create_future())
         hub.evbus.init.STOP = stop_item
+        if stop_item.deadline is not None:
+            # Past the deadline no full lane holds the listener back from the stop
+            unbind = loop.call_at(stop_item.deadline, hub.evbus.route.unbind)
+            stop_item.done.add_done_callback(lambda _: unbind.cancel())
         try:
             bus.put_nowait(stop_item)
         except asyncio.QueueFull:
@@ -156,12 +177,12 @@ async def stop(hub, timeout: float | None = None) -> int:
                 stop_item.queued = False
     if not hub.evbus.init.RUNNING:
         return 0
-    # The listener itself bounds the drain by the timeout; the margin covers closing
-    wait = None if timeout is None else timeout + 5
-    try:
-        return await asyncio.wait_for(asyncio.shield(stop_item.done), wait)
-    except asyncio.TimeoutError:
-        raise EvbusTimeoutError(f"The event bus did not stop within {wait} s") from None
+    # The listener bounds the drain by the timeout, and closing the lanes by their grace
+    wait = None if stop_item.deadline is None else stop_item.remaining() + 2 * CLOSE_GRACE + 1
+    await asyncio.wait((stop_item.done,), timeout=wait)
+    if not stop_item.done.done():
+        raise EvbusTimeoutError(f"The event bus did not stop within {timeout} s (and {wait - timeout:.0f} s to close)")
+    return stop_item.done.result()
 
 
 async def join(hub, timeout: float | None = 60.0):

@@ -18,6 +18,7 @@ from evbus.exc import EvbusTimeoutError
 from evbus.exc import IngressPluginError
 from evbus.exc import ProfileError
 from evbus.exc import PublishError
+from evbus.lane import CLOSE_GRACE
 from evbus.lane import Destination
 from evbus.lane import Lane
 
@@ -250,6 +251,17 @@ def lanes(hub, contexts: Any, profile: str) -> tuple[Lane, ...]:
     return matched
 
 
+def unbind(hub):
+    """
+    A stop's deadline passed: no lane makes the listener wait for room any
+    more, so that it reaches the stop; what the lanes cannot publish is given
+    up when they close.
+    """
+    for found in list(hub.evbus.route.STATE.routers.values()):
+        for lane in found.lanes:
+            lane.unbound()
+
+
 def all_lanes(hub) -> list[Lane]:
     """
     :return: Every lane, running or stopped since the last start
@@ -258,31 +270,45 @@ def all_lanes(hub) -> list[Lane]:
     return state.retired + [lane for r in state.routers.values() for lane in r.lanes]
 
 
-async def close(hub, timeout: float | None) -> int:
+async def close(hub, timeout: float | None, grace: float = CLOSE_GRACE) -> int:
     """
     Wait until every lane has published what it holds, then stop the lanes.
 
     What a lane could not publish within ``timeout`` is failed with an
     :class:`~evbus.exc.EvbusTimeoutError`: logged, counted and handed to the
-    error callback.
+    error callback. The lanes then close together: each lane's task gets
+    ``grace`` seconds to end and its plugin ``grace`` seconds to close, so
+    this returns within ``timeout + 2 * grace`` seconds (and the time the
+    error callback takes), whatever the plugins do.
 
-    :param timeout: Seconds to wait in all; None waits as long as it takes
+    :param timeout: Seconds to wait for the lanes to drain; None waits as long as it takes
+    :param grace: Seconds each lane's task gets to end, and its plugin to close
     :return: The number of events that were not delivered in time
     """
     state: RouteState = hub.evbus.route.STATE
     current = [lane for r in state.routers.values() for lane in r.lanes]
     state.routers.clear()
     state.retired = current
-    undelivered = 0
-    if current:
-        drained = asyncio.gather(*(lane.drained() for lane in current))
+    if current and (timeout is None or timeout > 0):
+        drained = [asyncio.ensure_future(lane.drained()) for lane in current]
         try:
-            await asyncio.wait_for(drained, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait(drained, timeout=timeout)
+        finally:
+            for waiter in drained:
+                waiter.cancel()
     error = EvbusTimeoutError(f"not delivered within the stop timeout of {timeout} s")
-    for lane in current:
-        undelivered += await lane.close(error)
+    results = await asyncio.gather(*(lane.close(error, grace) for lane in current), return_exceptions=True)
+    undelivered = 0
+    for lane, result in zip(current, results):
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            hub.log.error(
+                f"Closing the lane to {hub.evbus.MASK.text(lane.where)} failed: {hub.evbus.MASK.exception(result)}",
+                extra={"evbus_internal": True},
+            )
+        else:
+            undelivered += result
     if undelivered:
         hub.log.error(
             f"The event bus stopped with {undelivered} event(s) undelivered",
