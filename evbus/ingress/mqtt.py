@@ -156,10 +156,7 @@ class Publisher:
         self.paho = None
         self._fail_pending(ConnectionError("the MQTT connection was closed"))
         if client is not None:
-            try:
-                await client.__aexit__(None, None, None)
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                pass
+            await disconnect(client)
 
     def _on_publish(self, client, userdata, mid: int, reason_code, properties):
         """paho-mqtt's callback: a message was acknowledged (QoS 1 and 2) or written (QoS 0)."""
@@ -176,6 +173,8 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         """paho-mqtt's callback: the connection is gone; what it had not acknowledged fails now."""
         self._forward_disconnect(client, userdata, flags, reason_code, properties)
+        if self.client is not None:
+            _retrieve(self.client)
         if client is self.paho:
             self._fail_pending(ConnectionError(f"the MQTT connection was lost: {reason_code}"))
 
@@ -184,6 +183,41 @@ class Publisher:
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def _retrieve(client: Any):
+    """
+    aiomqtt sets the error of a lost connection on a future that only its own
+    message loop awaits (evbus uses none): take it, so that asyncio does not
+    log "Future exception was never retrieved". The lane reports the loss.
+    """
+    disconnected = getattr(client, "_disconnected", None)
+    if isinstance(disconnected, asyncio.Future) and disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()
+
+
+async def disconnect(client: Any, grace: float = 1.0):
+    """
+    Disconnect an aiomqtt client and wait, at most ``grace`` seconds, until its
+    socket is closed and its housekeeping task has ended: a loop that closes
+    right after would otherwise leave that task pending ("Task was
+    destroyed") and paho's socket to be closed at garbage collection ("Event
+    loop is closed").
+    """
+    try:
+        await client.__aexit__(None, None, None)
+    except Exception:  # closing a broken connection may fail; it is gone either way
+        pass
+    _retrieve(client)
+    paho = getattr(client, "_client", None)
+    if paho is not None and getattr(paho, "_sock", None) is not None:
+        paho._reset_sockets()  # closes the socket now; aiomqtt then cancels its task
+    misc = getattr(client, "_misc_task", None)
+    if misc is not None and not misc.done():
+        done, _ = await asyncio.wait([misc], timeout=grace)
+        if not done:
+            misc.cancel()
+            await asyncio.wait([misc], timeout=grace)
 
 
 class Route:
