@@ -3,7 +3,9 @@ Fixtures shared by every test: a fresh hub per test, its loop set for pop,
 and helpers that wait with a timeout instead of sleeping.
 """
 import asyncio
+import gc
 import json
+import logging
 import pathlib
 import sys
 
@@ -13,6 +15,55 @@ import pytest
 pytest_plugins = ["tests.brokers"]
 
 PLUGINS = pathlib.Path(__file__).parent / "plugins"
+# What asyncio (and libraries on it) log when a task, a future or a loop was left unfinished
+STRAY = (
+    "Task was destroyed",
+    "Task exception was never retrieved",
+    "Future exception was never retrieved",
+    "Event loop is closed",
+)
+
+
+class StrayErrors(logging.Handler):
+    """Collects log records that say a task, a future or a loop was left unfinished."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord):
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]}"
+        if any(phrase in text for phrase in STRAY):
+            self.records.append(f"{record.name}: {text.splitlines()[0]}")
+
+
+STRAY_ERRORS = StrayErrors()
+
+
+def pytest_configure(config):
+    logging.getLogger().addHandler(STRAY_ERRORS)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stray errors that surfaced after their test ended (at garbage collection) fail the run too."""
+    gc.collect()
+    if STRAY_ERRORS.records and session.exitstatus == 0:
+        print("\nStray asyncio errors:\n  " + "\n  ".join(STRAY_ERRORS.records), file=sys.stderr)
+        session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_asyncio_errors():
+    """A test fails when asyncio logs a task, future or loop it left unfinished."""
+    before = len(STRAY_ERRORS.records)
+    yield
+    gc.collect()
+    stray = STRAY_ERRORS.records[before:]
+    if stray:
+        del STRAY_ERRORS.records[before:]
+        pytest.fail("stray asyncio errors:\n  " + "\n  ".join(stray))
 RETRY_ENV = {"EVBUS_RETRY_ATTEMPTS": "3", "EVBUS_RETRY_BACKOFF": "0.001", "EVBUS_RETRY_BACKOFF_MAX": "0.01"}
 
 
