@@ -3,7 +3,8 @@ The ``evbus`` command line.
 
 ``evbus listen [--profile NAME] [--routing-key KEY] [--count N]`` prints
 what arrives at a profile's destination (Kafka topic, AMQP queue, ...), for
-debugging a deployment.
+debugging a deployment; with ``--count N`` it takes (and acknowledges, where
+the broker has acknowledgements) exactly N messages.
 
 Every error is one line on stderr, ``evbus: <message>`` with secrets masked,
 and the exit status 2; Ctrl-C ends a command with the status 130.

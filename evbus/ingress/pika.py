@@ -219,7 +219,11 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 async def listen(hub, ctx, routing_key: str | None = None):
     """
     Consume the profile's queue (``evbus listen``): the queue named by the
-    routing key, which must exist. Messages taken are acknowledged.
+    routing key, which must exist.
+
+    One message is taken at a time (prefetch 1) and acknowledged as it is
+    handed out, so that a consumer that stops after N messages took exactly
+    N: the one RabbitMQ had sent ahead goes back to the queue, unacknowledged.
 
     :param routing_key: The queue, when the profile names no routing_key
     :return: An async iterator of (queue, body)
@@ -244,6 +248,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
     try:
         channel = await connection.channel()
         channel.close_callbacks.add(closed)
+        await channel.set_qos(prefetch_count=1)
         try:
             queue = await channel.declare_queue(queue_name, passive=True)
         except aio_pika.exceptions.ChannelNotFoundEntity:
@@ -251,8 +256,8 @@ async def listen(hub, ctx, routing_key: str | None = None):
         try:
             async with queue.iterator() as messages:
                 async for message in messages:
-                    async with message.process():
-                        yield queue_name, message.body
+                    await message.ack()
+                    yield queue_name, message.body
         except aio_pika.exceptions.AMQPError as e:
             raise ListenError(f"lost the connection: {error_text(e)}") from e
         # The iterator ends when the channel closed: not by us, so the connection was lost

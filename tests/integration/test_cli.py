@@ -478,6 +478,18 @@ def test_listen_on_a_dead_port(tmp_path, plugin):
     _assert_cannot_listen(_error_line(out.stderr), plugin, port, "cannot connect: ")
 
 
+async def test_listen_count_takes_and_acknowledges_exactly_that_many(tmp_path, amqp):
+    """Three messages in a queue, --count 2: two printed and acknowledged, the third ready in the queue."""
+    queue = await amqp.queue(auto_delete=False)
+    await _put(amqp, queue, {"n": 0}, {"n": 1}, {"n": 2})
+    acct = _acct(tmp_path, "pika", queue, 5672)
+    out = await asyncio.get_running_loop().run_in_executor(None, _listen, tmp_path, acct, "--count", "2")
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [{"routing_key": queue, "body": {"n": n}} for n in range(2)]
+    assert await amqp.ready(queue) == 1
+    assert [json.loads(m.body) for m in await amqp.take(queue, 1)] == [{"n": 2}]
+
+
 async def test_listen_ends_on_ctrl_c_with_its_summary(tmp_path, amqp):
     queue = await amqp.queue(auto_delete=False)
     await _put(amqp, queue, {"n": 0})
