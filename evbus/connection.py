@@ -6,6 +6,19 @@ from collections.abc import Callable
 from typing import Any
 
 
+def error_text(error: BaseException) -> str:
+    """
+    :param error: An exception of a client library
+    :return: ``Type: message`` on one line (the type once: some libraries
+        put it in the message already); the type alone when there is no message
+    """
+    name = type(error).__name__
+    text = " ".join(str(error).split())
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class LoopLock:
     """
     An ``asyncio.Lock`` for the running loop: a lock belongs to the loop that

@@ -12,6 +12,9 @@ One line per given-up event and destination::
 base64 (``body_encoding``). Appends and rewrites are serialized by a lock, and
 a rewrite replaces the file atomically, so a crash leaves either the old or
 the new file, never half of one.
+
+The file holds event bodies: it is private (0600, in directories evbus
+makes 0700; see :mod:`evbus.private`).
 """
 import base64
 import json
@@ -21,9 +24,11 @@ import threading
 import time
 import uuid
 from typing import Any
+from typing import TextIO
 from collections.abc import Callable
 from collections.abc import Iterable
 
+from evbus import private
 from evbus.types import Event
 
 
@@ -76,7 +81,7 @@ def to_event(record: dict[str, Any]) -> Event:
 
 class DeadLetterStore:
     """
-    :param path: The JSON lines file; its directory is made when needed
+    :param path: The JSON lines file, private (0600); its directory is made (0700) when needed
     """
 
     def __init__(self, path: str):
@@ -87,8 +92,8 @@ class DeadLetterStore:
         """Write one record and flush it to the file."""
         line = json.dumps(record, default=str) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as out:
+            private.make_dirs(self.path.parent)
+            with self._open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a") as out:
                 out.write(line)
                 out.flush()
                 os.fsync(out.fileno())
@@ -101,7 +106,7 @@ class DeadLetterStore:
     def _read(self) -> Iterable[dict[str, Any]]:
         if not self.path.exists():
             return
-        with self.path.open(encoding="utf-8") as lines:
+        with self._open(self.path, os.O_RDONLY, "r") as lines:
             for line in lines:
                 try:
                     record = json.loads(line)
@@ -126,10 +131,15 @@ class DeadLetterStore:
             if not removed:
                 return 0
             temporary = self.path.with_name(self.path.name + ".tmp")
-            with temporary.open("w", encoding="utf-8") as out:
+            with self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w") as out:
                 for record in kept:
                     out.write(json.dumps(record, default=str) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
             return removed
+
+    @staticmethod
+    def _open(path: pathlib.Path, flags: int, mode: str) -> TextIO:
+        """The store's file (or its rewrite), private: made 0600, tightened to 0600 when wider."""
+        return open(private.open_fd(path, flags), mode, encoding="utf-8")

@@ -69,5 +69,13 @@ class PublishError(EvbusError):
         super().__init__(message)
 
 
+class ListenError(EvbusError, ConnectionError):
+    """
+    A destination that ``evbus listen`` cannot listen on: not reached,
+    refused, missing (a queue), or lost while listening. An ingress plugin's
+    ``listen`` says what went wrong; the command line adds which destination.
+    """
+
+
 class EvbusTimeoutError(EvbusError, TimeoutError):
     """A wait that ran out of time."""

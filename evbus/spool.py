@@ -11,11 +11,17 @@ again, and is counted as redelivered).
 The file survives the process (a crash, SIGKILL); what a power loss may do
 depends on ``spool_sync`` (see :class:`Spool`). One process uses a spool file
 at a time (the file is locked exclusively).
+
+The spool holds event bodies: its file and SQLite's ``-wal`` (and ``-shm``)
+beside it are private (0600, in directories evbus makes 0700; see
+:mod:`evbus.private`).
 """
+import os
 import sqlite3
 import threading
 from typing import Any
 
+from evbus import private
 from evbus.exc import ConfigError
 from evbus.types import Event
 
@@ -35,9 +41,29 @@ CREATE TABLE IF NOT EXISTS events (
 SYNC_MODES = ("normal", "full", "off")
 
 
+def _make_private(path: str):
+    """
+    Make the spool file 0600 (its directory 0700) before SQLite opens it, or
+    tighten it to 0600.
+
+    SQLite makes its ``-wal`` and ``-shm`` files with the mode of the
+    database file (its unix VFS copies it, whatever the umask), so a private
+    database file is enough for those SQLite makes; ``Spool`` tightens those
+    an earlier process left. The umask is not used: it is process-wide, and
+    changing it around the connect would race with other threads making files.
+
+    :raises ConfigError: The file or its directory cannot be made or opened
+    """
+    try:
+        private.make_dirs(os.path.dirname(os.path.abspath(path)))
+        os.close(private.open_fd(path, os.O_RDWR | os.O_CREAT))  # closed before SQLite takes its locks
+    except OSError as e:
+        raise ConfigError(f"Cannot use the spool {path}: {e}") from None
+
+
 class Spool:
     """
-    :param path: The SQLite file; made when missing
+    :param path: The SQLite file; made (0600, and its directory 0700) when missing
     :param sync: SQLite's ``synchronous`` in WAL mode: ``normal`` (a process
         crash loses nothing; a power loss may take the last transactions, and
         never corrupts the file), ``full`` (a power loss loses nothing; slower),
@@ -49,6 +75,7 @@ class Spool:
         self.path = path
         self.sync = sync
         self._closed = False
+        _make_private(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1)
         # One process per spool: an exclusive lock saves two file-lock calls per transaction
         self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -61,6 +88,8 @@ class Spool:
         # Fewer checkpoints (each one syncs the file): every 20000 pages of WAL instead of 1000
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
         self._db.execute(SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            private.tighten(path + suffix)  # left, wider, by an evbus before 0600 spools
         self._lock = threading.Lock()
         # event id -> [spool seq, lanes still to settle it (None until routed)]
         self._live: dict[str, list[Any]] = {}

@@ -43,11 +43,20 @@ class Consumer:
     def __init__(self, connection, channel):
         self.connection = connection
         self.channel = channel
+        self.kept: list[str] = []
 
-    async def queue(self, exchange: str | None = None, binding: str | None = None) -> str:
-        """Declare an auto-deleted queue (bound to ``exchange`` with ``binding`` when given)."""
+    async def queue(
+        self, exchange: str | None = None, binding: str | None = None, auto_delete: bool = True
+    ) -> str:
+        """
+        Declare a queue (bound to ``exchange`` with ``binding`` when given):
+        auto-deleted, or with ``auto_delete=False`` kept when its consumers
+        leave, and deleted at the end of the test.
+        """
         name = f"evbus-test-{uuid.uuid4().hex[:12]}"
-        queue = await self.channel.declare_queue(name, auto_delete=True, durable=False)
+        queue = await self.channel.declare_queue(name, auto_delete=auto_delete, durable=False)
+        if not auto_delete:
+            self.kept.append(name)
         if exchange:
             await queue.bind(exchange, routing_key=binding or name)
         return name
@@ -69,8 +78,12 @@ class Consumer:
         return messages
 
     async def empty(self, name: str) -> bool:
+        return await self.ready(name) == 0
+
+    async def ready(self, name: str) -> int:
+        """:return: How many messages of a queue are ready (neither taken nor waiting for an ack)"""
         queue = await self.channel.declare_queue(name, passive=True)
-        return queue.declaration_result.message_count == 0
+        return queue.declaration_result.message_count
 
 
 @pytest.fixture
@@ -79,7 +92,10 @@ async def amqp(rabbitmq):
 
     connection = await aio_pika.connect(rabbitmq)
     channel = await connection.channel()
-    yield Consumer(connection, channel)
+    consumer = Consumer(connection, channel)
+    yield consumer
+    for name in consumer.kept:
+        await channel.queue_delete(name)
     await connection.close()
 
 
@@ -537,3 +553,66 @@ async def put_through_a_restart(hub, lane, server, total: int = 2000, stop_at: i
     finally:
         if not server.running:
             await loop.run_in_executor(None, server.start)
+
+
+class Proxy:
+    """
+    A TCP forwarder from a free loopback port to a broker's port, that a test
+    can cut: every connection through it breaks off, as when the network or
+    the broker fails, and new ones are refused.
+
+    :param port: The broker's port on 127.0.0.1
+    """
+
+    def __init__(self, port: int):
+        self.target = port
+        self.port = 0  # its own, once started
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> "Proxy":
+        self.server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            broker_reader, broker_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers += [writer, broker_writer]
+        await asyncio.gather(self._pipe(reader, broker_writer), self._pipe(broker_reader, writer))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def cut(self):
+        """Refuse new connections and break those open."""
+        if self.server is not None and self.server.is_serving():
+            self.server.close()
+            await self.server.wait_closed()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+@pytest.fixture
+async def proxy():
+    """``await proxy(port)``: a started :class:`Proxy` to a broker's port; cut at the end of the test."""
+    proxies: list[Proxy] = []
+
+    async def _start(port: int) -> Proxy:
+        proxies.append(await Proxy(port).start())
+        return proxies[-1]
+
+    yield _start
+    for started in proxies:
+        await started.cut()

@@ -3,7 +3,11 @@ The ``evbus`` command line.
 
 ``evbus listen [--profile NAME] [--routing-key KEY] [--count N]`` prints
 what arrives at a profile's destination (Kafka topic, AMQP queue, ...), for
-debugging a deployment.
+debugging a deployment; with ``--count N`` it takes (and acknowledges, where
+the broker has acknowledgements) exactly N messages.
+
+Every error is one line on stderr, ``evbus: <message>`` with secrets masked,
+and the exit status 2; Ctrl-C ends a command with the status 130.
 
 ``evbus profiles [--output yaml|json]`` shows the configured profiles per
 provider, secrets masked, and whether each destination is reachable; the
@@ -20,7 +24,9 @@ ingress. It prints every event that arrives on the internal ingress as a JSON
 line and a summary on stderr; the exit status is 1 when a publish failed.
 """
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 from typing import Any
 
@@ -28,7 +34,10 @@ import dict_tools.data as data
 import msgpack
 import yaml
 
+from evbus.connection import error_text
+from evbus.exc import ConfigError
 from evbus.exc import EvbusError
+from evbus.exc import ListenError
 
 # The embedded default: every event profile goes to the internal ingress
 MATCH_ALL = {"glob": "*", "regex": ".*"}
@@ -36,7 +45,9 @@ MATCH_ALL = {"glob": "*", "regex": ".*"}
 
 def run(hub) -> int:
     """
-    Load the config, run the chosen subcommand in a new loop, and return the exit status.
+    Load the config, run the chosen subcommand in a new loop, and return the
+    exit status: 2 after an error, which is one line on stderr with secrets
+    masked; 130 after Ctrl-C.
     """
     hub.pop.config.load(["evbus"], cli="evbus")
     if hub.SUBPARSER not in ("publish", "replay", "profiles", "listen"):
@@ -53,8 +64,10 @@ def run(hub) -> int:
         events = hub.evbus.cli.read_events(hub.OPT.evbus.events, hub.OPT.evbus.file)
         return asyncio.run(hub.evbus.cli.publish(events, progress=bool(hub.OPT.evbus.file) and sys.stderr.isatty()))
     except (EvbusError, ValueError) as e:
-        print(f"evbus: {hub.evbus.MASK.text(e)}", file=sys.stderr)
+        print(f"evbus: {' '.join(hub.evbus.MASK.text(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def read_events(hub, args: list[str] | tuple, path: str | None = None) -> list[Any]:
@@ -217,9 +230,12 @@ async def listen(hub) -> int:
     Print, as JSON lines, what arrives at the destination of the acct profile
     ``--profile`` (its Kafka topic, AMQP queue, ...), until ``--count``
     messages or ``--timeout`` seconds without one; with no configuration,
-    the internal ingress.
+    the internal ingress. A summary goes to stderr at the end, Ctrl-C included.
 
-    :return: 0, or 2 when the profile or its plugin cannot listen
+    :return: 0
+    :raises ListenError: The destination cannot be listened on, or was lost;
+        it names the plugin, the profile and the address
+    :raises ConfigError: No such profile, or its plugin cannot listen
     """
     opt = hub.OPT.evbus
     timeout = hub.evbus.settings.get("timeout") or None
@@ -234,29 +250,87 @@ async def listen(hub) -> int:
         if name == opt.profile
     ]
     if not destinations:
-        print(f"evbus: no acct profile named '{opt.profile}'", file=sys.stderr)
-        return 2
+        raise ConfigError(f"no acct profile named '{opt.profile}'")
     plugin_name, _, _, profile = destinations[0]
     plugin = hub.ingress[plugin_name]
     if not hasattr(plugin, "listen"):
-        print(f"evbus: ingress.{plugin_name} cannot listen", file=sys.stderr)
-        return 2
+        raise ConfigError(f"ingress.{plugin_name} cannot listen")
     ctx = data.NamespaceDict(acct=data.NamespaceDict(profile))
-    messages = plugin.listen(ctx, opt.routing_key).__aiter__()
+    source = f"ingress.{plugin_name} profile '{opt.profile}'"
     seen = 0
     try:
-        while not count or seen < count:
+        messages = plugin.listen(ctx, opt.routing_key).__aiter__()
+        with _libraries_quiet():
             try:
-                async with asyncio.timeout(timeout):
-                    routing_key, body = await messages.__anext__()
-            except (TimeoutError, StopAsyncIteration):
-                break
-            print(json.dumps({"routing_key": routing_key, "body": _decode(body)}, default=repr), flush=True)
-            seen += 1
-    finally:
-        await messages.aclose()
-    print(f"evbus: {seen} message(s) from ingress.{plugin_name} profile '{opt.profile}'", file=sys.stderr)
+                while (not count or seen < count) and (message := await _next(messages, timeout)):
+                    routing_key, body = message
+                    line = {"routing_key": routing_key, "body": _decode(body)}
+                    print(json.dumps(line, default=repr), flush=True)
+                    seen += 1
+            finally:
+                await messages.aclose()
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
+        _listened(seen, source)
+        raise
+    except Exception as e:
+        where = _where(plugin, ctx)
+        reason = str(e) if isinstance(e, EvbusError) else error_text(e)
+        raise ListenError(f"cannot listen on {source}{where}: {reason}") from None
+    _listened(seen, source)
     return 0
+
+
+async def _next(messages, timeout: float | None) -> tuple[str, bytes] | None:
+    """:return: The next (routing key, body), or None at the end or after ``timeout`` seconds without one"""
+    try:
+        async with asyncio.timeout(timeout):
+            return await messages.__anext__()
+    except (TimeoutError, StopAsyncIteration):
+        return None
+
+
+class _LibrariesQuiet(logging.Filter):
+    """Lets through evbus's own records, and the others' from CRITICAL up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL or record.name.partition(".")[0] == "evbus"
+
+
+@contextlib.contextmanager
+def _libraries_quiet():
+    """
+    While ``evbus listen`` listens, leave out of stderr what the client
+    libraries log of their connection trouble (aiokafka retrying, aiormq's
+    tracebacks): the one error line names it. Not with a log level of info
+    or debug, and not in the log file.
+    """
+    root = logging.getLogger()
+    quiet = _LibrariesQuiet()
+    handlers = []
+    if root.getEffectiveLevel() >= logging.WARNING:
+        handlers = [handler for handler in root.handlers if getattr(handler, "stream", None) is sys.stderr]
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _listened(seen: int, source: str):
+    print(f"evbus: {seen} message(s) from {source}", file=sys.stderr, flush=True)
+
+
+def _where(plugin, ctx) -> str:
+    """`` (host:port)`` of a destination as its plugin describes it; empty when it cannot."""
+    describe = getattr(plugin, "describe", None)
+    if describe is None:
+        return ""
+    try:
+        return f" ({describe(ctx)})"
+    except Exception:  # an address that cannot be made out of a broken profile: the error says why
+        return ""
 
 
 def _decode(body: bytes) -> Any:

@@ -1,8 +1,9 @@
 """
 Dead letters: every event a lane gives up (retry budget spent, stop timeout,
 full lane) is written with its destination, attempts and masked error to the
-dead-letter store (config ``dead_letter_file``); ``replay`` publishes them
-again and removes what was delivered.
+dead-letter store (config ``dead_letter_file``, a private file: 0600, in
+directories evbus makes 0700); ``replay`` publishes them again and removes
+what was delivered.
 """
 import asyncio
 from typing import Any

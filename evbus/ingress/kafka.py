@@ -51,8 +51,14 @@ except ImportError:
 
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
-from evbus.exc import ProfileError
+from evbus.connection import error_text
 from evbus.exc import EvbusError
+from evbus.exc import ListenError
+from evbus.exc import ProfileError
+
+
+# evbus listen: milliseconds without a record after which the listener checks that a broker still answers
+LISTEN_PROBE_MS = 5000
 
 
 class NoTopicError(EvbusError, ValueError):
@@ -265,10 +271,18 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 
 async def listen(hub, ctx, routing_key: str | None = None):
     """
-    Consume what the profile's topics receive from now on (``evbus listen``).
+    Consume what the profile's topics receive from now on (``evbus listen``),
+    with a consumer of no group: it commits no offsets, so it takes nothing
+    away from the consumer groups of the topics.
+
+    aiokafka reconnects for ever and raises nothing when the brokers are
+    gone: after ``LISTEN_PROBE_MS`` without a record, the listener asks for
+    the cluster's metadata, which fails when no broker answers.
 
     :param routing_key: The topic to listen on instead of the profile's (``--routing-key``)
     :return: An async iterator of (topic, body)
+    :raises NoTopicError: The profile names no topic and no routing key was given
+    :raises ListenError: No broker could be reached, or they were lost
     """
     topics = [routing_key] if routing_key else ctx.acct.get("topics") or []
     if isinstance(topics, str):
@@ -282,9 +296,36 @@ async def listen(hub, ctx, routing_key: str | None = None):
                    "sasl_plain_username", "sasl_plain_password", "request_timeout_ms")
     }
     consumer = aiokafka.AIOKafkaConsumer(*map(str, topics), auto_offset_reset="latest", **kwargs)
-    await consumer.start()
     try:
-        async for record in consumer:
-            yield record.topic, record.value
+        await consumer.start()
+    except BaseException as e:
+        await _stop(consumer)
+        if isinstance(e, Exception):
+            raise ListenError(f"cannot connect: {error_text(e)}") from e
+        raise
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=LISTEN_PROBE_MS)
+            if not batches:
+                try:
+                    await consumer.topics()  # fails once no broker answers
+                except aiokafka.errors.KafkaError as e:
+                    raise ListenError(f"lost the connection: {error_text(e)}") from e
+            for records in batches.values():
+                for record in records:
+                    yield record.topic, record.value
     finally:
+        await _stop(consumer)
+
+
+async def _stop(consumer):
+    """
+    Stop a consumer. aiokafka's ``stop()`` raises the CancelledError of its
+    own fetch task when that task waited to retry (the brokers are gone):
+    that one is dropped; a cancellation of the caller's task is not.
+    """
+    try:
         await consumer.stop()
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise

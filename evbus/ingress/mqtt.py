@@ -49,7 +49,9 @@ except ImportError:
 
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
+from evbus.connection import error_text
 from evbus.exc import EvbusError
+from evbus.exc import ListenError
 
 # protocol: in a profile -> aiomqtt.ProtocolVersion member name
 PROTOCOLS = {"3": "V31", "3.1": "V31", "4": "V311", "3.1.1": "V311", "5": "V5", "5.0": "V5"}
@@ -359,10 +361,16 @@ async def listen(hub, ctx, routing_key: str | None = None):
     not take over the session of a publisher with the profile's
     ``identifier``, nor publish its will.
 
+    The client acknowledges (QoS 1 and 2) each message as it arrives, ahead
+    of what the listener takes: messages that come after the last one taken
+    are acknowledged and not handed out. This loses nothing for anyone else:
+    the subscription, and its copy of each message, are this client's alone.
+
     :param routing_key: The topic, overriding the profile's
     :return: An async iterator of (topic of the message, payload)
     :raises NoTopicError: The profile names no topic and no routing key was given
-    :raises MqttConnectFailed: The broker could not be reached
+    :raises ListenError: The broker could not be reached or refused the
+        connection, or the connection was lost
     """
     topic = routing_key or ctx.acct.get("routing_key") or ctx.acct.get("topic")
     if not topic:
@@ -373,14 +381,15 @@ async def listen(hub, ctx, routing_key: str | None = None):
     client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection))
     try:
         await client.__aenter__()
-    except aiomqtt.MqttCodeError:  # the broker answered: refused credentials, say
-        raise
-    except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
-        raise MqttConnectFailed(f"cannot connect to {hub.ingress.mqtt.describe(ctx)}: {e}") from e
+    except aiomqtt.MqttError as e:  # the socket, or the broker refused (credentials, say)
+        raise ListenError(f"cannot connect: {error_text(e)}") from e
     try:
         await client.subscribe(str(topic), qos=qos)
-        async for message in client.messages:
-            yield str(message.topic), bytes(message.payload)
+        try:
+            async for message in client.messages:
+                yield str(message.topic), bytes(message.payload)
+        except aiomqtt.MqttError as e:
+            raise ListenError(f"lost the connection: {error_text(e)}") from e
     finally:
         try:
             await client.__aexit__(None, None, None)

@@ -51,7 +51,9 @@ except ImportError:
 
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
+from evbus.connection import error_text
 from evbus.exc import EvbusError
+from evbus.exc import ListenError
 
 # Connection options the plugin sets unless the profile does: one quick
 # connection attempt per server (nats-py would otherwise try each server 60
@@ -387,14 +389,13 @@ async def listen(hub, ctx, routing_key: str | None = None):
     :param routing_key: The subject, overriding the profile's
     :return: An async iterator of (subject, body)
     :raises NoSubjectError: The profile names no subject and no routing key was given
-    :raises NatsConnectError: No server could be reached, or the connection was lost
+    :raises ListenError: No server could be reached, or the connection was lost
     """
     subject = routing_key or ctx.acct.get("routing_key") or ctx.acct.get("subject")
     if not subject:
         raise NoSubjectError(
             "no NATS subject to listen on: the profile names no subject and no --routing-key was given"
         )
-    where = hub.ingress.nats.describe(ctx)
     kwargs = _connection_kwargs(ctx)
     if not kwargs.get("allow_reconnect"):
         kwargs["allow_reconnect"] = False
@@ -404,22 +405,25 @@ async def listen(hub, ctx, routing_key: str | None = None):
     errors: list[BaseException] = []
 
     async def on_error(error: Exception):
-        errors.append(error)  # reported with the NatsConnectError, instead of nats-py's log
+        errors.append(error)  # reported with the ListenError, instead of nats-py's log
+
+    def reason() -> str:
+        return f": {error_text(errors[-1])}" if errors else ""
 
     kwargs["error_cb"] = on_error
     try:
         client = await nats.connect(**kwargs)
     except nats.errors.NoServersError:
-        reason = f": {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""
-        raise NatsConnectError(f"cannot connect to {where}{reason}") from None
+        raise ListenError(f"cannot connect{reason()}") from None
+    except Exception as e:  # refused credentials, a malformed server URL, ...
+        raise ListenError(f"cannot connect: {error_text(e)}") from e
     try:
         subscription = await client.subscribe(str(subject))
         await client.flush()  # the server has the subscription (and answers) before the first message
         async for message in subscription.messages:
             yield message.subject, message.data
         # The iterator ends when the client closed: not by us, so the connection was lost
-        reason = f": {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""
-        raise NatsConnectError(f"lost the connection to {where}{reason}")
+        raise ListenError(f"lost the connection{reason()}")
     finally:
         if not client.is_closed:
             try:

@@ -35,7 +35,9 @@ except ImportError:
 
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
+from evbus.connection import error_text
 from evbus.exc import EvbusError
+from evbus.exc import ListenError
 
 
 class PublishNacked(EvbusError, ConnectionError):
@@ -217,21 +219,53 @@ async def publish(hub, ctx, routing_key: str, body: bytes):
 async def listen(hub, ctx, routing_key: str | None = None):
     """
     Consume the profile's queue (``evbus listen``): the queue named by the
-    routing key, which must exist. Messages taken are acknowledged.
+    routing key, which must exist.
+
+    One message is taken at a time (prefetch 1) and acknowledged as it is
+    handed out, so that a consumer that stops after N messages took exactly
+    N: the one RabbitMQ had sent ahead goes back to the queue, unacknowledged.
 
     :param routing_key: The queue, when the profile names no routing_key
     :return: An async iterator of (queue, body)
+    :raises ListenError: The broker cannot be reached or refused the login,
+        the queue does not exist, or the connection was lost
     """
     queue_name = routing_key or ctx.acct.get("routing_key")
     if not queue_name:
         raise EvbusError("no queue to listen on: the profile names no routing_key and no --routing-key was given")
-    connection = await aio_pika.connect(**_connection_kwargs(ctx))
+    try:
+        connection = await aio_pika.connect(**_connection_kwargs(ctx))
+    except Exception as e:
+        raise ListenError(f"cannot connect: {error_text(e)}") from e
+    # Why the connection or the channel closed, when the broker or the network closed it
+    lost: list[BaseException] = []
+
+    def closed(_, error: BaseException | None):
+        if error is not None:
+            lost.append(error)
+
+    connection.close_callbacks.add(closed)
     try:
         channel = await connection.channel()
-        queue = await channel.declare_queue(queue_name, passive=True)
-        async with queue.iterator() as messages:
-            async for message in messages:
-                async with message.process():
+        channel.close_callbacks.add(closed)
+        await channel.set_qos(prefetch_count=1)
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            raise ListenError(f"queue '{queue_name}' does not exist") from None
+        try:
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    await message.ack()
                     yield queue_name, message.body
+        except aio_pika.exceptions.AMQPError as e:
+            raise ListenError(f"lost the connection: {error_text(e)}") from e
+        # The iterator ends when the channel closed: not by us, so the connection was lost
+        reason = f": {error_text(lost[0])}" if lost else ""
+        raise ListenError(f"lost the connection{reason}")
     finally:
-        await connection.close()
+        if not connection.is_closed:
+            try:
+                await connection.close()
+            except Exception:  # closing a broken connection may fail; it is gone either way
+                pass

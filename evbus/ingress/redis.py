@@ -31,6 +31,7 @@ them again in order; the next pipeline connects again. Replies are bounded
 by the connection's ``socket_timeout`` (redis-py's default: 5 s) per pipeline.
 """
 import asyncio
+import contextlib
 import json
 import math
 import urllib.parse
@@ -48,7 +49,9 @@ except ImportError:
 
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
+from evbus.connection import error_text
 from evbus.exc import EvbusError
+from evbus.exc import ListenError
 from evbus.exc import ProfileError
 
 
@@ -393,6 +396,8 @@ async def listen(hub, ctx, routing_key: str | None = None):
         ``stream``/``channel`` (then its ``routing_key``)
     :return: An async iterator of (stream or channel, body)
     :raises NoKeyError: The profile names no stream or channel and no routing key was given
+    :raises ListenError: Redis cannot be reached or refused the login, or the
+        connection was lost (after redis-py's own retries)
     """
     mode = str(ctx.acct.get("mode") or "stream").lower()
     if mode not in ("stream", "pubsub"):
@@ -414,29 +419,49 @@ async def listen(hub, ctx, routing_key: str | None = None):
     url = kwargs.pop("url", None)
     client = redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
     try:
-        if pubsub:
-            subscriber = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await subscriber.subscribe(key)
-                while True:
-                    message = await subscriber.get_message(timeout=None)
-                    if message is not None and message["type"] == "message":
-                        yield key, message["data"]
-            finally:
-                await subscriber.aclose()
-        else:
-            last = "$"
-            while True:
-                reply = await client.xread({key: last}, block=0)
-                for _, entries in reply or ():
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        body = fields.get(b"body")
-                        if body is None:
-                            body = json.dumps(
-                                {name.decode(errors="replace"): value.decode(errors="replace")
-                                 for name, value in fields.items()}
-                            ).encode()
-                        yield key, body
+        try:
+            await client.ping()
+        except redis.exceptions.RedisError as e:
+            raise ListenError(f"cannot connect: {error_text(e)}") from e
+        try:
+            bodies = _subscribed(client, key) if pubsub else _entries(client, key)
+            async with contextlib.aclosing(bodies):
+                async for body in bodies:
+                    yield key, body
+        except redis.exceptions.ConnectionError as e:
+            raise ListenError(f"lost the connection: {error_text(e)}") from e
     finally:
         await client.aclose()
+
+
+async def _subscribed(client, channel: str):
+    """What is published to a channel from now on: its bodies."""
+    subscriber = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        await subscriber.subscribe(channel)
+        while True:
+            message = await subscriber.get_message(timeout=None)
+            if message is not None and message["type"] == "message":
+                yield message["data"]
+    finally:
+        await subscriber.aclose()
+
+
+async def _entries(client, stream: str):
+    """
+    The entries added to a stream from now on, in order: their ``body``
+    field, or all their fields in JSON (an entry evbus did not write).
+    """
+    last = "$"
+    while True:
+        reply = await client.xread({stream: last}, block=0)
+        for _, entries in reply or ():
+            for entry_id, fields in entries:
+                last = entry_id
+                body = fields.get(b"body")
+                if body is None:
+                    body = json.dumps(
+                        {name.decode(errors="replace"): value.decode(errors="replace")
+                         for name, value in fields.items()}
+                    ).encode()
+                yield body

@@ -1,12 +1,25 @@
 """The evbus command, run as a user runs it."""
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 
 import pytest
+import yaml
+
+from tests.brokers import MQTT_HOST
+from tests.brokers import MQTT_PORT
+from tests.brokers import NATS_URL
+from tests.brokers import REDIS_URL
+from tests.brokers import URL
+from tests.brokers import Tansu
+from tests.brokers import _free_port
+from tests.brokers import unique
 
 pytestmark = pytest.mark.integration
 
@@ -216,22 +229,36 @@ def test_listen_with_an_unknown_profile(tmp_path):
     assert out.returncode == 2 and "no acct profile named 'nope'" in out.stderr
 
 
-async def _listen_while_publishing(tmp_path, acct: pathlib.Path, publish) -> list:
-    """
-    Run ``evbus listen --count 2`` on the profile ``mine`` of ``acct`` and call
-    ``publish(attempt)`` until the listener printed two lines (it takes only
-    what is published once it listens); assert it exits 0.
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
 
-    :return: The two lines, as data
-    """
+
+@contextlib.asynccontextmanager
+async def _listening(tmp_path, acct: pathlib.Path, *args: str):
+    """``evbus listen`` on the profile ``mine`` of ``acct``, running; killed at the end if it still runs."""
     proc = await asyncio.create_subprocess_exec(
-        str(EVBUS), "listen", "--acct-file", str(acct), "--profile", "mine", "--count", "2", "--timeout", "30",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        str(EVBUS), "listen", "--acct-file", str(acct), "--profile", "mine", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=_env(),
     )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _printed(proc, count: int, publish) -> list:
+    """
+    Call ``publish(attempt)`` until the listener printed ``count`` lines (it
+    takes only what is published once it listens).
+
+    :return: The lines, as data
+    """
     received = []
 
     async def read():
-        while len(received) < 2:
+        while len(received) < count:
             line = await proc.stdout.readline()
             if not line:
                 return
@@ -244,14 +271,33 @@ async def _listen_while_publishing(tmp_path, acct: pathlib.Path, publish) -> lis
             done, _ = await asyncio.wait([reader], timeout=0.5)
             if done:
                 break
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, err.decode()
     finally:
         reader.cancel()
+    if len(received) < count:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
-    assert len(received) == 2, err.decode()
+        _, err = await proc.communicate()
+        pytest.fail(f"the listener printed {len(received)} of {count} lines: {err.decode()}")
+    return received
+
+
+async def _ended(proc, timeout: float = 60) -> str:
+    """Wait for the listener to exit. :return: Its stderr"""
+    _, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return err.decode()
+
+
+async def _listen_while_publishing(tmp_path, acct: pathlib.Path, publish) -> list:
+    """
+    Run ``evbus listen --count 2`` on the profile ``mine`` of ``acct`` and call
+    ``publish(attempt)`` until the listener printed two lines; assert it exits 0.
+
+    :return: The two lines, as data
+    """
+    async with _listening(tmp_path, acct, "--count", "2", "--timeout", "30") as proc:
+        received = await _printed(proc, 2, publish)
+        err = await _ended(proc)
+    assert proc.returncode == 0, err
     return received
 
 
@@ -315,3 +361,194 @@ async def test_listen_on_an_mqtt_topic(tmp_path, mqtt_broker):
 
         received = await _listen_while_publishing(tmp_path, acct, publish)
     assert all(r["routing_key"] == topic and "try" in r["body"] for r in received)
+
+
+# evbus listen: every failure is one line on stderr and exit status 2; Ctrl-C is 130
+
+BROKER_PORTS = {"pika": 5672, "kafka": None, "nats": 4222, "redis": 6379, "mqtt": 1883}
+SERVICES = {"pika": "rabbitmq", "nats": "nats_server", "redis": "redis_server", "mqtt": "mqtt_broker"}
+
+
+def _acct(tmp_path, plugin: str, key: str, port: int, password: str = "guest") -> pathlib.Path:
+    """
+    An acct file with the profile ``mine`` of ``plugin`` on 127.0.0.1:``port``,
+    for ``key`` (its queue, topic, subject or stream).
+    """
+    profile = {
+        "pika": {"connection": {"url": f"amqp://guest:{password}@127.0.0.1:{port}/"}, "routing_key": key},
+        "kafka": {"topics": [key], "connection": {"bootstrap_servers": f"127.0.0.1:{port}"}},
+        "nats": {"subject": key, "connection": {"servers": f"nats://127.0.0.1:{port}"}},
+        "redis": {"stream": key, "connection": {"url": f"redis://127.0.0.1:{port}/0"}},
+        "mqtt": {"topic": key, "connection": {"hostname": "127.0.0.1", "port": port}},
+    }[plugin]
+    acct = tmp_path / "acct.yml"
+    acct.write_text(yaml.safe_dump({plugin: {"mine": profile}}))
+    return acct
+
+
+def _listen(tmp_path, acct: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    return evbus("listen", "--acct-file", str(acct), "--profile", "mine", *args, cwd=tmp_path)
+
+
+def _error_line(stderr: str) -> str:
+    """The one line of a failed command: no traceback, nothing but a plaintext acct file's warning besides."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if not line.startswith("[WARNING ] No acct_key provided")]
+    assert len(lines) == 1 and lines[0].startswith("evbus: "), stderr
+    return lines[0]
+
+
+def _assert_cannot_listen(line: str, plugin: str, port: int, reason: str):
+    """The error names the plugin, the profile and the destination (127.0.0.1:port), then the reason."""
+    source = rf"ingress\.{plugin} profile 'mine' \(\w+://127\.0\.0\.1:{port}\b[^)]*\)"
+    assert re.match(rf"evbus: cannot listen on {source}: {reason}", line), line
+
+
+@contextlib.asynccontextmanager
+async def _publisher(plugin: str, key: str):
+    """A client of the test's own on the machine's broker: yields ``publish(attempt)`` to ``key``."""
+
+    def body(attempt: int) -> bytes:
+        return json.dumps({"try": attempt}).encode()
+
+    if plugin == "pika":
+        import aio_pika
+
+        connection = await aio_pika.connect(URL)
+        channel = await connection.channel()
+        await channel.declare_queue(key, durable=False)
+        try:
+            yield lambda attempt: channel.default_exchange.publish(aio_pika.Message(body(attempt)), key)
+        finally:
+            await channel.queue_delete(key)
+            await connection.close()
+    elif plugin == "nats":
+        import nats
+
+        client = await nats.connect(NATS_URL)
+        try:
+            yield lambda attempt: client.publish(key, body(attempt))
+        finally:
+            await client.close()
+    elif plugin == "redis":
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            yield lambda attempt: client.xadd(key, {"body": body(attempt)})
+        finally:
+            await client.delete(key)
+            await client.aclose()
+    else:
+        import aiomqtt
+
+        async with aiomqtt.Client(MQTT_HOST, MQTT_PORT) as client:
+            yield lambda attempt: client.publish(key, body(attempt), qos=1)
+
+
+async def _put(amqp, queue: str, *bodies: dict):
+    import aio_pika
+
+    for body in bodies:
+        await amqp.channel.default_exchange.publish(aio_pika.Message(json.dumps(body).encode()), queue)
+
+
+def test_listen_on_a_queue_that_does_not_exist(tmp_path, rabbitmq):
+    queue = unique()
+    out = _listen(tmp_path, _acct(tmp_path, "pika", queue, 5672))
+    assert out.returncode == 2
+    assert _error_line(out.stderr) == (
+        f"evbus: cannot listen on ingress.pika profile 'mine' (amqp://127.0.0.1:5672/): "
+        f"queue '{queue}' does not exist"
+    )
+
+
+async def test_listen_with_a_wrong_password(tmp_path, amqp):
+    out = _listen(tmp_path, _acct(tmp_path, "pika", await amqp.queue(), 5672, password="wr0ng-s3cret"))
+    assert out.returncode == 2
+    _assert_cannot_listen(_error_line(out.stderr), "pika", 5672, "cannot connect: .*ACCESS_REFUSED")
+    assert "wr0ng-s3cret" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("plugin", list(BROKER_PORTS))
+def test_listen_on_a_dead_port(tmp_path, plugin):
+    port = _free_port()
+    out = _listen(tmp_path, _acct(tmp_path, plugin, unique(), port), "--timeout", "30")
+    assert out.returncode == 2, out.stderr
+    _assert_cannot_listen(_error_line(out.stderr), plugin, port, "cannot connect: ")
+
+
+async def test_listen_count_takes_and_acknowledges_exactly_that_many(tmp_path, amqp):
+    """Three messages in a queue, --count 2: two printed and acknowledged, the third ready in the queue."""
+    queue = await amqp.queue(auto_delete=False)
+    await _put(amqp, queue, {"n": 0}, {"n": 1}, {"n": 2})
+    acct = _acct(tmp_path, "pika", queue, 5672)
+    out = await asyncio.get_running_loop().run_in_executor(None, _listen, tmp_path, acct, "--count", "2")
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [{"routing_key": queue, "body": {"n": n}} for n in range(2)]
+    assert await amqp.ready(queue) == 1
+    assert [json.loads(m.body) for m in await amqp.take(queue, 1)] == [{"n": 2}]
+
+
+async def test_listen_ends_on_ctrl_c_with_its_summary(tmp_path, amqp):
+    queue = await amqp.queue(auto_delete=False)
+    await _put(amqp, queue, {"n": 0})
+
+    async def nothing(attempt: int):
+        pass
+
+    async with _listening(tmp_path, _acct(tmp_path, "pika", queue, 5672), "--timeout", "60") as proc:
+        assert await _printed(proc, 1, nothing) == [{"routing_key": queue, "body": {"n": 0}}]
+        proc.send_signal(signal.SIGINT)
+        err = await _ended(proc)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "evbus: 1 message(s) from ingress.pika profile 'mine'"
+    assert await amqp.ready(queue) == 0  # the one taken was acknowledged
+
+
+@pytest.mark.parametrize("plugin", ["pika", "nats", "redis", "mqtt"])
+async def test_listen_loses_its_connection(tmp_path, request, proxy, plugin):
+    """The listener's connection breaks off (through a proxy that the test cuts): one line, exit 2."""
+    request.getfixturevalue(SERVICES[plugin])
+    key = unique() + (".events" if plugin == "nats" else "")
+    cut = await proxy(BROKER_PORTS[plugin])
+    async with _publisher(plugin, key) as publish:
+        async with _listening(tmp_path, _acct(tmp_path, plugin, key, cut.port), "--timeout", "60") as proc:
+            await _printed(proc, 1, publish)
+            await cut.cut()
+            err = await _ended(proc)
+    assert proc.returncode == 2, err
+    _assert_cannot_listen(_error_line(err), plugin, cut.port, "lost the connection")
+
+
+async def test_listen_loses_its_kafka_broker(tmp_path, tansu):
+    """A Kafka broker of the test's own dies while the listener reads: one line, exit 2."""
+    import aiokafka
+
+    broker = Tansu(tansu.binary)
+    broker.start()
+    try:
+        topic = unique()
+        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            acct = _acct(tmp_path, "kafka", topic, broker.port)
+            async with _listening(tmp_path, acct, "--timeout", "60") as proc:
+                await _printed(proc, 1, lambda attempt: producer.send_and_wait(topic, b"%d" % attempt))
+                broker.kill()
+                err = await _ended(proc)
+        finally:
+            await producer.stop()
+    finally:
+        broker.kill()
+    assert proc.returncode == 2, err
+    _assert_cannot_listen(_error_line(err), "kafka", broker.port, "lost the connection")
+
+
+def test_an_error_is_one_line_when_its_text_is_not(tmp_path):
+    acct = tmp_path / "acct.yml"
+    acct.write_text("internal:\n  default: {}\n")
+    out = evbus("listen", "--acct-file", str(acct), "--profile", "two\nlines", cwd=tmp_path)
+    assert out.returncode == 2
+    assert _error_line(out.stderr) == "evbus: no acct profile named 'two lines'"

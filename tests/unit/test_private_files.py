@@ -1,0 +1,111 @@
+"""
+Files that hold event bodies are private: the dead-letter store and the
+spool (with SQLite's -wal and -shm) are 0600, in directories evbus makes
+0700, whatever the umask lets through; wider files are tightened, existing
+directories left alone.
+"""
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from evbus.deadletter import DeadLetterStore
+from evbus.deadletter import to_record
+from evbus.exc import ConfigError
+from evbus.spool import SCHEMA
+from evbus.spool import Spool
+from evbus.types import Event
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture(autouse=True)
+def umask_022():
+    """The usual umask, with which files are made 0644 and directories 0755 by default."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def record(n: int) -> dict:
+    destination = {"plugin": "kafka", "provider": "kafka", "acct_profile": "p", "attempts": 1, "error": "e"}
+    return to_record(Event(body=str(n).encode()), **destination)
+
+
+def test_dead_letters_are_private_in_the_directories_made(tmp_path):
+    store = DeadLetterStore(str(tmp_path / "state" / "evbus" / "dead-letters.jsonl"))
+    store.append(record(1))
+    store.append(record(2))
+    assert mode(store.path) == 0o600
+    assert mode(tmp_path / "state") == 0o700 and mode(tmp_path / "state" / "evbus") == 0o700
+
+    # A rewrite (replay removes what was delivered) replaces the file with a private one
+    assert store.remove(lambda entry: entry["body"] == "1") == 1
+    assert [entry["body"] for entry in store.read()] == ["2"]
+    assert mode(store.path) == 0o600
+    assert os.listdir(store.path.parent) == ["dead-letters.jsonl"]
+
+
+def test_a_wider_dead_letter_file_is_tightened_and_its_directory_left_alone(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    path = shared / "dead-letters.jsonl"
+    path.write_text("")
+    os.chmod(path, 0o644)
+    store = DeadLetterStore(str(path))
+    store.append(record(1))
+    assert mode(path) == 0o600
+    assert mode(shared) == 0o755
+    assert len(store.read()) == 1
+
+
+def test_the_spool_and_its_wal_are_private_in_the_directories_made(tmp_path):
+    path = tmp_path / "var" / "evbus" / "spool.db"
+    spool = Spool(str(path))
+    try:
+        spool.add(Event(body=b"secret body"))
+        assert os.path.exists(f"{path}-wal")
+        assert mode(tmp_path / "var") == 0o700 and mode(tmp_path / "var" / "evbus") == 0o700
+        files = sorted(os.listdir(path.parent))
+        assert files[:2] == ["spool.db", "spool.db-wal"]
+        assert {name: mode(path.parent / name) for name in files} == dict.fromkeys(files, 0o600)
+    finally:
+        spool.close()
+
+
+def test_a_wider_spool_left_by_a_crash_is_tightened(tmp_path):
+    """A spool, -wal and -shm at 0644 (a process died holding them): all three become 0600, nothing lost."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    path = shared / "spool.db"
+    crash = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA journal_mode=WAL')\n"
+        "db.execute(sys.argv[2])\n"
+        "db.execute(\"INSERT INTO events (id, profile, content_type, timestamp, body)\"\n"
+        "           \" VALUES ('e1', 'p', 't', 1, x'00')\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(path), SCHEMA], check=True, timeout=30)
+    left = {name: mode(shared / name) for name in ("spool.db", "spool.db-wal", "spool.db-shm")}
+    assert left == dict.fromkeys(left, 0o644)
+
+    spool = Spool(str(path))
+    try:
+        assert {name: mode(shared / name) for name in left} == dict.fromkeys(left, 0o600)
+        assert [event.id for event in spool.left_over()] == ["e1"]
+        assert mode(shared) == 0o755
+    finally:
+        spool.close()
+
+
+def test_a_spool_that_cannot_be_made_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="Cannot use the spool .*a-file/spool.db"):
+        Spool(str(blocker / "spool.db"))
