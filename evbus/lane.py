@@ -7,21 +7,29 @@ each other: a slow or failing destination holds up its own lane only.
 Every lane has the same delivery machinery, whatever the plugin:
 
 - each broker call is bounded by ``policy.timeout``;
-- a failed publish is retried with exponential backoff and full jitter, within
-  a budget of attempts and seconds; only then is the event given up: handed
+- a failed publish is retried with exponential backoff and full jitter until
+  the seconds budget is spent (the last attempt starts when it ends), or a
+  cap of attempts when one is set; only then is the event given up: handed
   to ``on_failure`` (dead letter, log, error callback), counted, and the lane
   goes on. A lane whose event used up its budget is *down*: until a publish
   succeeds, its events get one attempt each;
+- an error the plugin says a retry cannot help (``retriable``: a refused
+  login, a message too large) gives the event up after that one attempt;
 - a lane holds at most ``limit`` events; when full, the listener waits for
   room, or the oldest event not yet handed off is given up (``when_full``);
 - a plugin that can pipeline (:class:`Destination` with ``pipelined``) gets up
   to ``window`` events handed off before the oldest is confirmed; when one
   fails, the lane goes back to the oldest unconfirmed event and hands them all
-  off again, in order (at-least-once: a retry may repeat an event).
+  off again, in order (at-least-once: a retry may repeat an event). A failure
+  is charged to the event it belongs to: a hand-off that fails behind events
+  in flight waits for them first, and when several events in flight fail
+  with one error that a retry cannot help, they are handed off one at a time
+  to find whose it is.
 """
 import asyncio
 import collections
 import dataclasses
+import itertools
 import random
 import time
 from collections.abc import Awaitable
@@ -37,14 +45,20 @@ class RetryPolicy:
     """
     How hard a lane tries before it gives an event up.
 
-    :param attempts: Publish attempts per event in all (1 = no retry)
-    :param seconds: Give up when the first failure of an event is this many seconds old
+    The seconds budget governs: an event is retried until ``seconds`` have
+    passed since its first failure, and the last delay is cut short so that
+    the last attempt starts when the budget ends. A broker outage shorter
+    than ``seconds`` therefore costs no event.
+
+    :param attempts: Publish attempts per event at most, in all (1 = no retry);
+        0 = no limit on the count, the seconds budget decides
+    :param seconds: Seconds after an event's first failure when its last attempt starts
     :param backoff: The first retry's delay ceiling; it doubles on each retry (full jitter)
     :param backoff_max: The largest delay ceiling
     :param timeout: Seconds one broker call (hand-off or confirmation) may take
     """
 
-    attempts: int = 10
+    attempts: int = 0
     seconds: float = 30.0
     backoff: float = 0.1
     backoff_max: float = 5.0
@@ -55,7 +69,20 @@ class RetryPolicy:
         :param retry: 1 for the first retry
         :return: Seconds to wait before it: uniform in [0, min(backoff_max, backoff * 2**(retry-1))]
         """
-        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (retry - 1)))
+        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** min(retry - 1, 64)))
+
+    def next_delay(self, attempts: int, elapsed: float) -> float | None:
+        """
+        :param attempts: The attempts an event had, all failed (1 after its first failure)
+        :param elapsed: Seconds since its first failure
+        :return: Seconds to wait before the next attempt, cut to what is left of the
+            seconds budget (``elapsed + delay == seconds``: the last attempt);
+            None when the budget is spent
+        """
+        left = self.seconds - elapsed
+        if left <= 0 or (self.attempts and attempts >= self.attempts):
+            return None
+        return min(self.delay(attempts), left)
 
 
 def retriable(error: BaseException) -> bool:
@@ -157,6 +184,11 @@ class Lane:
         self._task: asyncio.Task | None = None
         # Set when an event used up its retry budget; cleared by the next success
         self.down = False
+        # The oldest event while its attempts fail, and how many failed
+        self._tried: Event | None = None
+        self._attempts = 0
+        # Events still to hand off one at a time, after a failure several of them shared
+        self._one_by_one = 0
         self.queued = 0
         self.published = 0
         self.retried = 0
@@ -232,16 +264,20 @@ class Lane:
         send = self._send
         ctx = self.ctx
         policy = self.policy
-        window = self.window
         pipelined = self.destination.pipelined
         loop = asyncio.get_running_loop()
-        attempts = 0
         first_failure = 0.0
+        # Whether the head's last attempt within its seconds budget was made
+        last = False
+        # (event, error) of a hand-off that failed behind events in flight: that event's
+        # own failure, charged to it once the events before it are settled
+        deferred: tuple[Event, BaseException] | None = None
         error: BaseException
         while True:
             if self._to_report:
                 event, error = self._to_report.popleft()
-                await self._give_up(event, error)
+                # An event dropped from a full lane was never tried; one that failed inline, once
+                await self._give_up(event, error, 0 if isinstance(error, LaneFullError) else 1)
                 continue
             if not pending:
                 self._set_idle()
@@ -249,73 +285,111 @@ class Lane:
                 await self._wakeup
                 self._wakeup = None
                 continue
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(policy.timeout):
-                    # Hand off events in order, up to the window
-                    while len(in_flight) < window and len(in_flight) < len(pending):
-                        event = pending[len(in_flight)]
-                        routing_key = event.routing_key if event.routing_key is not None else self.routing_key
-                        receipt = send(ctx, routing_key, event)
-                        if pipelined:
-                            receipt = await receipt
-                        in_flight.append(receipt)
-                    # Confirm the oldest
-                    receipt = in_flight[0]
-                    if receipt is not None:
-                        await receipt
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
-                    self._forget_in_flight()
-                    raise
-                # A receipt that someone else cancelled: a failed publish, not the lane's end
-                error = ConnectionError(f"the confirmation from {self.where} was cancelled")
-            except TimeoutError as e:
-                error = TimeoutError(
-                    f"no confirmation within {policy.timeout} s from {self.where}" + (f": {e}" if str(e) else "")
-                )
-            except Exception as e:  # a failed publish never stops the lane
-                error = e
+            if deferred is not None and not in_flight:
+                event, error = deferred
+                deferred, shared = None, 0
+                if event is not pending[0]:  # dropped from a full lane meanwhile: hand off anew
+                    continue
             else:
-                in_flight.popleft()
-                done = pending.popleft()
-                if self._on_settled is not None:
-                    self._on_settled(done)
-                attempts = 0
-                if self.down:
-                    self.down = False
-                    self._log(f"{self.where} is up again")
-                if pipelined:
-                    # and the confirmations that have arrived behind it, without another wait
-                    self._harvest_confirmed()
-                elapsed = time.perf_counter() - started
-                self.publish_seconds += elapsed
-                if elapsed > self.max_publish_seconds:
-                    self.max_publish_seconds = elapsed
-                self.published += 1
-                if self._settle_waiters:
-                    self._wake_settled()
-                if self._room:
-                    self._wake_room()
-                continue
-            # Failure: keep what was confirmed, go back to the oldest unconfirmed event
-            self._harvest_confirmed()
-            self._forget_in_flight()
-            if not pending:
-                continue
-            attempts += 1
+                started = time.perf_counter()
+                try:
+                    async with asyncio.timeout(policy.timeout):
+                        # Hand off events in order, up to the window (one at a time while sorting
+                        # out a failure that several events shared)
+                        window = 1 if self._one_by_one else self.window
+                        while deferred is None and len(in_flight) < window and len(in_flight) < len(pending):
+                            event = pending[len(in_flight)]
+                            routing_key = event.routing_key if event.routing_key is not None else self.routing_key
+                            try:
+                                receipt = send(ctx, routing_key, event)
+                                if pipelined:
+                                    receipt = await receipt
+                            except Exception as e:
+                                if not in_flight:
+                                    raise
+                                deferred = (event, e)
+                                break
+                            in_flight.append(receipt)
+                        # Confirm the oldest
+                        receipt = in_flight[0]
+                        if receipt is not None:
+                            await receipt
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():
+                        self._forget_in_flight()
+                        raise
+                    # A receipt that someone else cancelled: a failed publish, not the lane's end
+                    error = ConnectionError(f"the confirmation from {self.where} was cancelled")
+                except TimeoutError as e:
+                    error = TimeoutError(
+                        f"no confirmation within {policy.timeout} s from {self.where}" + (f": {e}" if str(e) else "")
+                    )
+                except Exception as e:  # a failed publish never stops the lane
+                    error = e
+                else:
+                    in_flight.popleft()
+                    done = pending.popleft()
+                    if self._on_settled is not None:
+                        self._on_settled(done)
+                    if self._tried is not None:
+                        self._tried, self._attempts = None, 0
+                    if self._one_by_one:
+                        self._one_by_one -= 1
+                    if self.down:
+                        self.down = False
+                        self._log(f"{self.where} is up again")
+                    if pipelined:
+                        # and the confirmations that have arrived behind it, without another wait
+                        self._harvest_confirmed()
+                    elapsed = time.perf_counter() - started
+                    self.publish_seconds += elapsed
+                    if elapsed > self.max_publish_seconds:
+                        self.max_publish_seconds = elapsed
+                    self.published += 1
+                    if self._settle_waiters:
+                        self._wake_settled()
+                    if self._room:
+                        self._wake_room()
+                    continue
+                # Failure: keep what was confirmed, go back to the oldest unconfirmed event
+                self._harvest_confirmed()
+                shared = self._failed_alike(error)
+                self._forget_in_flight()
+                deferred = None  # every event from the head on is handed off again
+                if not pending:
+                    continue
+            # The head failed: count its attempt (the count belongs to one event)
+            head = pending[0]
+            if head is not self._tried:
+                self._tried, self._attempts, last = head, 0, False
+            self._attempts += 1
+            attempts = self._attempts
             now = time.monotonic()
             if attempts == 1:
                 first_failure = now
             can_retry = self.destination.retriable(error)
+            if not can_retry and shared:
+                # Events in flight failed with this one error (a closed channel, a failed batch):
+                # it may be another's. Hand them off one at a time to tell whose it is
+                self._one_by_one = shared + 1
+                self.retried += 1
+                self._log(
+                    f"Publish to {self.where} failed for {shared + 1} events at once, "
+                    f"trying them one at a time: {type(error).__name__}: {error}"
+                )
+                continue
             # A destination that is down (it already used up a budget) gets one attempt per
             # event until a publish succeeds again: its events go to the dead letters at once
-            if not self.down and can_retry and attempts < policy.attempts and now - first_failure < policy.seconds:
+            delay = None
+            if can_retry and not self.down and not last:
+                delay = policy.next_delay(attempts, now - first_failure)
+            if delay is not None:
+                last = now - first_failure + delay >= policy.seconds
                 self.retried += 1
-                delay = policy.delay(attempts)
+                count = f"attempt {attempts} of {policy.attempts}" if policy.attempts else f"attempt {attempts}"
                 self._log(
-                    f"Publish to {self.where} failed (attempt {attempts} of {policy.attempts}), "
-                    f"retrying in {delay:.2f} s: {type(error).__name__}: {error}"
+                    f"Publish to {self.where} failed ({count}), retrying in {delay:.2f} s"
+                    f"{' for the last time' if last else ''}: {type(error).__name__}: {error}"
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -325,8 +399,30 @@ class Lane:
                     f"{self.where} is down: its events are dead-lettered after one attempt each "
                     f"until a publish succeeds again"
                 )
+            self._tried, self._attempts = None, 0
+            if self._one_by_one:
+                self._one_by_one -= 1
             await self._give_up(pending.popleft(), error, attempts)
-            attempts = 0
+
+    def attempts_of(self, event: Event) -> int:
+        """
+        :param event: An event of this lane
+        :return: How many of its attempts failed so far (only the oldest event has any)
+        """
+        return self._attempts if event is self._tried else 0
+
+    def _failed_alike(self, error: BaseException) -> int:
+        """
+        :return: How many events in flight behind the oldest failed with the very same error
+        """
+        return sum(
+            1
+            for receipt in itertools.islice(self._in_flight, 1, None)
+            if isinstance(receipt, asyncio.Future)
+            and receipt.done()
+            and not receipt.cancelled()
+            and receipt.exception() is error
+        )
 
     def _harvest_confirmed(self):
         """Count the in-flight events at the front whose confirmation has arrived."""

@@ -365,6 +365,7 @@ async def test_never_waiting_plugin_failures_are_reported_in_order(hub, running,
     assert hub.ingress.nowait_failing.SEEN == [0, 2, 4, 6, 8]
     assert [json.loads(e["body"]) for e in error_sink] == [1, 3, 5, 7, 9]
     assert all("odd body" in str(e["exception"]) for e in error_sink)
+    assert [e["attempts"] for e in error_sink] == [1] * 5  # failed inline, once each
     [lane] = hub.evbus.broker.stats()["lanes"]
     assert (lane["published"], lane["failed"], lane["depth"]) == (5, 5, 0)
 
