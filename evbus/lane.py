@@ -290,6 +290,7 @@ class Lane:
                 deferred, shared = None, 0
                 if event is not pending[0]:  # dropped from a full lane meanwhile: hand off anew
                     continue
+                can_retry = self.destination.retriable(error)
             else:
                 started = time.perf_counter()
                 try:
@@ -351,13 +352,20 @@ class Lane:
                     if self._room:
                         self._wake_room()
                     continue
-                # Failure: keep what was confirmed, go back to the oldest unconfirmed event
+                # Failure: keep what was confirmed
                 self._harvest_confirmed()
-                shared = self._failed_alike(error)
-                self._forget_in_flight()
-                deferred = None  # every event from the head on is handed off again
                 if not pending:
+                    self._forget_in_flight()
                     continue
+                can_retry = self.destination.retriable(error)
+                shared = 0 if can_retry else self._failed_alike(error)
+                if can_retry or shared or not in_flight:
+                    # Go back to the oldest unconfirmed event: all from it on are handed off again
+                    self._forget_in_flight()
+                    deferred = None
+                else:
+                    # The oldest event's own refusal: the events behind it stay in flight
+                    in_flight.popleft()
             # The head failed: count its attempt (the count belongs to one event)
             head = pending[0]
             if head is not self._tried:
@@ -367,7 +375,6 @@ class Lane:
             now = time.monotonic()
             if attempts == 1:
                 first_failure = now
-            can_retry = self.destination.retriable(error)
             if not can_retry and shared:
                 # Events in flight failed with this one error (a closed channel, a failed batch):
                 # it may be another's. Hand them off one at a time to tell whose it is

@@ -10,6 +10,7 @@ import types
 import pytest
 
 from evbus.exc import MessageTooLargeError
+from evbus.exc import RefusedError
 from evbus.lane import Destination
 from evbus.lane import Lane
 from evbus.lane import RetryPolicy
@@ -190,13 +191,16 @@ class Pipe:
     "broker" confirms a moment later, in order.
 
     :param refuse_at_send: Bodies whose hand-off raises MessageTooLargeError
+    :param refuse_at_confirm: Bodies whose own confirmation fails with RefusedError
+        (as RabbitMQ returns a message)
     :param poison: Bodies that make the "broker" fail every event in flight,
         earlier ones included, with one shared MessageTooLargeError (as
         RabbitMQ closes a channel)
     """
 
-    def __init__(self, refuse_at_send=(), poison=()):
+    def __init__(self, refuse_at_send=(), refuse_at_confirm=(), poison=()):
         self.refuse_at_send = set(refuse_at_send)
+        self.refuse_at_confirm = set(refuse_at_confirm)
         self.poison = set(poison)
         self.in_flight: list[tuple[bytes, asyncio.Future]] = []
         self.confirmed: list[bytes] = []
@@ -218,7 +222,11 @@ class Pipe:
     def _confirm_oldest(self):
         if self.in_flight:
             body, future = self.in_flight.pop(0)
-            if not future.done():
+            if future.done():
+                return
+            if body in self.refuse_at_confirm:
+                future.set_exception(RefusedError(f"{body!r} was returned"))
+            else:
                 self.confirmed.append(body)
                 future.set_result(None)
 
@@ -260,3 +268,21 @@ async def test_failure_shared_by_events_in_flight_is_sorted_out_one_at_a_time():
     assert [(b, a) for b, _, a in recorder.given_up] == [(b"poison", 1)]
     assert pipe.confirmed == [b"0", b"1", b"3", b"4"]
     assert (lane.published, lane.failed) == (4, 1)
+
+
+async def test_own_refusal_of_an_event_leaves_the_events_behind_it_in_flight():
+    """Not a go-back: the events handed off behind a refused one are confirmed, not sent twice."""
+    pipe = Pipe(refuse_at_confirm={b"2", b"5"})
+    recorder = Recorder()
+    lane = make_lane(Destination(send=pipe.send, pipelined=True), RetryPolicy(), recorder, window=10)
+    bodies = [str(n).encode() for n in range(8)]
+    try:
+        for body in bodies:
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert [(b, a) for b, _, a in recorder.given_up] == [(b"2", 1), (b"5", 1)]
+    assert pipe.confirmed == [b for b in bodies if b not in (b"2", b"5")]
+    assert pipe.sent == bodies  # each handed off once
+    assert lane.retried == 0
