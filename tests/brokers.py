@@ -260,11 +260,18 @@ def _binary(name: str) -> str:
 
 
 @pytest.fixture
-def own_nats(tmp_path):
-    """A nats-server with JetStream (file storage in the test's directory) of the test's own."""
+def own_nats(tmp_path, request):
+    """
+    A nats-server with JetStream (file storage in the test's directory) of the test's own.
+
+    More command line options by indirect parametrization, e.g.
+    ``@pytest.mark.parametrize("own_nats", [["--user", "u", "--pass", "p"]], indirect=True)``.
+    """
     binary = _binary("nats-server")
+    options = list(getattr(request, "param", None) or [])
     server = ServerProcess(
-        "nats-server", lambda port: [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)]
+        "nats-server",
+        lambda port: [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path), *options],
     )
     server.start()
     yield server
@@ -272,14 +279,20 @@ def own_nats(tmp_path):
 
 
 @pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of the test's own that syncs its append-only file on every write."""
+def own_redis(tmp_path, request):
+    """
+    A redis-server of the test's own that syncs its append-only file on every write.
+
+    More command line options by indirect parametrization, e.g.
+    ``@pytest.mark.parametrize("own_redis", [["--requirepass", "p"]], indirect=True)``.
+    """
     binary = _binary("redis-server")
+    options = list(getattr(request, "param", None) or [])
     server = ServerProcess(
         "redis-server",
         lambda port: [
             binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always", *options,
         ],
     )
     server.start()
