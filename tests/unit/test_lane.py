@@ -286,3 +286,22 @@ async def test_own_refusal_of_an_event_leaves_the_events_behind_it_in_flight():
     assert pipe.confirmed == [b for b in bodies if b not in (b"2", b"5")]
     assert pipe.sent == bodies  # each handed off once
     assert lane.retried == 0
+
+
+async def test_inline_failure_counts_one_attempt():
+    """A plugin that never waits, failing in put() itself: dead-lettered after that one attempt."""
+    sends = []
+
+    def send(ctx, routing_key, event):
+        sends.append(event.body)
+        raise ValueError("rejected")
+
+    recorder = Recorder()
+    lane = make_lane(Destination(send=send, inline=True), RetryPolicy(), recorder)
+    try:
+        lane.put(Event(body=b"1"))
+        assert sends == [b"1"]  # published by put(), not by the task
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert [(b, a) for b, _, a in recorder.given_up] == [(b"1", 1)]
