@@ -93,6 +93,17 @@ def retriable(error: BaseException) -> bool:
     return getattr(error, "retriable", True) is not False
 
 
+def _drop(receipt: Any):
+    """Let go of a receipt: cancel it when it is still pending, else retrieve its error (unlogged)."""
+    if isinstance(receipt, asyncio.Future):
+        if not receipt.done():
+            receipt.cancel()
+        elif not receipt.cancelled():
+            receipt.exception()  # retrieved, so asyncio does not log it
+    elif asyncio.iscoroutine(receipt):
+        receipt.close()
+
+
 @dataclasses.dataclass
 class Destination:
     """
@@ -184,9 +195,12 @@ class Lane:
         self._task: asyncio.Task | None = None
         # Set when an event used up its retry budget; cleared by the next success
         self.down = False
-        # The oldest event while its attempts fail, and how many failed
+        # The oldest event while its attempts fail, how many failed, when the first
+        # did, and whether the last attempt its seconds budget allows was made
         self._tried: Event | None = None
         self._attempts = 0
+        self._first_failure = 0.0
+        self._last_try = False
         # Events still to hand off one at a time, after a failure several of them shared
         self._one_by_one = 0
         self.queued = 0
@@ -266,9 +280,6 @@ class Lane:
         policy = self.policy
         pipelined = self.destination.pipelined
         loop = asyncio.get_running_loop()
-        first_failure = 0.0
-        # Whether the head's last attempt within its seconds budget was made
-        last = False
         # (event, error) of a hand-off that failed behind events in flight: that event's
         # own failure, charged to it once the events before it are settled
         deferred: tuple[Event, BaseException] | None = None
@@ -287,129 +298,141 @@ class Lane:
                 continue
             if deferred is not None and not in_flight:
                 event, error = deferred
-                deferred, shared = None, 0
-                if event is not pending[0]:  # dropped from a full lane meanwhile: hand off anew
-                    continue
-                can_retry = self.destination.retriable(error)
+                deferred = None
+                if event is pending[0]:  # (else it was dropped from a full lane meanwhile)
+                    await self._failed(error, self.destination.retriable(error))
+                continue
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(policy.timeout):
+                    # Hand off events in order, up to the window (one at a time while sorting out
+                    # a failure that several events shared)
+                    window = 1 if self._one_by_one else self.window
+                    while deferred is None and len(in_flight) < window and len(in_flight) < len(pending):
+                        event = pending[len(in_flight)]
+                        routing_key = event.routing_key if event.routing_key is not None else self.routing_key
+                        try:
+                            receipt = send(ctx, routing_key, event)
+                            if pipelined:
+                                receipt = await receipt
+                        except Exception as e:
+                            if not in_flight:
+                                raise
+                            deferred = (event, e)
+                            break
+                        in_flight.append(receipt)
+                    # Confirm the oldest
+                    receipt = in_flight[0]
+                    if receipt is not None:
+                        await receipt
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    self._forget_in_flight()
+                    raise
+                # A receipt that someone else cancelled: a failed publish, not the lane's end
+                error = ConnectionError(f"the confirmation from {self.where} was cancelled")
+            except TimeoutError as e:
+                error = TimeoutError(
+                    f"no confirmation within {policy.timeout} s from {self.where}" + (f": {e}" if str(e) else "")
+                )
+            except Exception as e:  # a failed publish never stops the lane
+                error = e
             else:
-                started = time.perf_counter()
-                try:
-                    async with asyncio.timeout(policy.timeout):
-                        # Hand off events in order, up to the window (one at a time while sorting
-                        # out a failure that several events shared)
-                        window = 1 if self._one_by_one else self.window
-                        while deferred is None and len(in_flight) < window and len(in_flight) < len(pending):
-                            event = pending[len(in_flight)]
-                            routing_key = event.routing_key if event.routing_key is not None else self.routing_key
-                            try:
-                                receipt = send(ctx, routing_key, event)
-                                if pipelined:
-                                    receipt = await receipt
-                            except Exception as e:
-                                if not in_flight:
-                                    raise
-                                deferred = (event, e)
-                                break
-                            in_flight.append(receipt)
-                        # Confirm the oldest
-                        receipt = in_flight[0]
-                        if receipt is not None:
-                            await receipt
-                except asyncio.CancelledError:
-                    if asyncio.current_task().cancelling():
-                        self._forget_in_flight()
-                        raise
-                    # A receipt that someone else cancelled: a failed publish, not the lane's end
-                    error = ConnectionError(f"the confirmation from {self.where} was cancelled")
-                except TimeoutError as e:
-                    error = TimeoutError(
-                        f"no confirmation within {policy.timeout} s from {self.where}" + (f": {e}" if str(e) else "")
-                    )
-                except Exception as e:  # a failed publish never stops the lane
-                    error = e
-                else:
-                    in_flight.popleft()
-                    done = pending.popleft()
-                    if self._on_settled is not None:
-                        self._on_settled(done)
-                    if self._tried is not None:
-                        self._tried, self._attempts = None, 0
-                    if self._one_by_one:
-                        self._one_by_one -= 1
-                    if self.down:
-                        self.down = False
-                        self._log(f"{self.where} is up again")
-                    if pipelined:
-                        # and the confirmations that have arrived behind it, without another wait
-                        self._harvest_confirmed()
-                    elapsed = time.perf_counter() - started
-                    self.publish_seconds += elapsed
-                    if elapsed > self.max_publish_seconds:
-                        self.max_publish_seconds = elapsed
-                    self.published += 1
-                    if self._settle_waiters:
-                        self._wake_settled()
-                    if self._room:
-                        self._wake_room()
-                    continue
-                # Failure: keep what was confirmed
-                self._harvest_confirmed()
-                if not pending:
-                    self._forget_in_flight()
-                    continue
-                can_retry = self.destination.retriable(error)
-                shared = 0 if can_retry else self._failed_alike(error)
-                if can_retry or shared or not in_flight:
-                    # Go back to the oldest unconfirmed event: all from it on are handed off again
-                    self._forget_in_flight()
-                    deferred = None
-                else:
-                    # The oldest event's own refusal: the events behind it stay in flight
-                    in_flight.popleft()
-            # The head failed: count its attempt (the count belongs to one event)
-            head = pending[0]
-            if head is not self._tried:
-                self._tried, self._attempts, last = head, 0, False
-            self._attempts += 1
-            attempts = self._attempts
-            now = time.monotonic()
-            if attempts == 1:
-                first_failure = now
-            if not can_retry and shared:
-                # Events in flight failed with this one error (a closed channel, a failed batch):
-                # it may be another's. Hand them off one at a time to tell whose it is
-                self._one_by_one = shared + 1
-                self.retried += 1
-                self._log(
-                    f"Publish to {self.where} failed for {shared + 1} events at once, "
-                    f"trying them one at a time: {type(error).__name__}: {error}"
-                )
+                in_flight.popleft()
+                done = pending.popleft()
+                if self._on_settled is not None:
+                    self._on_settled(done)
+                if self._tried is not None:
+                    self._tried, self._attempts = None, 0
+                if self._one_by_one:
+                    self._one_by_one -= 1
+                if self.down:
+                    self.down = False
+                    self._log(f"{self.where} is up again")
+                if pipelined:
+                    # and the confirmations that have arrived behind it, without another wait
+                    self._harvest_confirmed()
+                elapsed = time.perf_counter() - started
+                self.publish_seconds += elapsed
+                if elapsed > self.max_publish_seconds:
+                    self.max_publish_seconds = elapsed
+                self.published += 1
+                if self._settle_waiters:
+                    self._wake_settled()
+                if self._room:
+                    self._wake_room()
                 continue
-            # A destination that is down (it already used up a budget) gets one attempt per
-            # event until a publish succeeds again: its events go to the dead letters at once
-            delay = None
-            if can_retry and not self.down and not last:
-                delay = policy.next_delay(attempts, now - first_failure)
-            if delay is not None:
-                last = now - first_failure + delay >= policy.seconds
-                self.retried += 1
-                count = f"attempt {attempts} of {policy.attempts}" if policy.attempts else f"attempt {attempts}"
-                self._log(
-                    f"Publish to {self.where} failed ({count}), retrying in {delay:.2f} s"
-                    f"{' for the last time' if last else ''}: {type(error).__name__}: {error}"
-                )
-                await asyncio.sleep(delay)
+            # Failure: keep what was confirmed
+            self._harvest_confirmed()
+            if not pending:
+                self._forget_in_flight()
                 continue
-            if can_retry and not self.down:
-                self.down = True
-                self._log(
-                    f"{self.where} is down: its events are dead-lettered after one attempt each "
-                    f"until a publish succeeds again"
-                )
-            self._tried, self._attempts = None, 0
-            if self._one_by_one:
-                self._one_by_one -= 1
-            await self._give_up(pending.popleft(), error, attempts)
+            can_retry = self.destination.retriable(error)
+            shared = 0 if can_retry else self._failed_alike(error)
+            if can_retry or shared or not in_flight:
+                # Go back to the oldest unconfirmed event: all from it on are handed off again
+                self._forget_in_flight()
+                deferred = None
+            else:
+                # The oldest event's own refusal: the events behind it stay in flight
+                _drop(in_flight.popleft())
+            await self._failed(error, can_retry, shared)
+
+    async def _failed(self, error: BaseException, can_retry: bool, shared: int = 0):
+        """
+        The oldest event failed: count its attempt, then retry it after a
+        backoff, hand off the events that shared the error one at a time, or
+        give it up.
+
+        :param error: Why it failed
+        :param can_retry: Whether a retry can help, in the plugin's word
+        :param shared: How many events in flight behind it failed with the very same error
+        """
+        policy = self.policy
+        head = self._pending[0]
+        if head is not self._tried:  # the count belongs to one event
+            self._tried, self._attempts, self._last_try = head, 0, False
+        self._attempts += 1
+        attempts = self._attempts
+        now = time.monotonic()
+        if attempts == 1:
+            self._first_failure = now
+        elapsed = now - self._first_failure
+        if not can_retry and shared:
+            # Events in flight failed with this one error (a closed channel, a failed batch):
+            # it may be another's. Hand them off one at a time to tell whose it is
+            self._one_by_one = shared + 1
+            self.retried += 1
+            self._log(
+                f"Publish to {self.where} failed for {shared + 1} events at once, "
+                f"trying them one at a time: {type(error).__name__}: {error}"
+            )
+            return
+        # A destination that is down (it already used up a budget) gets one attempt per
+        # event until a publish succeeds again: its events go to the dead letters at once
+        delay = None
+        if can_retry and not self.down and not self._last_try:
+            delay = policy.next_delay(attempts, elapsed)
+        if delay is not None:
+            self._last_try = elapsed + delay >= policy.seconds
+            self.retried += 1
+            count = f"attempt {attempts} of {policy.attempts}" if policy.attempts else f"attempt {attempts}"
+            self._log(
+                f"Publish to {self.where} failed ({count}), retrying in {delay:.2f} s"
+                f"{' for the last time' if self._last_try else ''}: {type(error).__name__}: {error}"
+            )
+            await asyncio.sleep(delay)
+            return
+        if can_retry and not self.down:
+            self.down = True
+            self._log(
+                f"{self.where} is down: its events are dead-lettered after one attempt each "
+                f"until a publish succeeds again"
+            )
+        self._tried, self._attempts = None, 0
+        if self._one_by_one:
+            self._one_by_one -= 1
+        await self._give_up(self._pending.popleft(), error, attempts)
 
     def attempts_of(self, event: Event) -> int:
         """
@@ -451,13 +474,7 @@ class Lane:
     def _forget_in_flight(self):
         """Drop the receipts of unconfirmed events; they will be handed off again."""
         for receipt in self._in_flight:
-            if isinstance(receipt, asyncio.Future):
-                if not receipt.done():
-                    receipt.cancel()
-                elif not receipt.cancelled():
-                    receipt.exception()  # retrieved, so asyncio does not log it
-            elif asyncio.iscoroutine(receipt):
-                receipt.close()
+            _drop(receipt)
         self._in_flight.clear()
 
     async def _open(self):
