@@ -83,16 +83,19 @@ CONFIG = {
         "help": "Seconds one broker call of a lane (hand-off or confirmation) may take before it counts as failed",
     },
     "retry_attempts": {
-        "default": 10,
+        "default": 0,
         "type": int,
         "os": "EVBUS_RETRY_ATTEMPTS",
-        "help": "Publish attempts per event before it is given up (1 = no retry)",
+        "help": "Publish attempts per event at most (1 = no retry); 0 = no cap, retry_seconds decides",
     },
     "retry_seconds": {
         "default": 30.0,
         "type": float,
         "os": "EVBUS_RETRY_SECONDS",
-        "help": "Seconds after an event's first failure when no more retries start",
+        "help": (
+            "Seconds an event is retried after its first failure; its last attempt starts when "
+            "they end, so a broker outage shorter than this loses no event"
+        ),
     },
     "retry_backoff": {
         "default": 0.1,

@@ -61,6 +61,23 @@ class BusStoppedError(EvbusError, RuntimeError):
     """The listener ended (it was cancelled) before the stop that waited for it was done."""
 
 
+class RefusedError(EvbusError):
+    """
+    A publish the broker refused for a reason that a retry cannot change; the
+    text says what to fix. A lane gives such an event up after one attempt.
+    """
+
+    retriable = False
+
+
+class LoginRefusedError(RefusedError, PermissionError):
+    """The broker refused the profile's login, or the permission to publish."""
+
+
+class MessageTooLargeError(RefusedError, ValueError):
+    """A message larger than the broker takes."""
+
+
 class PublishError(EvbusError):
     """A publish that failed; its text has every known secret masked."""
 

@@ -7,21 +7,29 @@ each other: a slow or failing destination holds up its own lane only.
 Every lane has the same delivery machinery, whatever the plugin:
 
 - each broker call is bounded by ``policy.timeout``;
-- a failed publish is retried with exponential backoff and full jitter, within
-  a budget of attempts and seconds; only then is the event given up: handed
+- a failed publish is retried with exponential backoff and full jitter until
+  the seconds budget is spent (the last attempt starts when it ends), or a
+  cap of attempts when one is set; only then is the event given up: handed
   to ``on_failure`` (dead letter, log, error callback), counted, and the lane
   goes on. A lane whose event used up its budget is *down*: until a publish
   succeeds, its events get one attempt each;
+- an error the plugin says a retry cannot help (``retriable``: a refused
+  login, a message too large) gives the event up after that one attempt;
 - a lane holds at most ``limit`` events; when full, the listener waits for
   room, or the oldest event not yet handed off is given up (``when_full``);
 - a plugin that can pipeline (:class:`Destination` with ``pipelined``) gets up
   to ``window`` events handed off before the oldest is confirmed; when one
   fails, the lane goes back to the oldest unconfirmed event and hands them all
-  off again, in order (at-least-once: a retry may repeat an event).
+  off again, in order (at-least-once: a retry may repeat an event). A failure
+  is charged to the event it belongs to: a hand-off that fails behind events
+  in flight waits for them first, and when several events in flight fail
+  with one error that a retry cannot help, they are handed off one at a time
+  to find whose it is.
 """
 import asyncio
 import collections
 import dataclasses
+import itertools
 import random
 import time
 from collections.abc import Awaitable
@@ -40,14 +48,20 @@ class RetryPolicy:
     """
     How hard a lane tries before it gives an event up.
 
-    :param attempts: Publish attempts per event in all (1 = no retry)
-    :param seconds: Give up when the first failure of an event is this many seconds old
+    The seconds budget governs: an event is retried until ``seconds`` have
+    passed since its first failure, and the last delay is cut short so that
+    the last attempt starts when the budget ends. A broker outage shorter
+    than ``seconds`` therefore costs no event.
+
+    :param attempts: Publish attempts per event at most, in all (1 = no retry);
+        0 = no limit on the count, the seconds budget decides
+    :param seconds: Seconds after an event's first failure when its last attempt starts
     :param backoff: The first retry's delay ceiling; it doubles on each retry (full jitter)
     :param backoff_max: The largest delay ceiling
     :param timeout: Seconds one broker call (hand-off or confirmation) may take
     """
 
-    attempts: int = 10
+    attempts: int = 0
     seconds: float = 30.0
     backoff: float = 0.1
     backoff_max: float = 5.0
@@ -58,7 +72,20 @@ class RetryPolicy:
         :param retry: 1 for the first retry
         :return: Seconds to wait before it: uniform in [0, min(backoff_max, backoff * 2**(retry-1))]
         """
-        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (retry - 1)))
+        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** min(retry - 1, 64)))
+
+    def next_delay(self, attempts: int, elapsed: float) -> float | None:
+        """
+        :param attempts: The attempts an event had, all failed (1 after its first failure)
+        :param elapsed: Seconds since its first failure
+        :return: Seconds to wait before the next attempt, cut to what is left of the
+            seconds budget (``elapsed + delay == seconds``: the last attempt);
+            None when the budget is spent
+        """
+        left = self.seconds - elapsed
+        if left <= 0 or (self.attempts and attempts >= self.attempts):
+            return None
+        return min(self.delay(attempts), left)
 
 
 def retriable(error: BaseException) -> bool:
@@ -67,6 +94,17 @@ def retriable(error: BaseException) -> bool:
         as aiokafka marks them), else True
     """
     return getattr(error, "retriable", True) is not False
+
+
+def _drop(receipt: Any):
+    """Let go of a receipt: cancel it when it is still pending, else retrieve its error (unlogged)."""
+    if isinstance(receipt, asyncio.Future):
+        if not receipt.done():
+            receipt.cancel()
+        elif not receipt.cancelled():
+            receipt.exception()  # retrieved, so asyncio does not log it
+    elif asyncio.iscoroutine(receipt):
+        receipt.close()
 
 
 @dataclasses.dataclass
@@ -164,6 +202,14 @@ class Lane:
         self._unbounded = False
         # Set when an event used up its retry budget; cleared by the next success
         self.down = False
+        # The oldest event while its attempts fail, how many failed, when the first
+        # did, and whether the last attempt its seconds budget allows was made
+        self._tried: Event | None = None
+        self._attempts = 0
+        self._first_failure = 0.0
+        self._last_try = False
+        # Events still to hand off one at a time, after a failure several of them shared
+        self._one_by_one = 0
         self.queued = 0
         self.published = 0
         self.retried = 0
@@ -239,16 +285,17 @@ class Lane:
         send = self._send
         ctx = self.ctx
         policy = self.policy
-        window = self.window
         pipelined = self.destination.pipelined
         loop = asyncio.get_running_loop()
-        attempts = 0
-        first_failure = 0.0
+        # (event, error) of a hand-off that failed behind events in flight: that event's
+        # own failure, charged to it once the events before it are settled
+        deferred: tuple[Event, BaseException] | None = None
         error: BaseException
         while not self._closing:
             if self._to_report:
                 event, error = self._to_report.popleft()
-                await self._give_up(event, error)
+                # An event dropped from a full lane was never tried; one that failed inline, once
+                await self._give_up(event, error, 0 if isinstance(error, LaneFullError) else 1)
                 continue
             if not pending:
                 self._set_idle()
@@ -256,16 +303,30 @@ class Lane:
                 await self._wakeup
                 self._wakeup = None
                 continue
+            if deferred is not None and not in_flight:
+                event, error = deferred
+                deferred = None
+                if event is pending[0]:  # (else it was dropped from a full lane meanwhile)
+                    await self._failed(error, self.destination.retriable(error))
+                continue
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(policy.timeout):
-                    # Hand off events in order, up to the window
-                    while len(in_flight) < window and len(in_flight) < len(pending):
+                    # Hand off events in order, up to the window (one at a time while sorting out
+                    # a failure that several events shared)
+                    window = 1 if self._one_by_one else self.window
+                    while deferred is None and len(in_flight) < window and len(in_flight) < len(pending):
                         event = pending[len(in_flight)]
                         routing_key = event.routing_key if event.routing_key is not None else self.routing_key
-                        receipt = send(ctx, routing_key, event)
-                        if pipelined:
-                            receipt = await receipt
+                        try:
+                            receipt = send(ctx, routing_key, event)
+                            if pipelined:
+                                receipt = await receipt
+                        except Exception as e:
+                            if not in_flight:
+                                raise
+                            deferred = (event, e)
+                            break
                         in_flight.append(receipt)
                     # Confirm the oldest
                     receipt = in_flight[0]
@@ -288,7 +349,10 @@ class Lane:
                 done = pending.popleft()
                 if self._on_settled is not None:
                     self._on_settled(done)
-                attempts = 0
+                if self._tried is not None:
+                    self._tried, self._attempts = None, 0
+                if self._one_by_one:
+                    self._one_by_one -= 1
                 if self.down:
                     self.down = False
                     self._log(f"{self.where} is up again")
@@ -305,35 +369,97 @@ class Lane:
                 if self._room:
                     self._wake_room()
                 continue
-            # Failure: keep what was confirmed, go back to the oldest unconfirmed event
+            # Failure: keep what was confirmed
             self._harvest_confirmed()
-            self._forget_in_flight()
             if not pending:
+                self._forget_in_flight()
                 continue
-            attempts += 1
-            now = time.monotonic()
-            if attempts == 1:
-                first_failure = now
             can_retry = self.destination.retriable(error)
-            # A destination that is down (it already used up a budget) gets one attempt per
-            # event until a publish succeeds again: its events go to the dead letters at once
-            if not self.down and can_retry and attempts < policy.attempts and now - first_failure < policy.seconds:
-                self.retried += 1
-                delay = policy.delay(attempts)
-                self._log(
-                    f"Publish to {self.where} failed (attempt {attempts} of {policy.attempts}), "
-                    f"retrying in {delay:.2f} s: {type(error).__name__}: {error}"
-                )
-                await asyncio.sleep(delay)
-                continue
-            if can_retry and not self.down:
-                self.down = True
-                self._log(
-                    f"{self.where} is down: its events are dead-lettered after one attempt each "
-                    f"until a publish succeeds again"
-                )
-            await self._give_up(pending.popleft(), error, attempts)
-            attempts = 0
+            shared = 0 if can_retry else self._failed_alike(error)
+            if can_retry or shared or not in_flight:
+                # Go back to the oldest unconfirmed event: all from it on are handed off again
+                self._forget_in_flight()
+                deferred = None
+            else:
+                # The oldest event's own refusal: the events behind it stay in flight
+                _drop(in_flight.popleft())
+            await self._failed(error, can_retry, shared)
+
+    async def _failed(self, error: BaseException, can_retry: bool, shared: int = 0):
+        """
+        The oldest event failed: count its attempt, then retry it after a
+        backoff, hand off the events that shared the error one at a time, or
+        give it up.
+
+        :param error: Why it failed
+        :param can_retry: Whether a retry can help, in the plugin's word
+        :param shared: How many events in flight behind it failed with the very same error
+        """
+        policy = self.policy
+        head = self._pending[0]
+        if head is not self._tried:  # the count belongs to one event
+            self._tried, self._attempts, self._last_try = head, 0, False
+        self._attempts += 1
+        attempts = self._attempts
+        now = time.monotonic()
+        if attempts == 1:
+            self._first_failure = now
+        elapsed = now - self._first_failure
+        if not can_retry and shared:
+            # Events in flight failed with this one error (a closed channel, a failed batch):
+            # it may be another's. Hand them off one at a time to tell whose it is
+            self._one_by_one = shared + 1
+            self.retried += 1
+            self._log(
+                f"Publish to {self.where} failed for {shared + 1} events at once, "
+                f"trying them one at a time: {type(error).__name__}: {error}"
+            )
+            return
+        # A destination that is down (it already used up a budget) gets one attempt per
+        # event until a publish succeeds again: its events go to the dead letters at once
+        delay = None
+        if can_retry and not self.down and not self._last_try:
+            delay = policy.next_delay(attempts, elapsed)
+        if delay is not None:
+            self._last_try = elapsed + delay >= policy.seconds
+            self.retried += 1
+            count = f"attempt {attempts} of {policy.attempts}" if policy.attempts else f"attempt {attempts}"
+            self._log(
+                f"Publish to {self.where} failed ({count}), retrying in {delay:.2f} s"
+                f"{' for the last time' if self._last_try else ''}: {type(error).__name__}: {error}"
+            )
+            await asyncio.sleep(delay)
+            return
+        if can_retry and not self.down:
+            self.down = True
+            self._log(
+                f"{self.where} is down: its events are dead-lettered after one attempt each "
+                f"until a publish succeeds again"
+            )
+        self._tried, self._attempts = None, 0
+        if self._one_by_one:
+            self._one_by_one -= 1
+        await self._give_up(self._pending.popleft(), error, attempts)
+
+    def attempts_of(self, event: Event) -> int:
+        """
+        :param event: An event of this lane
+        :return: How many of its attempts failed so far (only the oldest event has any)
+        """
+        return self._attempts if event is self._tried else 0
+
+    def _failed_alike(self, error: BaseException) -> int:
+        """
+        :return: How many events in flight behind the oldest failed with the very same error
+        """
+        return sum(
+            1
+            for receipt in itertools.islice(self._in_flight, 1, None)
+            if isinstance(receipt, asyncio.Future)
+            and receipt.done()
+            and not receipt.cancelled()
+            and receipt.exception() is error
+        )
 
     def _harvest_confirmed(self):
         """Count the in-flight events at the front whose confirmation has arrived."""
@@ -355,13 +481,7 @@ class Lane:
     def _forget_in_flight(self):
         """Drop the receipts of unconfirmed events; they will be handed off again."""
         for receipt in self._in_flight:
-            if isinstance(receipt, asyncio.Future):
-                if not receipt.done():
-                    receipt.cancel()
-                elif not receipt.cancelled():
-                    receipt.exception()  # retrieved, so asyncio does not log it
-            elif asyncio.iscoroutine(receipt):
-                receipt.close()
+            _drop(receipt)
         self._in_flight.clear()
 
     async def _open(self):

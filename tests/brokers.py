@@ -276,11 +276,18 @@ def _binary(name: str) -> str:
 
 
 @pytest.fixture
-def own_nats(tmp_path):
-    """A nats-server with JetStream (file storage in the test's directory) of the test's own."""
+def own_nats(tmp_path, request):
+    """
+    A nats-server with JetStream (file storage in the test's directory) of the test's own.
+
+    More command line options by indirect parametrization, e.g.
+    ``@pytest.mark.parametrize("own_nats", [["--user", "u", "--pass", "p"]], indirect=True)``.
+    """
     binary = _binary("nats-server")
+    options = list(getattr(request, "param", None) or [])
     server = ServerProcess(
-        "nats-server", lambda port: [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)]
+        "nats-server",
+        lambda port: [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path), *options],
     )
     server.start()
     yield server
@@ -288,14 +295,20 @@ def own_nats(tmp_path):
 
 
 @pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of the test's own that syncs its append-only file on every write."""
+def own_redis(tmp_path, request):
+    """
+    A redis-server of the test's own that syncs its append-only file on every write.
+
+    More command line options by indirect parametrization, e.g.
+    ``@pytest.mark.parametrize("own_redis", [["--requirepass", "p"]], indirect=True)``.
+    """
     binary = _binary("redis-server")
+    options = list(getattr(request, "param", None) or [])
     server = ServerProcess(
         "redis-server",
         lambda port: [
             binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always", *options,
         ],
     )
     server.start()
@@ -304,20 +317,39 @@ def own_redis(tmp_path):
 
 
 @pytest.fixture
-def own_mosquitto(tmp_path):
-    """A mosquitto of the test's own that keeps sessions and queued messages on disk."""
+def own_mosquitto(tmp_path, request):
+    """
+    A mosquitto of the test's own that keeps sessions and queued messages on disk.
+
+    Options by indirect parametrization, a dict: ``users`` ({name: password};
+    then anonymous clients are refused) and ``config`` (more lines of the
+    configuration file), e.g.
+    ``@pytest.mark.parametrize("own_mosquitto", [{"users": {"u": "p"}}], indirect=True)``.
+    """
     binary = _binary("mosquitto")
+    options = getattr(request, "param", None) or {}
     conf = tmp_path / "mosquitto.conf"
+    access = "allow_anonymous true\n"
+    if options.get("users"):
+        passwords = tmp_path / "passwords"
+        for n, (user, password) in enumerate(options["users"].items()):
+            subprocess.run(
+                [_binary("mosquitto_passwd"), *(["-c"] if n == 0 else []), "-b", str(passwords), user, password],
+                check=True, capture_output=True, timeout=30,
+            )
+        access = f"allow_anonymous false\npassword_file {passwords}\n"
+    extra = "".join(f"{line}\n" for line in options.get("config", ()))
 
     def argv(port: int) -> list[str]:
         conf.write_text(
             f"listener {port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            + access
+            + "persistence true\n"
             f"persistence_location {tmp_path}/\n"
             "max_queued_messages 0\n"
             "user root\n"
             "log_dest none\n"
+            + extra
         )
         return [binary, "-c", str(conf)]
 

@@ -421,9 +421,10 @@ def _failure_handler(hub, contexts: Any):
         except Exception as e:  # the failure is still logged and called back
             hub.log.error(f"Cannot write the dead letter of event {event.id}: {mask.exception(e)}",
                           extra={"evbus_internal": True})
+        tried = f"after {attempts} attempt(s)" if attempts else "without an attempt"
         hub.log.error(
             f"Event {event.id} (profile '{event.profile}') failed to publish on {mask.text(lane.where)} "
-            f"after {attempts} attempt(s), dead-lettered: {text}",
+            f"{tried}, dead-lettered: {text}",
             extra={"evbus_internal": True},
         )
         try:

@@ -20,7 +20,7 @@ DEFAULTS = {
     "stop_timeout": 30.0,
     "timeout": 5.0,
     "publish_timeout": 10.0,
-    "retry_attempts": 10,
+    "retry_attempts": 0,
     "retry_seconds": 30.0,
     "retry_backoff": 0.1,
     "retry_backoff_max": 5.0,
@@ -40,9 +40,9 @@ def __init__(hub):
 
 # Options that are numbers; environment variables arrive as text
 NUMBERS = ("stop_timeout", "timeout", "publish_timeout", "retry_seconds", "retry_backoff", "retry_backoff_max")
-COUNTS = ("retry_attempts", "max_in_flight")
-# Options that are sizes: whole numbers, 0 for no bound
-SIZES = ("queue_size", "lane_size")
+COUNTS = ("max_in_flight",)
+# Options that are sizes or caps: whole numbers, 0 for no bound
+SIZES = ("queue_size", "lane_size", "retry_attempts")
 CHOICES = {"lane_full": ("wait", "dead-letter"), "spool_sync": ("normal", "full", "off")}
 
 

@@ -35,6 +35,12 @@ consumer when they share a partition, so give the profile a ``key`` (or a
 Each message carries the headers ``id``, ``timestamp`` (seconds since the
 epoch) and ``content-type`` of its event, and the event's time as the Kafka
 timestamp.
+
+What a retry cannot change fails at once: a SASL login the broker refuses
+(aiokafka reports only that it could not bootstrap; the plugin then asks
+the first bootstrap server once more to learn why), an authorization error,
+and a message over ``max_request_size`` or the broker's limit. A timeout of
+aiokafka's own is retried: brokers time out while they restart.
 """
 import asyncio
 import os
@@ -43,7 +49,27 @@ from typing import Any
 
 try:
     import aiokafka
+    import aiokafka.conn
     import aiokafka.errors
+
+    # Errors of a SASL login the broker refused
+    LOGIN_REFUSED = (
+        aiokafka.errors.SaslAuthenticationFailed,
+        aiokafka.errors.AuthenticationFailedError,
+        aiokafka.errors.AuthenticationMethodNotSupported,
+        aiokafka.errors.UnsupportedSaslMechanismError,
+        aiokafka.errors.IllegalSaslStateError,
+    )
+    NOT_AUTHORIZED = (
+        aiokafka.errors.TopicAuthorizationFailedError,
+        aiokafka.errors.ClusterAuthorizationFailedError,
+        aiokafka.errors.TransactionalIdAuthorizationFailed,
+    )
+    TOO_LARGE = (
+        aiokafka.errors.MessageSizeTooLargeError,
+        aiokafka.errors.RecordTooLargeError,
+        aiokafka.errors.RecordListTooLargeError,
+    )
 
     HAS_LIBS = True
 except ImportError:
@@ -54,6 +80,8 @@ from evbus.connection import PerCtx
 from evbus.connection import error_text
 from evbus.exc import EvbusError
 from evbus.exc import ListenError
+from evbus.exc import LoginRefusedError
+from evbus.exc import MessageTooLargeError
 from evbus.exc import ProfileError
 
 
@@ -143,16 +171,21 @@ class Producer:
     def ready(self) -> bool:
         return self.producer is not None and self.loop is asyncio.get_running_loop()
 
-    async def open(self, kwargs_factory):
+    async def open(self, kwargs_factory, where: str):
         async with self.lock.get():
             if self.ready:
                 return
             await self.close()
-            producer = aiokafka.AIOKafkaProducer(**kwargs_factory())
+            kwargs = kwargs_factory()
+            producer = aiokafka.AIOKafkaProducer(**kwargs)
             try:
                 await producer.start()
-            except BaseException:
+            except BaseException as e:
                 await producer.stop()
+                if isinstance(e, aiokafka.errors.KafkaConnectionError):
+                    refusal = await _login_refusal(kwargs, where)
+                    if refusal is not None:
+                        raise refusal from e
                 raise
             self.producer, self.loop = producer, asyncio.get_running_loop()
 
@@ -160,6 +193,40 @@ class Producer:
         producer, self.producer = self.producer, None
         if producer is not None:
             await producer.stop()  # flushes what it holds
+
+
+async def _login_refusal(kwargs: dict, where: str) -> LoginRefusedError | None:
+    """
+    Why a producer with a SASL login could not bootstrap: aiokafka logs the
+    broker's refusal and raises only "Unable to bootstrap". One connection
+    to the first bootstrap server tells.
+
+    :param kwargs: The producer's keyword arguments
+    :return: The refused login, saying what to fix; None when the login is not the reason
+    """
+    if not str(kwargs.get("security_protocol", "")).upper().startswith("SASL"):
+        return None
+    hosts = aiokafka.conn.collect_hosts(kwargs.get("bootstrap_servers", "localhost"))
+    if not hosts:
+        return None
+    host, port, _ = hosts[0]
+    options = {
+        key: value
+        for key, value in kwargs.items()
+        if key in ("client_id", "security_protocol", "ssl_context", "request_timeout_ms")
+        or key.startswith("sasl_")
+    }
+    try:
+        connection = await aiokafka.conn.create_conn(host, port, **options)
+    except LOGIN_REFUSED as e:
+        return LoginRefusedError(
+            f"Kafka at {where} refused the login ({e}): check the profile's sasl_mechanism, "
+            f"sasl_plain_username and sasl_plain_password (connection)"
+        )
+    except Exception:  # not a refusal: the bootstrap error stands
+        return None
+    connection.close()
+    return None
 
 
 def _producer(hub, ctx) -> Producer:
@@ -177,11 +244,17 @@ def _producer(hub, ctx) -> Producer:
 
 def retriable(hub, error: BaseException) -> bool:
     """
-    Whether a retry can help. aiokafka marks each error; its catch-all
-    ``UnknownError`` (code -1) is retried too, since brokers answer with it
-    while they recover (a restarted broker re-creating a topic).
+    Whether a retry can help: not for a refused SASL login, an authorization
+    error, or a message too large. Otherwise aiokafka marks each error; its
+    catch-all ``UnknownError`` (code -1) and its timeouts are retried too,
+    since brokers answer so while they recover (a restarted broker
+    re-creating a topic).
     """
-    if isinstance(error, aiokafka.errors.UnknownError):
+    if isinstance(error, LOGIN_REFUSED + NOT_AUTHORIZED + TOO_LARGE):
+        return False
+    if isinstance(
+        error, (aiokafka.errors.UnknownError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.KafkaUnavailableError)
+    ):
         return True
     return getattr(error, "retriable", True) is not False
 
@@ -201,7 +274,7 @@ async def open(hub, ctx):
     Start the profile's producer now, so that a broker that cannot be reached
     is reported when the bus starts.
     """
-    await _producer(hub, ctx).open(lambda: _producer_kwargs(hub, ctx))
+    await _producer(hub, ctx).open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
 
 
 async def close(hub, ctx):
@@ -224,7 +297,7 @@ async def send(hub, ctx, routing_key: str, event):
     """
     producer = _producer(hub, ctx)
     if not producer.ready:
-        await producer.open(lambda: _producer_kwargs(hub, ctx))
+        await producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
     acct = ctx.acct
     topics = acct.get("topics") or ([routing_key] if routing_key else [])
     if isinstance(topics, str):
@@ -242,8 +315,8 @@ async def send(hub, ctx, routing_key: str, event):
     timestamp_ms = int(event.timestamp * 1000)
     futures = []
     for topic in topics:
-        futures.append(
-            await producer.producer.send(
+        try:
+            future = await producer.producer.send(
                 str(topic),
                 value=event.body,
                 key=key,
@@ -251,7 +324,12 @@ async def send(hub, ctx, routing_key: str, event):
                 headers=headers,
                 timestamp_ms=timestamp_ms,
             )
-        )
+        except aiokafka.errors.MessageSizeTooLargeError as e:
+            raise MessageTooLargeError(
+                f"{e} (to {hub.ingress.kafka.describe(ctx)}): send smaller events, or raise max_request_size "
+                f"in the profile's connection (and the broker's message.max.bytes)"
+            ) from e
+        futures.append(future)
     return futures[0] if len(futures) == 1 else asyncio.gather(*futures)
 
 

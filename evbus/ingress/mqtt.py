@@ -33,6 +33,13 @@ its event and the user properties ``Evbus-Id`` and ``Evbus-Timestamp``
 
 A lost connection fails the events not yet acknowledged at once; the lane
 sends them again on a new connection.
+
+What a retry cannot change fails at once, saying what to fix: a CONNACK
+that refuses the user name, password or authorization; with ``protocol: 5``
+a message over the Maximum Packet Size the broker declares, and a PUBACK
+that refuses the message as not authorized, with an invalid topic name or
+payload format. (An MQTT 3.1.1 broker acknowledges a message it drops for
+its size or its ACL: nothing tells evbus.)
 """
 import asyncio
 from typing import Any
@@ -52,12 +59,18 @@ from evbus.connection import PerCtx
 from evbus.connection import error_text
 from evbus.exc import EvbusError
 from evbus.exc import ListenError
+from evbus.exc import LoginRefusedError
+from evbus.exc import MessageTooLargeError
+from evbus.exc import RefusedError
 
 # protocol: in a profile -> aiomqtt.ProtocolVersion member name
 PROTOCOLS = {"3": "V31", "3.1": "V31", "4": "V311", "3.1.1": "V311", "5": "V5", "5.0": "V5"}
 
 # CONNACK reason codes that a retry cannot help: refused credentials (MQTT 3.1.1 and 5)
 REFUSED_CREDENTIALS = {4, 5, 134, 135}
+# PUBACK reason codes (MQTT 5) that a retry cannot help: not authorized; topic name or payload format invalid
+PUBACK_NOT_AUTHORIZED = 0x87
+PUBACK_REFUSED = {0x87, 0x90, 0x99}
 
 
 class NoTopicError(EvbusError, ValueError):
@@ -67,7 +80,7 @@ class NoTopicError(EvbusError, ValueError):
 
 
 class PublishRefused(EvbusError, ConnectionError):
-    """The broker acknowledged a message with a failure reason code (MQTT 5)."""
+    """The broker acknowledged a message with a failure reason code (MQTT 5) that a retry may heal."""
 
 
 class MqttConnectFailed(EvbusError, ConnectionError):
@@ -130,6 +143,8 @@ class Publisher:
         self.pending: dict[int, asyncio.Future] = {}
         self._forward_publish: Any = None
         self._forward_disconnect: Any = None
+        # The Maximum Packet Size the broker declared in its CONNACK (MQTT 5), or None
+        self.max_packet_size: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -142,9 +157,21 @@ class Publisher:
                 return
             await self.close()
             client = aiomqtt.Client(**self.client_kwargs)
+            forward_connect = client._client.on_connect
+
+            def on_connect(paho_client, userdata, flags, reason_code, properties=None):
+                self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
+                forward_connect(paho_client, userdata, flags, reason_code, properties)
+
+            client._client.on_connect = on_connect
             try:
                 await client.__aenter__()
-            except aiomqtt.MqttCodeError:  # the broker answered: refused credentials, say
+            except aiomqtt.MqttCodeError as e:  # the broker answered: refused credentials, say
+                if _code(e.rc) in REFUSED_CREDENTIALS:
+                    raise LoginRefusedError(
+                        f"the MQTT broker at {self.where} refused the connection ({e.rc}): "
+                        f"check the profile's username and password, and that the user may connect"
+                    ) from e
                 raise
             except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
                 raise MqttConnectFailed(f"cannot connect to {self.where}: {e}") from e
@@ -168,7 +195,7 @@ class Publisher:
             self._forward_publish(client, userdata, mid, reason_code, properties)
         elif not future.done():
             if getattr(reason_code, "is_failure", False):
-                future.set_exception(PublishRefused(f"the MQTT broker refused the message: {reason_code}"))
+                future.set_exception(_puback_error(reason_code, self.where))
             else:
                 future.set_result(None)
 
@@ -222,6 +249,38 @@ async def disconnect(client: Any, grace: float = 1.0):
             await asyncio.wait([misc], timeout=grace)
 
 
+def _code(rc: Any) -> Any:
+    return getattr(rc, "value", rc)
+
+
+def _puback_error(reason_code: Any, where: str) -> Exception:
+    """
+    :param reason_code: The failure reason code of a PUBACK or PUBREC (MQTT 5)
+    :param where: The broker, for the message
+    :return: The error of the publish: a RefusedError when a retry cannot help
+    """
+    code = _code(reason_code)
+    if code == PUBACK_NOT_AUTHORIZED:
+        return LoginRefusedError(
+            f"the MQTT broker at {where} refused the message ({reason_code}): "
+            f"allow the profile's user to publish to the topic"
+        )
+    if code in PUBACK_REFUSED:
+        return RefusedError(f"the MQTT broker at {where} refused the message: {reason_code}")
+    return PublishRefused(f"the MQTT broker at {where} refused the message: {reason_code}")
+
+
+def _packet_size(topic: str, qos: int, properties: Any, payload: bytes) -> int:
+    """
+    :return: The size in bytes of the PUBLISH packet of a message (MQTT 5), as the
+        broker's Maximum Packet Size counts it
+    """
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
+    remaining += len(properties.pack()) if properties is not None else 1
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
+    return 1 + length_bytes + remaining
+
+
 class Route:
     """What a lane's sends need of its profile: the publisher and the per-profile settings."""
 
@@ -260,16 +319,14 @@ def _route(hub, ctx) -> Route:
 
 def retriable(hub, error: BaseException) -> bool:
     """
-    Whether a retry can help: not for refused credentials, nor for what
-    paho-mqtt rejects as a ``ValueError`` (a topic with wildcards, a payload
-    too large), nor for an event without a topic.
+    Whether a retry can help: not for refused credentials, a message the
+    broker refused or would refuse (:class:`~evbus.exc.RefusedError`), nor
+    for what paho-mqtt rejects as a ``ValueError`` (a topic with wildcards, a
+    payload too large), nor for an event without a topic.
     """
     if isinstance(error, ValueError):
         return False
-    if (
-        isinstance(error, aiomqtt.MqttCodeError)
-        and getattr(error.rc, "value", error.rc) in REFUSED_CREDENTIALS
-    ):
+    if isinstance(error, aiomqtt.MqttCodeError) and _code(error.rc) in REFUSED_CREDENTIALS:
         return False
     return getattr(error, "retriable", True) is not False
 
@@ -324,6 +381,16 @@ async def send(hub, ctx, routing_key: str, event):
         properties = Properties(PacketTypes.PUBLISH)
         properties.ContentType = event.content_type
         properties.UserProperty = [("Evbus-Id", event.id), ("Evbus-Timestamp", repr(event.timestamp))]
+        limit = publisher.max_packet_size
+        # A cheap bound first (these properties take well under 512 bytes), then the exact size
+        if limit and len(event.body) + len(topic) > limit - 512 and _packet_size(
+            topic, route.qos, properties, event.body
+        ) > limit:
+            raise MessageTooLargeError(
+                f"the event of {len(event.body)} bytes makes an MQTT packet larger than the Maximum "
+                f"Packet Size of {limit} bytes of the broker at {publisher.where}: send smaller "
+                f"events, or raise max_packet_size in the broker's configuration"
+            )
     info = publisher.paho.publish(topic, event.body, route.qos, route.retain, properties)
     if info.rc != paho_mqtt.MQTT_ERR_SUCCESS:
         raise ConnectionError(f"MQTT publish failed: {paho_mqtt.error_string(info.rc)}")

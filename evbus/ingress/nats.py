@@ -35,6 +35,12 @@ The lanes retry and reconnect: unless the profile sets ``allow_reconnect:
 true`` (nats-py then reconnects and buffers on its own), a lost connection
 fails the events not yet confirmed at once, and the lane sends them again
 on a new connection.
+
+What a retry cannot change fails at once, saying what to fix: a refused
+login (authorization violation), a JetStream subject that no stream takes
+(checked once per subject before its first publish, and again after a
+publish that no stream answered), a ``stream`` that does not exist or does
+not take the subject, and a message over the server's ``max_payload``.
 """
 import asyncio
 import urllib.parse
@@ -54,6 +60,9 @@ from evbus.connection import PerCtx
 from evbus.connection import error_text
 from evbus.exc import EvbusError
 from evbus.exc import ListenError
+from evbus.exc import LoginRefusedError
+from evbus.exc import MessageTooLargeError
+from evbus.exc import RefusedError
 
 # Connection options the plugin sets unless the profile does: one quick
 # connection attempt per server (nats-py would otherwise try each server 60
@@ -71,8 +80,8 @@ class NatsConnectError(EvbusError, ConnectionError):
     """No server of a profile could be reached."""
 
 
-class NoStreamError(EvbusError, LookupError):
-    """The JetStream stream a profile names does not exist."""
+class NoStreamError(RefusedError, LookupError):
+    """No JetStream stream takes a subject, or the stream a profile names does not exist or does not take it."""
 
 
 def __virtual__(hub):
@@ -161,6 +170,8 @@ class Connection:
         # Serializes open(): lanes of profiles that share this connection open it at once
         self.lock = LoopLock()
         self.last_error: BaseException | None = None
+        # JetStream: the subjects a stream (the profile's, when it names one) was seen to take
+        self.covered: set[str] = set()
 
     @property
     def client(self) -> Any:
@@ -191,8 +202,14 @@ class Connection:
             try:
                 client = await nats.connect(**kwargs)
             except nats.errors.NoServersError:
+                if _login_refused(self.last_error):
+                    raise self._refused(self.last_error) from None
                 reason = f": {type(self.last_error).__name__}: {self.last_error}" if self.last_error else ""
                 raise NatsConnectError(f"cannot connect to {self.where}{reason}") from None
+            except nats.errors.Error as e:
+                if _login_refused(e):
+                    raise self._refused(e) from None
+                raise
             session.client = client
             if self.jetstream:
                 js = session.js = client.jetstream()
@@ -203,11 +220,40 @@ class Connection:
                         await client.close()
                         if isinstance(e, nats.js.errors.NotFoundError):
                             raise NoStreamError(
-                                f"JetStream stream '{self.stream}' does not exist on {self.where}"
+                                f"JetStream stream '{self.stream}' does not exist on {self.where}: "
+                                f"create it, or name an existing stream in the profile"
                             ) from None
                         raise
                 self.publish_async = getattr(js, "publish_async", None) or self._publish_task
             self.session, self.loop = session, asyncio.get_running_loop()
+
+    def _refused(self, error: BaseException) -> LoginRefusedError:
+        return LoginRefusedError(
+            f"NATS at {self.where} refused the login ({error}): "
+            f"check the profile's user and password (or token, or credentials)"
+        )
+
+    async def check_subject(self, subject: str, stream: str | None):
+        """
+        Check, once per subject, that a JetStream stream takes it (the
+        profile's stream, when it names one); a publish no stream takes
+        would only come back as "no responders", over and over.
+
+        :raises NoStreamError: No stream takes the subject, or another than the profile names
+        """
+        try:
+            name = await self.session.js.find_stream_name_by_subject(subject)
+        except nats.js.errors.NotFoundError:
+            raise NoStreamError(
+                f"no JetStream stream on {self.where} takes subject '{subject}': "
+                f"create a stream for subject '{subject}' (or one that matches it)"
+            ) from None
+        if stream and name != stream:
+            raise NoStreamError(
+                f"subject '{subject}' goes to JetStream stream '{name}' on {self.where}, not to the "
+                f"profile's stream '{stream}': add the subject to stream '{stream}', or fix the profile"
+            )
+        self.covered.add(subject)
 
     async def _publish_task(
         self, subject: str, body: bytes, headers: dict, stream: str | None
@@ -276,15 +322,28 @@ def _route(hub, ctx) -> Route:
     return hub.ingress.nats.BY_CTX.put(ctx, route)
 
 
+def _login_refused(error: BaseException | None) -> bool:
+    """Whether a nats-py error is the server refusing the login ("Authorization Violation")."""
+    if isinstance(error, nats.errors.AuthorizationError):
+        return True
+    return isinstance(error, nats.errors.Error) and "authorization violation" in str(error).lower()
+
+
 def retriable(hub, error: BaseException) -> bool:
     """
     Whether a retry can help: not for a message over the server's size
-    limit, a malformed subject, refused credentials, or an event without a subject.
+    limit, a malformed subject, refused credentials, a subject no stream
+    takes, or an event without a subject.
+
+    A JetStream publish that no stream answered ("no responders") is
+    retried: a server that restarts answers so while its streams come back.
+    The next attempt checks again whether a stream takes the subject.
     """
-    if isinstance(
-        error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError, nats.errors.AuthorizationError)
-    ):
+    if isinstance(error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError)) or _login_refused(error):
         return False
+    if isinstance(error, nats.js.errors.NoStreamResponseError):
+        for connection in hub.ingress.nats.CONNECTIONS.values():
+            connection.covered.clear()
     return getattr(error, "retriable", True) is not False
 
 
@@ -345,11 +404,20 @@ async def send(hub, ctx, routing_key: str, event):
         "Evbus-Timestamp": repr(event.timestamp),
         "Content-Type": event.content_type,
     }
-    if connection.publish_async is not None:
-        headers["Nats-Msg-Id"] = event.id
-        return await connection.publish_async(subject, event.body, headers=headers, stream=route.stream)
-    session = connection.session
-    await session.client.publish(subject, event.body, headers=headers)
+    try:
+        if connection.publish_async is not None:
+            if subject not in connection.covered:
+                await connection.check_subject(subject, route.stream)
+            headers["Nats-Msg-Id"] = event.id
+            return await connection.publish_async(subject, event.body, headers=headers, stream=route.stream)
+        session = connection.session
+        await session.client.publish(subject, event.body, headers=headers)
+    except nats.errors.MaxPayloadError:
+        raise MessageTooLargeError(
+            f"the event of {len(event.body)} bytes is larger than the max_payload of "
+            f"{getattr(connection.client, 'max_payload', '?')} bytes of NATS at {connection.where}: "
+            f"send smaller events, or raise max_payload in the server's configuration"
+        ) from None
     batch = route.batch
     if batch is None or batch.done():
         loop = connection.loop

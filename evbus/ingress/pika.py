@@ -15,11 +15,22 @@ Accepts the acct providers ``pika``, ``amqp`` and ``rabbitmq``. Install with
         exchange: default         # "default" is the default exchange; else an existing exchange's name
         timeout: 10               # seconds to wait for the broker's confirmation (optional)
         persistent: false         # delivery mode 2 when true (default: transient, as pop-evbus)
+        mandatory: true           # the default: a message no queue takes is a failed publish
 
 Each event is published with publisher confirms: it counts as published when
 RabbitMQ acknowledged it. Its AMQP properties carry the event id
 (``message_id``), its time (``timestamp``) and the serializer's
 ``content_type``.
+
+Events are published with the ``mandatory`` flag: a message that no queue
+is bound to take (the routing key on the exchange) comes back (basic.return)
+and is a failed publish, not retried: it is dead-lettered with the exchange
+and the routing key named. ``mandatory: false`` lets RabbitMQ drop such
+messages silently, counted as published (as pop-evbus did).
+
+A refused login (``ACCESS_REFUSED``), a refused write permission on the
+exchange, a message over RabbitMQ's ``max_message_size`` and a returned
+message fail at once: a retry cannot change them.
 """
 import asyncio
 import datetime
@@ -27,6 +38,7 @@ from typing import Any
 
 try:
     import aio_pika
+    import aiormq.exceptions
     from aiormq import spec
 
     HAS_LIBS = True
@@ -38,10 +50,16 @@ from evbus.connection import PerCtx
 from evbus.connection import error_text
 from evbus.exc import EvbusError
 from evbus.exc import ListenError
+from evbus.exc import LoginRefusedError
+from evbus.exc import RefusedError
 
 
 class PublishNacked(EvbusError, ConnectionError):
     """RabbitMQ refused (nacked) a message."""
+
+
+class MessageReturned(RefusedError):
+    """RabbitMQ returned a mandatory message: no queue is bound to take it."""
 
 
 def __virtual__(hub):
@@ -61,9 +79,10 @@ def __init__(hub):
 class Publisher:
     """One profile's connection and confirming channel, opened once."""
 
-    def __init__(self, connection_kwargs: dict, exchange: str):
+    def __init__(self, connection_kwargs: dict, exchange: str, where: str):
         self.connection_kwargs = connection_kwargs
         self.exchange_name = exchange
+        self.where = where
         self.connection: Any = None
         self.channel: Any = None
         self.raw_channel: Any = None
@@ -87,7 +106,10 @@ class Publisher:
                 return
             await self.close()
             self.loop = asyncio.get_running_loop()
-            self.connection = await aio_pika.connect(**self.connection_kwargs)
+            try:
+                self.connection = await aio_pika.connect(**self.connection_kwargs)
+            except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as e:
+                raise _login_refused(e, self.where) from e
             try:
                 self.channel = await self.connection.channel(publisher_confirms=True)
                 if self.exchange_name:
@@ -106,6 +128,27 @@ class Publisher:
                 await connection.close()
             except Exception:  # closing a broken connection may fail; it is gone either way
                 pass
+
+
+def _login_refused(error: Exception, where: str) -> LoginRefusedError:
+    """The refused login of a connection, saying what to fix."""
+    if isinstance(error, aiormq.exceptions.AuthenticationError):
+        # No login mechanism in common (the url's ?auth=...)
+        return LoginRefusedError(f"RabbitMQ at {where} takes none of the login mechanisms evbus offers: {error}")
+    reason = error.args[0] if error.args else error
+    return LoginRefusedError(
+        f"RabbitMQ at {where} refused the login ({reason}): check the profile's login and password"
+    )
+
+
+def _mandatory(ctx) -> bool:
+    """The profile's ``mandatory``: true unless it says false."""
+    value = ctx.acct.get("mandatory")
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() not in ("false", "0", "no", "off")
 
 
 def _exchange(ctx) -> str:
@@ -131,8 +174,30 @@ def _publisher(hub, ctx) -> Publisher:
     key = _key(ctx)
     publisher = publishers.get(key)
     if publisher is None:
-        publisher = publishers[key] = Publisher(_connection_kwargs(ctx), _exchange(ctx))
+        publisher = publishers[key] = Publisher(
+            _connection_kwargs(ctx), _exchange(ctx), where=hub.ingress.pika.describe(ctx)
+        )
     return hub.ingress.pika.BY_CTX.put(ctx, publisher)
+
+
+def retriable(hub, error: BaseException) -> bool:
+    """
+    Whether a retry can help: not for a refused login or permission
+    (``ACCESS_REFUSED``), a message over RabbitMQ's ``max_message_size``,
+    or a message RabbitMQ returned.
+    """
+    if isinstance(
+        error,
+        (
+            aiormq.exceptions.ProbableAuthenticationError,
+            aiormq.exceptions.AuthenticationError,
+            aiormq.exceptions.ChannelAccessRefused,
+        ),
+    ):
+        return False
+    if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed) and "message size" in str(error):
+        return False
+    return getattr(error, "retriable", True) is not False
 
 
 def describe(hub, ctx) -> str:
@@ -170,7 +235,7 @@ async def close(hub, ctx):
 async def send(hub, ctx, routing_key: str, event):
     """
     Hand one event to RabbitMQ, in order; the returned task completes when
-    RabbitMQ confirmed it (and raises when it nacked it).
+    RabbitMQ confirmed it (and raises when it nacked or returned it).
 
     :param routing_key: The AMQP routing key
     :param event: The event
@@ -185,21 +250,49 @@ async def send(hub, ctx, routing_key: str, event):
         delivery_mode=2 if ctx.acct.get("persistent") else 1,
     )
     return publisher.loop.create_task(
-        _confirm(publisher.raw_channel, publisher.exchange_name, routing_key or "", event.body, properties, ctx)
+        _confirm(publisher, publisher.raw_channel, routing_key or "", event.body, properties, ctx)
     )
 
 
-async def _confirm(channel, exchange: str, routing_key: str, body: bytes, properties, ctx):
-    confirmation = await channel.basic_publish(
-        body,
-        exchange=exchange,
-        routing_key=routing_key,
-        properties=properties,
-        timeout=ctx.acct.get("timeout"),
-        wait=False,
-    )
+async def _confirm(publisher: Publisher, channel, routing_key: str, body: bytes, properties, ctx):
+    exchange = publisher.exchange_name
+    try:
+        confirmation = await channel.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=_mandatory(ctx),
+            timeout=ctx.acct.get("timeout"),
+            wait=False,
+        )
+    except aiormq.exceptions.ChannelAccessRefused as e:
+        raise LoginRefusedError(
+            f"RabbitMQ at {publisher.where} refused the publish ({e.args[0] if e.args else e}): "
+            f"give the profile's user write permission on the exchange, or use another login"
+        ) from e
+    # A returned message (basic.return) resolves the confirmation: the channel does not raise on returns
+    returned = getattr(confirmation, "delivery", None)
+    if isinstance(returned, spec.Basic.Return):
+        raise MessageReturned(_returned_text(returned, exchange, routing_key))
     if confirmation is not None and not isinstance(confirmation, spec.Basic.Ack):
         raise PublishNacked(f"RabbitMQ did not accept the message ({type(confirmation).__name__})")
+
+
+def _returned_text(frame, exchange: str, routing_key: str) -> str:
+    """What a basic.return says, and what to do about it."""
+    exchange = frame.exchange if frame.exchange is not None else exchange
+    routing_key = frame.routing_key if frame.routing_key is not None else routing_key
+    on = f"exchange '{exchange}'" if exchange else "the default exchange"
+    if frame.reply_text == "NO_ROUTE":
+        return (
+            f"RabbitMQ returned the message: no queue is bound to routing key '{routing_key}' on {on} "
+            f"(NO_ROUTE); bind a queue to it, or set mandatory: false in the profile to let RabbitMQ drop such messages"
+        )
+    return (
+        f"RabbitMQ returned the message for routing key '{routing_key}' on {on}: "
+        f"{frame.reply_text} ({frame.reply_code})"
+    )
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):

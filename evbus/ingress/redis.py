@@ -29,6 +29,10 @@ lanes hand over while one pipeline is on its way goes in the next. A failed
 pipeline fails the commands queued behind it too, so that the lane sends
 them again in order; the next pipeline connects again. Replies are bounded
 by the connection's ``socket_timeout`` (redis-py's default: 5 s) per pipeline.
+
+A refused login (``WRONGPASS``, ``NOAUTH``) and a command the profile's user
+may not run (``NOPERM``) fail at once, saying what to fix: a retry cannot
+change them.
 """
 import asyncio
 import contextlib
@@ -52,6 +56,7 @@ from evbus.connection import PerCtx
 from evbus.connection import error_text
 from evbus.exc import EvbusError
 from evbus.exc import ListenError
+from evbus.exc import LoginRefusedError
 from evbus.exc import ProfileError
 
 
@@ -135,8 +140,11 @@ class Writer:
             try:
                 await client.ping()
                 self.connection = await client.connection_pool.get_connection()
-            except BaseException:
+            except BaseException as e:
                 await client.aclose()
+                refusal = _refusal(e, self.where)
+                if refusal is not None:
+                    raise refusal from e
                 raise
             self.client, self.loop = client, asyncio.get_running_loop()
 
@@ -190,7 +198,7 @@ class Writer:
                                 reply = await connection.read_response(timeout=math.inf)
                             except redis.exceptions.ResponseError as e:  # this command's own error
                                 if not future.done():
-                                    future.set_exception(e)
+                                    future.set_exception(_refusal(e, self.where) or e)
                             else:
                                 if not future.done():
                                     future.set_result(reply)
@@ -200,6 +208,8 @@ class Writer:
                         error = redis.exceptions.TimeoutError(
                             f"no reply from {self.where} within {timeout} s"
                         )
+                    # (a reconnect may be refused): one error for all, so the lane sees them share it
+                    error = _refusal(error, self.where) or error
                     try:
                         await connection.disconnect()  # unread replies would answer the next commands
                     except Exception:
@@ -217,6 +227,23 @@ class Writer:
         for _, future in queued:
             if not future.done():
                 future.set_exception(error)
+
+
+def _refusal(error: BaseException, where: str) -> LoginRefusedError | None:
+    """
+    :return: A refused login (WRONGPASS, NOAUTH) or command (NOPERM), saying what
+        to fix; None for other errors
+    """
+    if isinstance(error, redis.exceptions.AuthenticationError):
+        return LoginRefusedError(
+            f"Redis at {where} refused the login ({error}): check the profile's username and password"
+        )
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return LoginRefusedError(
+            f"Redis at {where} refused the command ({error}): "
+            f"grant the profile's user the command (ACL SETUSER), or use another user"
+        )
+    return None
 
 
 class Route:
@@ -278,10 +305,18 @@ def _route(hub, ctx) -> Route:
 
 def retriable(hub, error: BaseException) -> bool:
     """
-    Whether a retry can help: not for refused credentials, a key that holds
-    no stream (WRONGTYPE), or an event without a stream or channel.
+    Whether a retry can help: not for refused credentials (WRONGPASS,
+    NOAUTH) or permissions (NOPERM), a key that holds no stream (WRONGTYPE),
+    or an event without a stream or channel.
     """
-    if isinstance(error, (redis.exceptions.AuthenticationError, redis.exceptions.DataError)):
+    if isinstance(
+        error,
+        (
+            redis.exceptions.AuthenticationError,
+            redis.exceptions.NoPermissionError,
+            redis.exceptions.DataError,
+        ),
+    ):
         return False
     if isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE"):
         return False

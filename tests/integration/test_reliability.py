@@ -99,6 +99,8 @@ async def test_full_lane_dead_letters_the_oldest(hub, running, monkeypatch, erro
     assert seen == sorted(seen)
     assert all("LaneFullError" in d["error"] for d in hub.evbus.deadletter.read())
     assert len(error_sink) == len(dropped)
+    # dropped before any attempt, and counted so
+    assert {d["attempts"] for d in hub.evbus.deadletter.read()} == {0}
 
 
 async def test_never_up_destination_dead_letters_everything_then_replay(hub, running, monkeypatch):

@@ -56,6 +56,26 @@ async def test_stop_timeout_that_is_no_number(hub, monkeypatch):
     assert "stop_timeout" in str(info.value) and "soon" in str(info.value)
 
 
+def test_retry_options(hub, monkeypatch):
+    """retry_attempts 0 (the default) sets no cap: the seconds budget decides; a positive value caps."""
+    monkeypatch.delenv("EVBUS_RETRY_ATTEMPTS")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    policy = hub.evbus.settings.retry_policy()
+    assert (policy.attempts, policy.seconds) == (0, 30.0)
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "5")
+    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "12")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    policy = hub.evbus.settings.retry_policy()
+    assert (policy.attempts, policy.seconds) == (5, 12.0)
+
+
+async def test_negative_retry_attempts_is_a_config_error(hub, monkeypatch):
+    _load(hub, monkeypatch, env={"EVBUS_RETRY_ATTEMPTS": "-1"})
+    with pytest.raises(ConfigError) as info:
+        await hub.evbus.broker.init()
+    assert "retry_attempts" in str(info.value) and "at least 0" in str(info.value)
+
+
 def test_config_file(hub, monkeypatch, tmp_path):
     config = tmp_path / "evbus.yml"
     config.write_text("evbus:\n  serialize_plugin: msgpack\n  error_callback_ref: a.b.c\n")

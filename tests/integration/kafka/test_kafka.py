@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from evbus.exc import LoginRefusedError
+from evbus.exc import MessageTooLargeError
 from tests.conftest import take_json
 from tests.conftest import wait_for
 from tests.brokers import consume
@@ -233,3 +235,63 @@ async def test_broker_down_at_start_comes_up_within_the_budget(hub, running, top
         assert [json.loads(m.value) for m in await consume(late.bootstrap, topic, 200)] == list(range(200))
     finally:
         late.kill()
+
+
+async def test_refused_sasl_login_fails_at_once(hub, running, tansu, topic, error_sink, caplog):
+    """Tansu refuses every SASL mechanism: one attempt, and a message that names the profile's options."""
+    connection = {
+        "bootstrap_servers": tansu.bootstrap,
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "evbus",
+        "sasl_plain_password": "sasl-s3cret",
+    }
+    await running({"kafka": {"default": {"topics": [topic], "connection": connection}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1
+    assert isinstance(error["exception"], LoginRefusedError)
+    text = str(error["exception"])
+    assert f"kafka://{tansu.bootstrap}" in text and "refused the login" in text and "sasl_plain_password" in text
+    assert "sasl-s3cret" not in caplog.text + repr(error_sink)
+    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
+
+
+async def test_message_over_max_request_size_fails_at_once_and_alone(hub, running, tansu, topic, error_sink):
+    profile = {"topics": [topic], "key": "k", "connection": {"bootstrap_servers": tansu.bootstrap, "max_request_size": 10000}}
+    await running({"kafka": {"default": profile}})
+    for body in (0, 1, "x" * 20000, 3, 4):
+        await hub.evbus.broker.put(body=body)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1 and isinstance(error["exception"], MessageTooLargeError)
+    assert "max_request_size" in str(error["exception"])
+    assert [json.loads(m.value) for m in await consume(tansu.bootstrap, topic, 4)] == [0, 1, 3, 4]
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"], lane["retried"]) == (4, 1, 0)
+
+
+def test_retriable_says_no_to_refusals_and_yes_to_timeouts(hub):
+    import aiokafka.errors as errors
+
+    retriable = hub.ingress.kafka.retriable
+    for refusal in (
+        errors.SaslAuthenticationFailed,
+        errors.AuthenticationFailedError,
+        errors.UnsupportedSaslMechanismError,
+        errors.TopicAuthorizationFailedError,
+        errors.ClusterAuthorizationFailedError,
+        errors.MessageSizeTooLargeError,
+        errors.RecordTooLargeError,
+    ):
+        assert not retriable(refusal("refused")), refusal
+    for transient in (
+        errors.KafkaConnectionError,
+        errors.KafkaTimeoutError,
+        errors.RequestTimedOutError,
+        errors.NotLeaderForPartitionError,
+        errors.UnknownTopicOrPartitionError,
+        errors.UnknownError,
+    ):
+        assert retriable(transient("transient")), transient

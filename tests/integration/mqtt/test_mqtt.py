@@ -6,6 +6,9 @@ import time
 import msgpack
 import pytest
 
+from evbus.exc import LoginRefusedError
+from evbus.exc import MessageTooLargeError
+from evbus.exc import RefusedError
 from tests.brokers import close_mqtt_subscriber
 from tests.brokers import MQTT_HOST
 from tests.brokers import MQTT_PORT
@@ -200,3 +203,73 @@ async def test_publish_of_the_ingress_contract_waits_for_the_ack(hub, mqtt):
     await hub.ingress.mqtt.publish(ctx, topic, b'"direct"')
     await hub.ingress.mqtt.close(ctx)
     assert [m.payload for m in await mqtt.take(topic, 1)] == [b'"direct"']
+
+
+@pytest.mark.parametrize("own_mosquitto", [{"users": {"evbus": "right-pw"}}], indirect=True)
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_refused_login_fails_at_once(hub, running, own_mosquitto, error_sink, caplog, protocol):
+    """A CONNACK refusing wrong credentials, or none: one attempt each, saying what to fix."""
+    connection = {"hostname": "127.0.0.1", "port": own_mosquitto.port, "protocol": protocol}
+    await running(
+        {
+            "mqtt": {
+                "wrong": {"connection": {**connection, "username": "evbus", "password": "wrong-pw"}, "topic": "t"},
+                "anonymous": {"connection": connection, "topic": "t"},
+                "right": {"connection": {**connection, "username": "evbus", "password": "right-pw"}, "topic": "t"},
+            }
+        }
+    )
+    for profile in ("wrong", "anonymous", "right"):
+        await hub.evbus.broker.put(body=profile, profile=profile)
+    await hub.evbus.init.stop()
+    assert sorted(e["acct_profile"] for e in error_sink) == ["anonymous", "wrong"]
+    assert [e["attempts"] for e in error_sink] == [1, 1]
+    for error in error_sink:
+        assert isinstance(error["exception"], LoginRefusedError)
+        text = str(error["exception"])
+        assert "refused the connection" in text and "check the profile's username and password" in text
+        assert f"mqtt://127.0.0.1:{own_mosquitto.port}" in text
+    assert "wrong-pw" not in caplog.text + repr(error_sink)
+    lanes = {lane["profile"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
+    assert [lanes[p]["retried"] for p in ("wrong", "anonymous")] == [0, 0]
+    assert (lanes["right"]["published"], lanes["right"]["failed"]) == (1, 0)
+
+
+@pytest.mark.parametrize("own_mosquitto", [{"config": ["max_packet_size 2000"]}], indirect=True)
+async def test_message_over_the_maximum_packet_size_fails_at_once(hub, running, own_mosquitto, error_sink):
+    """MQTT 5: the broker declares its Maximum Packet Size; a larger message fails at once, alone."""
+    connection = {"hostname": "127.0.0.1", "port": own_mosquitto.port}
+    subscriber = await mqtt_subscriber(connection)
+    try:
+        topic = await subscriber.subscribe(unique())
+        await running({"mqtt": {"default": {"connection": {**connection, "protocol": "5"}, "topic": topic}}})
+        for body in (0, 1, "x" * 3000, 3, 4):
+            await hub.evbus.broker.put(body=body)
+        await hub.evbus.init.stop()
+        assert [json.loads(m.payload) for m in await subscriber.take(topic, 4)] == [0, 1, 3, 4]
+    finally:
+        await close_mqtt_subscriber(subscriber)
+    [error] = error_sink
+    assert error["attempts"] == 1 and isinstance(error["exception"], MessageTooLargeError)
+    assert "Maximum Packet Size of 2000 bytes" in str(error["exception"])
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"], lane["retried"]) == (4, 1, 0)
+
+
+def test_publish_refusals_a_retry_cannot_help(hub):
+    """MQTT 5 PUBACK reason codes: not authorized and malformed messages are refused; a quota is retried."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from evbus.ingress.mqtt import _puback_error
+
+    mqtt = hub.ingress.mqtt
+
+    def error(code: int) -> Exception:
+        return _puback_error(ReasonCode(PacketTypes.PUBACK, identifier=code), "mqtt://127.0.0.1:1883")
+
+    assert isinstance(error(0x87), LoginRefusedError) and not mqtt.retriable(error(0x87))
+    assert "allow the profile's user to publish" in str(error(0x87))
+    assert isinstance(error(0x90), RefusedError) and not mqtt.retriable(error(0x90))
+    assert mqtt.retriable(error(0x97))  # quota exceeded
+    assert mqtt.retriable(ConnectionError("the MQTT connection was lost"))

@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from evbus.exc import LoginRefusedError
+from evbus.exc import MessageTooLargeError
 from tests.brokers import NATS_URL
 from tests.brokers import NatsConsumer
 from tests.brokers import put_through_a_restart
@@ -119,6 +121,8 @@ async def test_missing_stream_is_reported(hub, running, nats_server, error_sink,
     await hub.evbus.broker.put(body=1)
     await wait_for(lambda: len(error_sink) == 1, 20, "the give-up")
     assert "EVBUS_NO_SUCH_STREAM" in str(error_sink[0]["exception"])
+    assert "create it" in str(error_sink[0]["exception"])
+    assert error_sink[0]["attempts"] == 1  # a retry cannot create the stream
 
 
 async def test_one_connection_per_profile_reused_and_closed(hub, running, nats_consumer):
@@ -256,3 +260,98 @@ async def test_publish_of_the_ingress_contract_waits_for_the_ack(hub, nats_consu
     await hub.ingress.nats.close(core)
     assert [m.data for m in await nats_consumer.take(queue, 1)] == [b'"core"']
     assert hub.ingress.nats.CONNECTIONS == {}
+
+
+async def test_subject_no_stream_takes_fails_at_once(hub, running, nats_server, error_sink):
+    """JetStream to a subject that no stream covers: one attempt, and a message that says what to do."""
+    subject = unique() + ".nowhere"
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject, "jetstream": True}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1
+    assert f"create a stream for subject '{subject}'" in str(error["exception"])
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["retried"], lane["failed"], lane["down"]) == (0, 1, False)
+
+
+async def test_subject_of_another_stream_than_the_profile_names_fails_at_once(hub, running, nats_consumer, error_sink):
+    named, _ = await nats_consumer.stream()
+    other, subject = await nats_consumer.stream()
+    await running(
+        {
+            "nats": {
+                "default": {
+                    "connection": {"servers": NATS_URL},
+                    "subject": subject,
+                    "jetstream": True,
+                    "stream": named,
+                }
+            }
+        }
+    )
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1
+    text = str(error["exception"])
+    assert f"goes to JetStream stream '{other}'" in text and f"profile's stream '{named}'" in text
+
+
+async def test_stream_made_after_a_refusal_takes_the_next_events(hub, running, nats_consumer, error_sink):
+    """A refused subject is checked again for each event: once a stream takes it, events flow."""
+    subject = unique() + ".later"
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject, "jetstream": True}}})
+    await hub.evbus.broker.put(body="refused")
+    await wait_for(lambda: len(error_sink) == 1, 10, "the refusal")
+    name = unique("EVBUS_TEST").replace("-", "_").upper()
+    await nats_consumer.js.add_stream(name=name, subjects=[subject])
+    nats_consumer.streams.append(name)
+    await hub.evbus.broker.put(body="taken")
+    await hub.evbus.init.stop()
+    assert [json.loads(m.data) for m in await nats_consumer.messages(name, 1)] == ["taken"]
+    assert len(error_sink) == 1
+
+
+@pytest.mark.parametrize("own_nats", [["--user", "evbus", "--pass", "right-pw"]], indirect=True)
+async def test_refused_login_fails_at_once(hub, running, own_nats, error_sink, caplog):
+    url = f"nats://127.0.0.1:{own_nats.port}"
+    subject = unique()
+    await running(
+        {
+            "nats": {
+                "wrong": {"connection": {"servers": url, "user": "evbus", "password": "wrong-pw"}, "subject": subject},
+                "right": {"connection": {"servers": url, "user": "evbus", "password": "right-pw"}, "subject": subject},
+            }
+        }
+    )
+    await hub.evbus.broker.put(body=1, profile="wrong")
+    await hub.evbus.broker.put(body=2, profile="right")
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["acct_profile"] == "wrong" and error["attempts"] == 1
+    assert isinstance(error["exception"], LoginRefusedError)
+    text = str(error["exception"])
+    assert "Authorization Violation" in text and "check the profile's user and password" in text
+    assert "wrong-pw" not in text + caplog.text
+    lanes = {lane["profile"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
+    assert (lanes["wrong"]["retried"], lanes["wrong"]["failed"]) == (0, 1)
+    assert (lanes["right"]["published"], lanes["right"]["failed"]) == (1, 0)
+
+
+async def test_message_over_max_payload_fails_at_once_and_alone(hub, running, nats_consumer, error_sink):
+    """Over the server's max_payload (1 MB by default): one attempt; the events around it arrive, once each."""
+    subject = unique()
+    queue = await nats_consumer.subscribe(subject)
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject}}})
+    big = "x" * (nats_consumer.client.max_payload + 1)
+    for body in (0, 1, big, 3, 4):
+        await hub.evbus.broker.put(body=body)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1 and json.loads(error["body"]) == big
+    assert isinstance(error["exception"], MessageTooLargeError)
+    assert "max_payload" in str(error["exception"])
+    assert [json.loads(m.data) for m in await nats_consumer.take(queue, 4)] == [0, 1, 3, 4]
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"], lane["retried"]) == (4, 1, 0)

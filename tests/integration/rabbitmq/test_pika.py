@@ -7,9 +7,12 @@ import time
 import msgpack
 import pytest
 
+from evbus.exc import LoginRefusedError
+from evbus.exc import RefusedError
 from tests.conftest import take_json
 from tests.conftest import wait_for
 from tests.brokers import URL
+from tests.brokers import unique
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +232,80 @@ async def test_a_receipt_cancelled_elsewhere_is_a_failed_publish_not_a_dead_lane
     await asyncio.wait_for(listener, 10)
     assert cancelled and lane.retried >= 1 and lane.published == 5
     assert sorted({json.loads(m.body) for m in await amqp.take(queue, 5)}) == [0, 1, 2, 3, 4]
+
+
+async def test_refused_login_fails_at_once_saying_what_to_fix(hub, running, error_sink, caplog):
+    """guest/wrong: RabbitMQ's ACCESS_REFUSED is dead-lettered after one attempt, not retried."""
+    url = "amqp://guest:wrong-pw-123@127.0.0.1:5672/"
+    await running({"pika": {"default": {"connection": {"url": url}, "routing_key": "x"}}})
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 20, "the give-up")
+    [error] = error_sink
+    assert error["attempts"] == 1
+    assert isinstance(error["exception"], LoginRefusedError)
+    text = str(error["exception"])
+    assert "ACCESS_REFUSED" in text and "check the profile's login and password" in text
+    assert "127.0.0.1:5672" in text and "wrong-pw-123" not in text + caplog.text
+    [dead] = hub.evbus.deadletter.read()
+    assert dead["attempts"] == 1 and "refused the login" in dead["error"]
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["retried"], lane["failed"], lane["down"]) == (0, 1, False)
+
+
+async def test_unroutable_message_is_returned_and_dead_lettered(hub, running, amqp, error_sink):
+    """
+    mandatory (the default): a message no queue is bound to take fails, once, naming
+    the exchange and the routing key; the events around it are delivered once each.
+    ``mandatory: false``: RabbitMQ drops it, and it counts as published.
+    """
+    bound, unbound = unique("bound"), unique("unbound")
+    queue = await amqp.queue(exchange="amq.direct", binding=bound)
+    connection = {"url": URL}
+    await running(
+        {
+            "pika": {
+                "strict": {"connection": connection, "exchange": "amq.direct", "routing_key": bound},
+                "lenient": {"connection": connection, "exchange": "amq.direct", "mandatory": False},
+            }
+        }
+    )
+    for n in range(10):
+        await hub.evbus.broker.put(routing_key=unbound if n % 3 == 0 else None, body=n, profile="strict")
+    await hub.evbus.broker.put(routing_key=unbound, body="dropped", profile="lenient")
+    await hub.evbus.init.stop()
+    assert [json.loads(e["body"]) for e in error_sink] == [0, 3, 6, 9]
+    assert {e["attempts"] for e in error_sink} == {1}
+    text = str(error_sink[0]["exception"])
+    assert isinstance(error_sink[0]["exception"], RefusedError)
+    assert f"no queue is bound to routing key '{unbound}' on exchange 'amq.direct' (NO_ROUTE)" in text
+    assert "mandatory: false" in text
+    assert [json.loads(m.body) for m in await amqp.take(queue, 6)] == [1, 2, 4, 5, 7, 8]
+    assert await amqp.empty(queue)  # none sent twice
+    lanes = {lane["profile"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
+    assert (lanes["strict"]["published"], lanes["strict"]["failed"], lanes["strict"]["retried"]) == (6, 4, 0)
+    assert (lanes["lenient"]["published"], lanes["lenient"]["failed"]) == (1, 0)
+
+
+async def test_returned_message_on_the_default_exchange(hub, running, error_sink):
+    missing = unique("no-such-queue")
+    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": missing}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1
+    assert f"routing key '{missing}' on the default exchange (NO_ROUTE)" in str(error["exception"])
+
+
+def test_retriable_says_no_to_refusals(hub):
+    import aiormq.exceptions
+
+    retriable = hub.ingress.pika.retriable
+    assert not retriable(aiormq.exceptions.ProbableAuthenticationError("ACCESS_REFUSED - Login was refused"))
+    assert not retriable(aiormq.exceptions.ChannelAccessRefused("ACCESS_REFUSED - write access refused"))
+    assert not retriable(
+        aiormq.exceptions.ChannelPreconditionFailed(
+            "PRECONDITION_FAILED - message size 209715200 is larger than configured max size 134217728"
+        )
+    )
+    assert retriable(aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED - broker forced connection closure"))
+    assert retriable(ConnectionResetError("reset"))

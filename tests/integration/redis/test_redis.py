@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from evbus.exc import LoginRefusedError
 from tests.brokers import put_through_a_restart
 from tests.brokers import REDIS_URL
 from tests.conftest import wait_for
@@ -209,3 +210,62 @@ async def test_publish_of_the_ingress_contract_waits_for_the_reply(hub, redis_re
     await hub.ingress.redis.close(ctx)
     [(_, fields)] = await redis_reader.client.xrange(stream)
     assert fields[b"body"] == b'"direct"' and fields[b"content_type"] == b"application/json"
+
+
+@pytest.mark.parametrize("own_redis", [["--requirepass", "right-pw"]], indirect=True)
+async def test_refused_login_fails_at_once(hub, running, own_redis, error_sink, caplog):
+    """WRONGPASS (a wrong password) and NOAUTH (none given): one attempt each, saying what to fix."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    await running(
+        {
+            "redis": {
+                "wrong": {"connection": {"url": url, "password": "wrong-pw"}, "stream": "s"},
+                "none": {"connection": {"url": url}, "stream": "s"},
+                "right": {"connection": {"url": url, "password": "right-pw"}, "stream": "s"},
+            }
+        }
+    )
+    for profile in ("wrong", "none", "right"):
+        await hub.evbus.broker.put(body=profile, profile=profile)
+    await hub.evbus.init.stop()
+    assert sorted(e["acct_profile"] for e in error_sink) == ["none", "wrong"]
+    assert [e["attempts"] for e in error_sink] == [1, 1]
+    for error in error_sink:
+        assert isinstance(error["exception"], LoginRefusedError)
+        assert "check the profile's username and password" in str(error["exception"])
+        assert f"127.0.0.1:{own_redis.port}" in str(error["exception"])
+    assert "wrong-pw" not in caplog.text + repr(error_sink)
+    lanes = {lane["profile"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
+    assert [lanes[p]["retried"] for p in ("wrong", "none")] == [0, 0]
+    assert (lanes["right"]["published"], lanes["right"]["failed"]) == (1, 0)
+
+
+@pytest.mark.parametrize("own_redis", [["--requirepass", "admin-pw"]], indirect=True)
+async def test_command_the_user_may_not_run_fails_at_once(hub, running, own_redis, error_sink):
+    """NOPERM: a user who may read but not XADD; one attempt, and what to grant."""
+    import redis.asyncio
+
+    admin = redis.asyncio.Redis(port=own_redis.port, password="admin-pw")
+    try:
+        await admin.execute_command("ACL", "SETUSER", "reader", "on", ">reader-pw", "~*", "+@read", "+@connection")
+    finally:
+        await admin.aclose()
+    url = f"redis://reader:reader-pw@127.0.0.1:{own_redis.port}/0"
+    await running({"redis": {"default": {"connection": {"url": url}, "stream": "s"}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1
+    assert isinstance(error["exception"], LoginRefusedError)
+    text = str(error["exception"])
+    assert "xadd" in text.lower() and "grant the profile's user the command" in text
+
+
+def test_retriable_says_no_to_refusals(hub):
+    import redis.exceptions
+
+    retriable = hub.ingress.redis.retriable
+    assert not retriable(redis.exceptions.AuthenticationError("invalid username-password pair"))
+    assert not retriable(redis.exceptions.NoPermissionError("this user has no permissions to run the 'xadd' command"))
+    assert retriable(redis.exceptions.ConnectionError("Connection refused"))
+    assert retriable(redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"))
