@@ -21,6 +21,7 @@ from evbus.exc import PublishError
 from evbus.lane import CLOSE_GRACE
 from evbus.lane import Destination
 from evbus.lane import Lane
+from evbus.report import Repeats
 
 # Keys of a contexts dict that are settings, not providers
 SETTING_KEYS = ("match_plugin",)
@@ -33,6 +34,8 @@ class RouteState:
         self.routers: dict[int, "Router"] = {}
         self.retired: list[Lane] = []
         self.unrouted = 0
+        # Failures of a destination that is down are written once, then counted
+        self.repeats = Repeats()
 
 
 class Router:
@@ -251,6 +254,15 @@ def lanes(hub, contexts: Any, profile: str) -> tuple[Lane, ...]:
     return matched
 
 
+def repeated(hub, lane: Lane, count: int):
+    """Log the failures of a lane that were counted instead of written, in one line."""
+    hub.log.error(
+        f"{count} more event(s) failed to publish on {hub.evbus.MASK.text(lane.where)} the same way, "
+        f"dead-lettered",
+        extra={"evbus_internal": True},
+    )
+
+
 def unbind(hub):
     """
     A stop's deadline passed: no lane makes the listener wait for room any
@@ -296,10 +308,13 @@ async def close(hub, timeout: float | None, grace: float = CLOSE_GRACE) -> int:
         finally:
             for waiter in drained:
                 waiter.cancel()
-    error = EvbusTimeoutError(f"not delivered within the stop timeout of {timeout} s")
+    error = EvbusTimeoutError("not delivered before the stop timeout ran out")
     results = await asyncio.gather(*(lane.close(error, grace) for lane in current), return_exceptions=True)
     undelivered = 0
     for lane, result in zip(current, results):
+        counted = state.repeats.flush(lane)
+        if counted:
+            hub.evbus.route.repeated(lane, counted)
         if isinstance(result, BaseException):
             if isinstance(result, asyncio.CancelledError):
                 raise result
@@ -421,12 +436,16 @@ def _failure_handler(hub, contexts: Any):
         except Exception as e:  # the failure is still logged and called back
             hub.log.error(f"Cannot write the dead letter of event {event.id}: {mask.exception(e)}",
                           extra={"evbus_internal": True})
-        tried = f"after {attempts} attempt(s)" if attempts else "without an attempt"
-        hub.log.error(
-            f"Event {event.id} (profile '{event.profile}') failed to publish on {mask.text(lane.where)} "
-            f"{tried}, dead-lettered: {text}",
-            extra={"evbus_internal": True},
-        )
+        write, counted = hub.evbus.route.STATE.repeats.note(lane, type(error).__name__)
+        if counted:
+            hub.evbus.route.repeated(lane, counted)
+        if write:
+            tried = f"after {attempts} attempt(s)" if attempts else "without an attempt"
+            hub.log.error(
+                f"Event {event.id} (profile '{event.profile}') failed to publish on {mask.text(lane.where)} "
+                f"{tried}, dead-lettered: {text}",
+                extra={"evbus_internal": True},
+            )
         try:
             callback = hub.evbus.route.error_callback()
         except Exception as e:
