@@ -1,6 +1,8 @@
 """
 Profiles: read acct data into the contexts that ``start()`` routes by.
 """
+import difflib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,11 +58,13 @@ async def profiles(
 
     accepted = {provider for _, providers in hub.evbus.route.ingress_plugins().values() for provider in providers}
     contexts = data.NamespaceDict()
+    unserved = []
     for provider, provider_profiles in acct_data.items():
         if not isinstance(provider, str):
             raise ProfileError(str(provider), None, "a provider name must be a string")
         base = provider.split(".")[0]
         if base not in accepted:
+            unserved.append((provider, provider_profiles))
             continue
         if provider_profiles is None:
             continue
@@ -71,7 +75,59 @@ async def profiles(
             processed = await _process(hub, provider, name, info)
             if processed is not None:
                 contexts[provider].append(data.NamespaceDict({name: processed}))
+    if unserved:
+        _warn_unserved(hub, unserved, accepted)
     return contexts
+
+
+def _warn_unserved(hub, unserved: list[tuple[str, Any]], accepted: set[str]):
+    """
+    Say which acct providers get no events: the profiles of a provider whose
+    ingress plugin could not load (a missing extra), one line each; the
+    other providers that no plugin serves (a typo, or another program's
+    credentials in a shared acct file) in one line.
+    """
+    load_errors = _load_errors(hub)
+    others = []
+    for provider, provider_profiles in unserved:
+        base = provider.split(".")[0]
+        reason = next(
+            (f"ingress.{plugin} cannot load: {text}" for plugin, text in load_errors.items()
+             if base == plugin or base in re.findall(r"[\w-]+", text)),
+            None,
+        )
+        if reason is None:
+            others.append(provider)
+            continue
+        try:
+            names = [name for name, _ in hub.evbus.route.entries(provider, provider_profiles or {})]
+        except ProfileError:
+            names = []
+        for name in names or ["(none)"]:
+            hub.log.warning(
+                f"Profile '{name}' of acct provider '{provider}' gets no events: {reason}",
+                extra={"evbus_internal": True},
+            )
+    if others:
+        hints = []
+        for provider in others:
+            close = difflib.get_close_matches(provider.split(".")[0], accepted, n=1, cutoff=0.75)
+            hints.append(f"'{provider}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        hub.log.warning(
+            f"No ingress plugin serves the acct provider(s) {', '.join(hints)}: their profiles get no events. "
+            f"Providers served: {', '.join(sorted(accepted))}",
+            extra={"evbus_internal": True},
+        )
+
+
+def _load_errors(hub) -> dict[str, str]:
+    """:return: {ingress plugin name: why it did not load} (a missing client library, say)"""
+    found = {}
+    for name, error in getattr(hub.ingress, "_load_errors", {}).items():
+        edict = getattr(error, "edict", None) or {}
+        text = edict.get("verror") or edict.get("exception") or str(error)
+        found[name] = str(text)
+    return found
 
 
 async def _process(hub, provider: str, name: str, info: Mapping) -> Any:

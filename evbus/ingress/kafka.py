@@ -97,7 +97,7 @@ class NoTopicError(EvbusError, ValueError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the kafka ingress needs aiokafka: pip install evbus[kafka]"
+        return False, "the kafka ingress (acct provider kafka) needs aiokafka: pip install evbus[kafka]"
     return True
 
 

@@ -89,7 +89,7 @@ class MqttConnectFailed(EvbusError, ConnectionError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the mqtt ingress needs aiomqtt: pip install evbus[mqtt]"
+        return False, "the mqtt ingress (acct provider mqtt) needs aiomqtt: pip install evbus[mqtt]"
     return True
 
 

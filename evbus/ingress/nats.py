@@ -86,7 +86,7 @@ class NoStreamError(RefusedError, LookupError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the nats ingress needs nats-py: pip install evbus[nats]"
+        return False, "the nats ingress (acct provider nats) needs nats-py: pip install evbus[nats]"
     return True
 
 

@@ -64,7 +64,7 @@ class MessageReturned(RefusedError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the pika ingress needs aio-pika: pip install evbus[pika]"
+        return False, "the pika ingress (acct providers pika, amqp, rabbitmq) needs aio-pika: pip install evbus[pika]"
     return True
 
 
@@ -158,7 +158,24 @@ def _exchange(ctx) -> str:
 
 def _connection_kwargs(ctx) -> dict:
     connection = ctx.acct.get("connection") or {}
-    return {key: value for key, value in dict(connection).items() if key != "loop"}
+    kwargs = {key: value for key, value in dict(connection).items() if key != "loop"}
+    kwargs.setdefault("connection_class", QuietConnection)
+    return kwargs
+
+
+if HAS_LIBS:
+
+    class QuietConnection(aio_pika.Connection):
+        """
+        An aio-pika connection that, when it never connected (the broker is
+        down or refused the login), leaves nothing to close: aio-pika's own
+        schedules a ``close()`` at garbage collection, which then never runs
+        ("coroutine 'Connection.close' was never awaited").
+        """
+
+        def __del__(self):
+            if self.transport is not None:
+                super().__del__()
 
 
 def _key(ctx) -> tuple:

@@ -68,7 +68,7 @@ class NoKeyError(EvbusError, ValueError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the redis ingress needs redis-py: pip install evbus[redis]"
+        return False, "the redis ingress (acct provider redis) needs redis-py: pip install evbus[redis]"
     return True
 
 

@@ -69,3 +69,38 @@ def test_broker_plugin_without_its_library_says_which_extra(tmp_path, plugin, li
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"pip install evbus[{extra}]" in out.stdout
+
+
+def test_profiles_of_a_plugin_without_its_library_are_named_at_start(tmp_path):
+    """Each profile of a provider whose plugin cannot load gets a warning that says which extra to install."""
+    code = (
+        "import asyncio, logging, sys\n"
+        "sys.modules['aio_pika'] = None\n"
+        "import pop.hub\n"
+        "hub = pop.hub.Hub()\n"
+        "hub.pop.sub.add(dyne_name='evbus')\n"
+        "hub.pop.config.load(['evbus'], cli='evbus', parse_cli=False, logs=False)\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s', stream=sys.stdout)\n"
+        "data = {'amqp': {'one': {}, 'two': {}}, 'internal': {'default': {}}}\n"
+        "contexts = asyncio.run(hub.evbus.acct.profiles(acct_data=data))\n"
+        "print(sorted(contexts))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for profile in ("one", "two"):
+        [line] = [line for line in lines if f"Profile '{profile}' of acct provider 'amqp'" in line]
+        assert "ingress.pika cannot load" in line and "pip install evbus[pika]" in line
+    assert lines[-1] == "['internal']"
+
+
+async def test_a_provider_no_plugin_serves_is_a_warning(hub, caplog):
+    """A typo in a provider is named, with the provider meant and those that exist."""
+    with caplog.at_level("WARNING"):
+        contexts = await hub.evbus.acct.profiles(
+            acct_data={"rediss": {"r": {}}, "internal": {"default": {}}}
+        )
+    assert list(contexts) == ["internal"]
+    [record] = [r for r in caplog.records if "rediss" in r.getMessage()]
+    text = record.getMessage()
+    assert "did you mean 'redis'?" in text and "internal" in text and "kafka" in text
