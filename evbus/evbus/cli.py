@@ -7,7 +7,11 @@ debugging a deployment; with ``--count N`` it takes (and acknowledges, where
 the broker has acknowledgements) exactly N messages.
 
 Every error is one line on stderr, ``evbus: <message>`` with secrets masked,
-and the exit status 2; Ctrl-C ends a command with the status 130.
+and the exit status 2. The first SIGINT (Ctrl-C) or SIGTERM stops a command
+cleanly: ``publish`` stops putting, stops the bus within its timeout
+(dead-lettering what is not delivered by then) and prints its summary; the
+exit status is then 130 (SIGINT) or 143 (SIGTERM). A second signal exits at
+once.
 
 ``evbus profiles [--output yaml|json]`` shows the configured profiles per
 provider, secrets masked, and whether each destination is reachable; the
@@ -27,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 from typing import Any
 
@@ -43,11 +49,75 @@ from evbus.exc import ListenError
 MATCH_ALL = {"glob": "*", "regex": ".*"}
 
 
+def __init__(hub):
+    hub.evbus.cli.INTERRUPT = None
+
+
+class Interrupt:
+    """
+    The signals a command was sent. The first SIGINT or SIGTERM cancels the
+    command's task while it is ``armed`` (putting, listening, replaying), so
+    that it stops cleanly; a second one exits the process at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.signum: int | None = None
+        self.armed = True
+
+    @property
+    def status(self) -> int:
+        """The exit status after the signal: 128 + its number (130 for SIGINT, 143 for SIGTERM)"""
+        return 128 + (self.signum or 0)
+
+    def received(self, signum: int):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\nevbus: {name} again: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\nevbus: {name}: stopping (send it again to exit at once)", file=sys.stderr, flush=True)
+        if self.armed:
+            self.task.cancel()
+
+    def caught(self, error: BaseException) -> bool:
+        """
+        Whether ``error`` is the cancel this interrupt caused; if so, the task's
+        cancel request is withdrawn, so that the command can clean up with
+        waits that time out as they should.
+        """
+        if not isinstance(error, asyncio.CancelledError) or self.signum is None:
+            return False
+        task = asyncio.current_task()
+        if task is self.task and task.cancelling():
+            task.uncancel()
+        return True
+
+
+async def _interruptible(hub, command) -> int:
+    """Run a command's coroutine with SIGINT and SIGTERM handled by an :class:`Interrupt`."""
+    loop = asyncio.get_running_loop()
+    interrupt = hub.evbus.cli.INTERRUPT = Interrupt(asyncio.current_task())
+    for signum in Interrupt.SIGNALS:
+        loop.add_signal_handler(signum, interrupt.received, signum)
+    try:
+        return await command
+    except asyncio.CancelledError as e:
+        if interrupt.caught(e):
+            return interrupt.status
+        raise
+    finally:
+        for signum in Interrupt.SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
 def run(hub) -> int:
     """
     Load the config, run the chosen subcommand in a new loop, and return the
     exit status: 2 after an error, which is one line on stderr with secrets
-    masked; 130 after Ctrl-C.
+    masked; 130 after SIGINT (Ctrl-C), 143 after SIGTERM.
     """
     hub.pop.config.load(["evbus"], cli="evbus")
     if hub.SUBPARSER not in ("publish", "replay", "profiles", "listen"):
@@ -56,17 +126,19 @@ def run(hub) -> int:
     try:
         hub.evbus.settings.apply()
         if hub.SUBPARSER == "replay":
-            return asyncio.run(hub.evbus.cli.replay())
-        if hub.SUBPARSER == "profiles":
-            return asyncio.run(hub.evbus.cli.profiles())
-        if hub.SUBPARSER == "listen":
-            return asyncio.run(hub.evbus.cli.listen())
-        events = hub.evbus.cli.read_events(hub.OPT.evbus.events, hub.OPT.evbus.file)
-        return asyncio.run(hub.evbus.cli.publish(events, progress=bool(hub.OPT.evbus.file) and sys.stderr.isatty()))
+            command = hub.evbus.cli.replay()
+        elif hub.SUBPARSER == "profiles":
+            command = hub.evbus.cli.profiles()
+        elif hub.SUBPARSER == "listen":
+            command = hub.evbus.cli.listen()
+        else:
+            events = hub.evbus.cli.read_events(hub.OPT.evbus.events, hub.OPT.evbus.file)
+            command = hub.evbus.cli.publish(events, progress=bool(hub.OPT.evbus.file) and sys.stderr.isatty())
+        return asyncio.run(_interruptible(hub, command))
     except (EvbusError, ValueError) as e:
         print(f"evbus: {' '.join(hub.evbus.MASK.text(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the loop ran
         return 130
 
 
@@ -104,60 +176,127 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
     Publish event bodies to the configured profiles and print what arrives internally.
 
     :param bodies: Event bodies
-    :param progress: Show a progress bar on stderr (a terminal)
-    :return: 0 when every publish succeeded, else 1
+    :param progress: Show a progress bar on stderr (a terminal): deliveries
+        settled against those due, with the events put, published and failed
+    :return: 0 when every event was published; 1 when a publish failed or an
+        event matched no lane; 130 or 143 when a signal stopped it
     """
     opt = hub.OPT.evbus
     timeout = hub.evbus.settings.get("timeout")
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+    interrupt = hub.evbus.cli.INTERRUPT
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
     if "internal" not in contexts:
         match_all = MATCH_ALL.get(hub.match.PLUGIN, "*")
         contexts.update(await hub.evbus.acct.profiles(acct_data={"internal": {match_all: {}}}))
     listener = asyncio.create_task(hub.evbus.init.start(contexts))
-    try:
-        await hub.evbus.init.join(timeout=timeout)
-        for n, body in enumerate(bodies, 1):
-            await hub.evbus.broker.put(routing_key=opt.routing_key, body=body, profile=opt.profile)
-            if progress and (n % 500 == 0 or n == len(bodies)):
-                await asyncio.sleep(0)  # let the lanes run between updates
-                _progress(n, len(bodies), hub.evbus.broker.stats()["lanes"])
-    finally:
-        undelivered = await hub.evbus.init.stop(timeout=timeout)
-        await asyncio.gather(listener, return_exceptions=True)
+    bar = None
+    put = 0
+    with _libraries_quiet():
+        try:
+            await hub.evbus.init.join(timeout=timeout)
+            if progress:
+                bar = Progress(hub, len(bodies), opt.profile, contexts)
+            for body in bodies:
+                await hub.evbus.broker.put(routing_key=opt.routing_key, body=body, profile=opt.profile)
+                put += 1
+                if bar is not None and put % 500 == 0:
+                    await asyncio.sleep(0)  # let the lanes run between updates
+        except asyncio.CancelledError as e:
+            if interrupt is None or not interrupt.caught(e):
+                raise
+        finally:
+            if interrupt is not None:
+                interrupt.armed = False  # stopping is bounded by the timeout; a second signal exits at once
+            try:
+                undelivered = await hub.evbus.init.stop(timeout=timeout)
+            finally:
+                await asyncio.wait([listener], timeout=1)
+                if listener.done() and not listener.cancelled():
+                    listener.exception()  # what start() raised, join() raised already
+                if bar is not None:
+                    bar.close()
 
     for routing_key, queue in hub.ingress.internal.QUEUE.items():
         while not queue.empty():
             body = _decode(queue.get_nowait())
             print(json.dumps({"routing_key": routing_key, "body": body}, default=repr), flush=True)
 
-    lanes = hub.evbus.broker.stats()["lanes"]
+    stats = hub.evbus.broker.stats()
+    lanes = stats["lanes"]
     failed = sum(lane["failed"] for lane in lanes)
     published = sum(lane["published"] for lane in lanes)
-    if progress:
-        print(file=sys.stderr)
+    unrouted = stats["unrouted"]
+    signalled = interrupt is not None and interrupt.signum is not None
     print(
-        f"evbus: {len(bodies)} event(s) put, {published} published on {len(lanes)} lane(s), "
+        (f"evbus: {signal.Signals(interrupt.signum).name}: {put} of {len(bodies)}" if signalled else f"evbus: {put}")
+        + f" event(s) put, {published} published on {len(lanes)} lane(s), "
         f"{failed} failed and dead-lettered"
         + (f" ({undelivered} not delivered before the timeout)" if undelivered else "")
         + (f"; dead letters: {hub.evbus.deadletter.store().path}" if failed else ""),
         file=sys.stderr,
     )
-    return 1 if failed else 0
+    if unrouted:
+        print(
+            f"evbus: {unrouted} event(s) of profile '{opt.profile}' matched no acct profile, and went nowhere "
+            f"(profiles: {', '.join(sorted({lane['profile'] for lane in lanes})) or 'none'})",
+            file=sys.stderr,
+        )
+    if signalled:
+        return interrupt.status
+    return 1 if failed or unrouted else 0
 
 
-def _progress(done: int, total: int, lanes: list[dict]):
-    """One line of progress on a terminal: put, published, failed."""
-    width = 30
-    filled = int(width * done / total) if total else width
-    published = sum(lane["published"] for lane in lanes)
-    failed = sum(lane["failed"] for lane in lanes)
-    print(
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} put, {published} published, {failed} failed",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
+class Progress:
+    """
+    The progress bar of ``evbus publish --file`` on a terminal: deliveries
+    settled (published or failed) against those due, redrawn from the bus's
+    stats a few times a second, while the events are put and while the bus
+    drains at stop.
+    """
+
+    def __init__(self, hub, total: int, profile: str, contexts):
+        import tqdm
+
+        self.hub = hub
+        self.total = total
+        # Every event of the command has the same profile: the same lanes
+        self.lanes = max(1, len(hub.evbus.route.router(contexts).match(profile)))
+        try:
+            size = os.get_terminal_size(sys.stderr.fileno())
+        except OSError:
+            size = os.terminal_size((0, 0))
+        self.bar = tqdm.tqdm(
+            total=total * self.lanes,
+            file=sys.stderr,
+            unit="ev",
+            # follow the terminal's size; a terminal that tells none (0 x 0) gets 100 x 24
+            dynamic_ncols=size.columns > 0,
+            ncols=None if size.columns > 0 else 100,
+            nrows=size.lines or 24,
+            bar_format="{l_bar}{bar}| {postfix}",
+        )
+        self.task = asyncio.get_running_loop().create_task(self._redraw())
+
+    def update(self):
+        stats = self.hub.evbus.broker.stats()
+        published = sum(lane["published"] for lane in stats["lanes"])
+        failed = sum(lane["failed"] for lane in stats["lanes"])
+        self.bar.n = min(self.bar.total, published + failed)
+        self.bar.set_postfix_str(
+            f"{stats['put']}/{self.total} put, {published} published, {failed} failed", refresh=False
+        )
+        self.bar.refresh()
+
+    async def _redraw(self):
+        while True:
+            self.update()
+            await asyncio.sleep(0.2)
+
+    def close(self):
+        self.task.cancel()
+        self.update()
+        self.bar.close()
 
 
 async def replay(hub) -> int:
@@ -170,9 +309,22 @@ async def replay(hub) -> int:
     opt = hub.OPT.evbus
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    interrupt = hub.evbus.cli.INTERRUPT
     try:
-        counts = await hub.evbus.deadletter.replay(contexts, plugin=opt.plugin, acct_profile=opt.acct_profile)
+        with _libraries_quiet():
+            counts = await hub.evbus.deadletter.replay(contexts, plugin=opt.plugin, acct_profile=opt.acct_profile)
+    except asyncio.CancelledError as e:
+        if interrupt is None or not interrupt.caught(e):
+            raise
+        print(
+            f"evbus: {signal.Signals(interrupt.signum).name}: replay stopped; what was not delivered is in "
+            f"{hub.evbus.deadletter.store().path} again",
+            file=sys.stderr,
+        )
+        return interrupt.status
     finally:
+        if interrupt is not None:
+            interrupt.armed = False
         await hub.evbus.route.close(hub.evbus.settings.get("timeout"))
     print(
         f"evbus: {counts['replayed']} dead letter(s) replayed from {hub.evbus.deadletter.store().path}: "
@@ -293,15 +445,19 @@ class _LibrariesQuiet(logging.Filter):
     """Lets through evbus's own records, and the others' from CRITICAL up."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.CRITICAL or record.name.partition(".")[0] == "evbus"
+        return (
+            record.levelno >= logging.CRITICAL
+            or getattr(record, "evbus_internal", False)
+            or record.name.partition(".")[0] == "evbus"
+        )
 
 
 @contextlib.contextmanager
 def _libraries_quiet():
     """
-    While ``evbus listen`` listens, leave out of stderr what the client
-    libraries log of their connection trouble (aiokafka retrying, aiormq's
-    tracebacks): the one error line names it. Not with a log level of info
+    While a command runs, leave out of stderr what the client libraries log
+    of their connection trouble (aiokafka retrying, aiormq's tracebacks,
+    once per event against a broker that is down): evbus's own lines name it. Not with a log level of info
     or debug, and not in the log file.
     """
     root = logging.getLogger()

@@ -90,7 +90,23 @@ async def replay(
             no_destination += 1
             continue
         waiting.append((entry, lane, lane.put(to_event(entry))))
-    await asyncio.gather(*(lane.settled(seq) for _, lane, seq in waiting))
+    try:
+        await asyncio.gather(*(lane.settled(seq) for _, lane, seq in waiting))
+    except asyncio.CancelledError:
+        # Interrupted: the lanes give up what they still hold (dead-lettered again) as
+        # they close, so every replayed record is settled and none is kept twice
+        await hub.evbus.route.close(0)
+        _forget_replayed(hub, waiting)
+        raise
+    return {**_forget_replayed(hub, waiting), "no_destination": no_destination}
+
+
+def _forget_replayed(hub, waiting: list[tuple[dict, Any, int]]) -> dict[str, int]:
+    """
+    Remove the replayed records, each delivered or written again as a new record.
+
+    :return: Counts: ``replayed``, ``delivered`` and ``failed``
+    """
     replayed = {entry["record"] for entry, _, _ in waiting}
     # Events that failed again were written as new records, with the same event id
     failed_again = {
@@ -104,9 +120,4 @@ async def replay(
         if (entry["id"], entry.get("plugin"), entry.get("acct_profile")) not in failed_again
     }
     hub.evbus.deadletter.store().remove(lambda entry: entry.get("record") in replayed)
-    return {
-        "replayed": len(waiting),
-        "delivered": len(delivered),
-        "failed": len(waiting) - len(delivered),
-        "no_destination": no_destination,
-    }
+    return {"replayed": len(waiting), "delivered": len(delivered), "failed": len(waiting) - len(delivered)}

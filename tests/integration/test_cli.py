@@ -92,8 +92,11 @@ def test_profiles_from_an_acct_file(tmp_path):
     out = evbus("publish", "--profile", "idem-run", "1", env={"ACCT_FILE": str(acct)}, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert lines(out.stdout) == [{"routing_key": "idem", "body": 1}]
+    # an event that matches no profile goes nowhere: said, and the exit status is 1
     unmatched = evbus("publish", "--profile", "other", "1", env={"ACCT_FILE": str(acct)}, cwd=tmp_path)
-    assert unmatched.returncode == 0 and lines(unmatched.stdout) == []
+    assert unmatched.returncode == 1 and lines(unmatched.stdout) == []
+    assert "1 event(s) of profile 'other' matched no acct profile" in unmatched.stderr
+    assert "idem-*" in unmatched.stderr
 
 
 def test_no_subcommand_shows_help(tmp_path):
@@ -179,8 +182,10 @@ def test_publish_from_a_file_on_a_terminal(tmp_path):
     assert proc.returncode == 0
     assert len(lines(proc.stdout.decode())) == 1200
     text = terminal.decode()
-    assert "1200/1200 put" in text and "#" in text
-    assert "1200 published" in text
+    # the bar follows deliveries: it ends full, with the events put, published and failed beside it
+    last_bar = [part for part in text.split("\r") if "|" in part][-1]
+    assert last_bar.lstrip().startswith("100%")
+    assert "1200/1200 put, 1200 published, 0 failed" in last_bar
 
 
 def test_publish_file_that_is_missing(tmp_path):

@@ -1,0 +1,117 @@
+"""
+Signals during ``evbus publish``: the first SIGINT or SIGTERM stops the bus
+within its timeout, dead-letters what was not delivered, prints the summary
+and exits 130 / 143; a second one exits at once. Never a traceback.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.brokers import _free_port
+
+pytestmark = pytest.mark.integration
+
+EVBUS = os.path.join(os.path.dirname(sys.executable), "evbus")
+EVENTS = 5000
+
+
+def _start(tmp_path, port: int) -> subprocess.Popen:
+    """evbus publish of EVENTS events from a file to a RabbitMQ profile on ``port``."""
+    acct = tmp_path / "acct.yml"
+    acct.write_text(
+        yaml.safe_dump({"pika": {"default": {"connection": {"url": f"amqp://guest:guest@127.0.0.1:{port}/"},
+                                             "routing_key": "evbus-signals"}}})
+    )
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(EVENTS)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    env.update(EVBUS_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
+    return subprocess.Popen(
+        [EVBUS, "publish", "--acct-file", str(acct), "--file", str(events)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
+    )
+
+
+def _wait_started(proc: subprocess.Popen, tmp_path, timeout: float = 30):
+    """Wait until the command reads its profiles (its log file appears), then a little for it to put."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (tmp_path / "evbus.log").exists():
+            time.sleep(0.5)
+            return
+        time.sleep(0.05)
+
+
+def _dead_letters(tmp_path) -> int:
+    path = tmp_path / "dead.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_publish_and_dead_letters_the_rest(tmp_path, signum, status):
+    proc = _start(tmp_path, _free_port())  # a broker that is down: nothing can be delivered
+    _wait_started(proc, tmp_path)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    # stopped within the timeout (1 s) and the closing grace
+    assert took < 1 + 2 * 3 + 2
+    summary = [line for line in err.splitlines() if "event(s) put" in line]
+    assert summary, err
+    put = int(re.search(r"(\d+)(?: of \d+)? event\(s\) put", summary[-1]).group(1))
+    assert signal.Signals(signum).name in err
+    assert put > 0
+    # every event put was dead-lettered: nothing went without a record
+    assert _dead_letters(tmp_path) == put
+    assert f"{put} failed and dead-lettered" in summary[-1]
+    # repeated failures are summarized, not written once per event
+    assert len(err.splitlines()) < 20, err
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    proc = _start(tmp_path, _free_port())
+    _wait_started(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert time.monotonic() - sent < 2
+    assert "Traceback" not in err
+    assert "again: exiting now" in err
+
+
+def test_a_signal_stops_replay_and_keeps_every_dead_letter_once(tmp_path):
+    """Replay to a broker that is down, interrupted: each dead letter is in the store once, as before."""
+    proc = _start(tmp_path, _free_port())
+    _wait_started(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    before = _dead_letters(tmp_path)
+    assert before > 0
+    ids = sorted(json.loads(line)["id"] for line in (tmp_path / "dead.jsonl").read_text().splitlines())
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    env.update(EVBUS_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
+    replay = subprocess.Popen(
+        [EVBUS, "replay", "--acct-file", str(tmp_path / "acct.yml")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
+    )
+    time.sleep(2)  # reading the store and connecting; the broker is down, so the replay cannot end by itself
+    replay.send_signal(signal.SIGINT)
+    _, err = replay.communicate(timeout=30)
+    assert replay.returncode == 130, err
+    assert "Traceback" not in err and "replay stopped" in err
+    after = sorted(json.loads(line)["id"] for line in (tmp_path / "dead.jsonl").read_text().splitlines())
+    assert after == ids
