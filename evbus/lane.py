@@ -609,12 +609,13 @@ class Lane:
             )
         self._forget_in_flight()
         for event, inline_error in list(self._to_report):
-            await self._give_up(event, inline_error)
+            # an inline publish that failed made one attempt; an event dropped from a full lane none
+            await self._give_up(event, inline_error, 0 if isinstance(inline_error, LaneFullError) else 1)
         self._to_report.clear()
         undelivered = list(self._pending)
         self._pending.clear()
         for event in undelivered:
-            await self._give_up(event, error, 0)
+            await self._give_up(event, error, self.attempts_of(event))
         self._wake_settled()
         self._wake_room()
         self._set_idle()
