@@ -41,6 +41,8 @@ def __init__(hub):
     # The listener's own state: whether it runs, why it could not start, the pending stop
     hub.evbus.init.RUNNING = False
     hub.evbus.init.ERROR = None
+    # The task of the start() that failed, whose error join() reported
+    hub.evbus.init.FAILED = None
     hub.evbus.init.STOP = None
     for dyne in ("acct", "ingress", "output", "serialize", "match"):
         hub.pop.sub.add(dyne_name=dyne)
@@ -59,7 +61,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     """
     if hub.evbus.init.RUNNING:
         raise BusRunningError("The event bus listener is already running")
-    hub.evbus.init.ERROR = None
+    hub.evbus.init.ERROR = hub.evbus.init.FAILED = None
     try:
         if contexts is None:
             contexts = {}
@@ -69,6 +71,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         bus: asyncio.Queue = await hub.evbus.broker.init()
     except Exception as e:
         hub.evbus.init.ERROR = e
+        hub.evbus.init.FAILED = asyncio.current_task()
         raise
     hub.evbus.init.RUNNING = True
     hub.evbus.broker.STATE.closed = False
@@ -197,11 +200,21 @@ async def join(hub, timeout: float | None = 60.0):
     delay = 0.0
     while not hub.evbus.STARTED:
         if hub.evbus.init.ERROR is not None:
+            failed = hub.evbus.init.FAILED
+            if failed is not None:
+                # join() reports what start() raised: the listener task's own copy of it
+                # is retrieved, so that asyncio does not log it again as never retrieved
+                failed.add_done_callback(_retrieve)
             raise hub.evbus.init.ERROR
         if deadline is not None and time.monotonic() > deadline:
             raise EvbusTimeoutError(f"The event bus listener did not start within {timeout} s")
         await asyncio.sleep(delay)
         delay = min(0.05, delay + 0.001)
+
+
+def _retrieve(task: asyncio.Task):
+    if not task.cancelled():
+        task.exception()
 
 
 def cli(hub):

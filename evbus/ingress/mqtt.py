@@ -165,7 +165,11 @@ class Publisher:
 
             client._client.on_connect = on_connect
             try:
-                await client.__aenter__()
+                try:
+                    await client.__aenter__()
+                except BaseException:
+                    abandon(client)  # cancelled or failed half way: its socket and task go now
+                    raise
             except aiomqtt.MqttCodeError as e:  # the broker answered: refused credentials, say
                 if _code(e.rc) in REFUSED_CREDENTIALS:
                     raise LoginRefusedError(
@@ -223,6 +227,36 @@ def _retrieve(client: Any):
     disconnected = getattr(client, "_disconnected", None)
     if isinstance(disconnected, asyncio.Future) and disconnected.done() and not disconnected.cancelled():
         disconnected.exception()
+
+
+def abandon(client: Any):
+    """
+    Close what a client that did not finish connecting holds (its socket, its
+    housekeeping task), without waiting: it may be cancelled.
+    """
+    _retrieve(client)
+    paho = getattr(client, "_client", None)
+    if paho is None:
+        return
+    # aiomqtt connects in an executor thread that a cancel does not stop: a socket it
+    # opens from now on is closed at once, and aiomqtt never hears of it (no reader, no task)
+    loop = asyncio.get_running_loop()
+    paho.on_socket_open = lambda _paho, _userdata, _sock: _close_late(loop, paho)
+    paho.on_socket_close = None
+    paho.on_socket_register_write = paho.on_socket_unregister_write = None
+    if getattr(paho, "_sock", None) is not None:
+        paho._reset_sockets()
+    misc = getattr(client, "_misc_task", None)
+    if misc is not None and not misc.done():
+        misc.cancel()
+
+
+def _close_late(loop: asyncio.AbstractEventLoop, paho: Any):
+    """From paho's connecting thread: close the socket of an abandoned client, in its loop while it runs."""
+    try:
+        loop.call_soon_threadsafe(paho._reset_sockets)
+    except RuntimeError:  # the loop is closed
+        paho._reset_sockets()
 
 
 async def disconnect(client: Any, grace: float = 1.0):

@@ -9,7 +9,8 @@ spool off/on, with the same two checks after each:
 Broker states: ``up`` (the machine's service, or the session's Tansu),
 ``down`` (a port nothing listens on), ``refusing`` (a server that refuses
 the profile's credentials), ``late`` (a port that starts forwarding to the
-real broker only after the bus started). Stop moments: ``at_once`` (right
+real broker only after the bus started). Stop moments: ``idle`` (right after
+``join()``, nothing put: the lanes are still connecting), ``at_once`` (right
 after the events were put), ``mid_stream`` (while a producer is putting),
 ``backoff`` (once the lane has retried).
 
@@ -218,7 +219,7 @@ class Mqtt(Transport):
 
 TRANSPORTS = {t.name: t for t in (Kafka, Pika, Nats, Redis, Mqtt)}
 STATES = ("up", "down", "refusing", "late")
-MOMENTS = ("at_once", "mid_stream", "backoff")
+MOMENTS = ("idle", "at_once", "mid_stream", "backoff")
 
 
 def _cells():
@@ -231,7 +232,7 @@ def _cells():
                     continue  # a broker that is up gives no backoff to stop in
                 for spool in (False, True):
                     yield pytest.param(name, state, moment, spool, id=f"{name}-{state}-{moment}-{'spool' if spool else 'nospool'}")
-    for moment in ("at_once", "mid_stream"):
+    for moment in ("idle", "at_once", "mid_stream"):
         for spool in (False, True):
             yield pytest.param("internal", "up", moment, spool, id=f"internal-up-{moment}-{'spool' if spool else 'nospool'}")
 
@@ -305,7 +306,9 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
         await hub.evbus.init.join(timeout=10)
         if proxy is not None:
             asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(proxy.open()))
-        if moment == "mid_stream":
+        if moment == "idle":
+            pass
+        elif moment == "mid_stream":
             producer = asyncio.create_task(_produce(hub, 400, put))
             await wait_for(lambda: len(put) >= 100 or producer.done(), 20, "100 events put")
         else:
