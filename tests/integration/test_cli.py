@@ -20,6 +20,7 @@ from tests.brokers import URL
 from tests.brokers import Tansu
 from tests.brokers import _free_port
 from tests.brokers import unique
+from tests.conftest import STRAY
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ EVBUS = pathlib.Path(sys.executable).parent / "evbus"
 def evbus(*args, stdin: str | None = None, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
     full_env.update(env or {})
-    return subprocess.run(
+    out = subprocess.run(
         [str(EVBUS), *args],
         input=stdin if stdin is not None else "",
         capture_output=True,
@@ -38,6 +39,14 @@ def evbus(*args, stdin: str | None = None, env: dict | None = None, cwd=None) ->
         env=full_env,
         cwd=cwd,
     )
+    assert_clean(out.stderr)
+    return out
+
+
+def assert_clean(stderr: str):
+    """A command never ends with a traceback or asyncio's complaints about what it left unfinished."""
+    for phrase in ("Traceback", *STRAY):
+        assert phrase not in stderr, stderr
 
 
 def lines(out: str) -> list:
