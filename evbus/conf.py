@@ -179,7 +179,7 @@ CONFIG = {
         "default": 5.0,
         "type": float,
         "os": "EVBUS_TIMEOUT",
-        "help": "Seconds the evbus command waits: for publishes to be delivered, for a connection, or (listen) for the next message; 0 for ever with listen",
+        "help": "Seconds the evbus command waits: for the bus to start, for a connection (profiles), or (listen) for the next message; 0 for ever with listen. publish stops the bus within stop_timeout",
     },
     "count": {
         "default": 0,

@@ -142,6 +142,12 @@ class DeadLetterStore:
             return list(self._read())
 
     def _read(self) -> Iterable[dict[str, Any]]:
+        for _, record in self._lines():
+            if record is not None:
+                yield record
+
+    def _lines(self) -> Iterable[tuple[str, dict[str, Any] | None]]:
+        """:return: Each line of the file, with its record, or None when it holds none"""
         if not self.path.exists():
             return
         with self._open(self.path, os.O_RDONLY, "r") as lines:
@@ -149,9 +155,10 @@ class DeadLetterStore:
                 try:
                     record = json.loads(line)
                 except ValueError:
-                    continue
-                if isinstance(record, dict) and "id" in record and "body" in record:
-                    yield record
+                    record = None
+                if not (isinstance(record, dict) and "id" in record and "body" in record):
+                    record = None
+                yield line, record
 
     def remove(self, drop: Callable[[dict[str, Any]], bool]) -> int:
         """
@@ -161,17 +168,17 @@ class DeadLetterStore:
         """
         with self._lock:
             kept, removed = [], 0
-            for record in self._read():
-                if drop(record):
+            for line, record in self._lines():
+                if record is not None and drop(record):
                     removed += 1
                 else:
-                    kept.append(record)
+                    kept.append(line)  # as it was, records and lines that are none alike
             if not removed:
                 return 0
             temporary = self.path.with_name(self.path.name + ".tmp")
             with self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w") as out:
-                for record in kept:
-                    out.write(json.dumps(record, default=str) + "\n")
+                for line in kept:
+                    out.write(line if line.endswith("\n") else line + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)

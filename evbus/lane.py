@@ -202,6 +202,8 @@ class Lane:
         self._unbounded = False
         # Set when an event used up its retry budget; cleared by the next success
         self.down = False
+        # The error of the last failed publish, until one succeeds
+        self.last_error: BaseException | None = None
         # The oldest event while its attempts fail, how many failed, when the first
         # did, and whether the last attempt its seconds budget allows was made
         self._tried: Event | None = None
@@ -353,9 +355,11 @@ class Lane:
                     self._tried, self._attempts = None, 0
                 if self._one_by_one:
                     self._one_by_one -= 1
-                if self.down:
-                    self.down = False
-                    self._log(f"{self.where} is up again")
+                if self.last_error is not None:
+                    self.last_error = None
+                    if self.down:
+                        self.down = False
+                        self._log(f"{self.where} is up again")
                 if pipelined:
                     # and the confirmations that have arrived behind it, without another wait
                     self._harvest_confirmed()
@@ -396,6 +400,7 @@ class Lane:
         :param shared: How many events in flight behind it failed with the very same error
         """
         policy = self.policy
+        self.last_error = error
         head = self._pending[0]
         if head is not self._tried:  # the count belongs to one event
             self._tried, self._attempts, self._last_try = head, 0, False
@@ -423,11 +428,16 @@ class Lane:
         if delay is not None:
             self._last_try = elapsed + delay >= policy.seconds
             self.retried += 1
-            count = f"attempt {attempts} of {policy.attempts}" if policy.attempts else f"attempt {attempts}"
-            self._log(
-                f"Publish to {self.where} failed ({count}), retrying in {delay:.2f} s"
-                f"{' for the last time' if self._last_try else ''}: {type(error).__name__}: {error}"
-            )
+            if attempts == 1 or self._last_try:  # the retries between go uncounted in the log
+                budget = (
+                    f"up to {policy.attempts} attempts within {policy.seconds:g} s"
+                    if policy.attempts else f"for up to {policy.seconds:g} s"
+                )
+                self._log(
+                    f"Publish to {self.where} failed, "
+                    + (f"retrying {budget}" if attempts == 1 else f"attempt {attempts}, retrying for the last time")
+                    + f": {type(error).__name__}: {error}"
+                )
             await asyncio.sleep(delay)
             return
         if can_retry and not self.down:
@@ -614,6 +624,10 @@ class Lane:
         self._to_report.clear()
         undelivered = list(self._pending)
         self._pending.clear()
+        if undelivered and self.last_error is not None:
+            # say why the lane could not deliver them in time
+            last = self.last_error
+            error = type(error)(f"{error}; the last publish to it failed: {type(last).__name__}: {last}")
         for event in undelivered:
             await self._give_up(event, error, self.attempts_of(event))
         self._wake_settled()

@@ -47,9 +47,12 @@ async def profiles(
         try:
             acct_data = await hub.acct.init.profiles(acct_file, acct_key, **kwargs)
         except Exception as e:
+            hint = (
+                " (is the acct key right?)" if acct_key
+                else " (an encrypted acct file needs its key: --acct-key or ACCT_KEY)"
+            )
             raise ConfigError(
-                f"Cannot read the acct file '{acct_file}': {hub.evbus.MASK.exception(e)}"
-                + (" (is the acct key right?)" if acct_key else "")
+                f"Cannot read the acct file '{acct_file}': {hub.evbus.MASK.exception(e)}{hint}"
             ) from None
     if acct_data is None:
         acct_data = {}

@@ -62,8 +62,9 @@ class Interrupt:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, task: asyncio.Task):
+    def __init__(self, task: asyncio.Task, hub=None):
         self.task = task
+        self.hub = hub
         self.signum: int | None = None
         self.armed = True
 
@@ -75,12 +76,23 @@ class Interrupt:
     def received(self, signum: int):
         name = signal.Signals(signum).name
         if self.signum is not None:
-            print(f"\nevbus: {name} again: exiting now", file=sys.stderr, flush=True)
+            print(f"\nevbus: {name} again: exiting now{self._left()}", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
         print(f"\nevbus: {name}: stopping (send it again to exit at once)", file=sys.stderr, flush=True)
         if self.armed:
             self.task.cancel()
+
+    def _left(self) -> str:
+        """What an exit now leaves undelivered and not dead-lettered, for the message."""
+        try:
+            stats = self.hub.evbus.broker.stats()
+        except Exception:  # no bus (yet): nothing to count
+            return ""
+        due = sum(lane["queued"] for lane in stats["lanes"])
+        settled = sum(lane["published"] + lane["failed"] for lane in stats["lanes"])
+        left = due - settled + stats["queue_depth"]
+        return f"; {left} delivery(ies) neither published nor dead-lettered are lost" if left > 0 else ""
 
     def caught(self, error: BaseException) -> bool:
         """
@@ -99,7 +111,7 @@ class Interrupt:
 async def _interruptible(hub, command) -> int:
     """Run a command's coroutine with SIGINT and SIGTERM handled by an :class:`Interrupt`."""
     loop = asyncio.get_running_loop()
-    interrupt = hub.evbus.cli.INTERRUPT = Interrupt(asyncio.current_task())
+    interrupt = hub.evbus.cli.INTERRUPT = Interrupt(asyncio.current_task(), hub)
     for signum in Interrupt.SIGNALS:
         loop.add_signal_handler(signum, interrupt.received, signum)
     try:
@@ -119,7 +131,11 @@ def run(hub) -> int:
     exit status: 2 after an error, which is one line on stderr with secrets
     masked; 130 after SIGINT (Ctrl-C), 143 after SIGTERM.
     """
-    hub.pop.config.load(["evbus"], cli="evbus")
+    try:
+        hub.pop.config.load(["evbus"], cli="evbus")
+    except Exception as e:  # a config file that is not YAML, say
+        print(f"evbus: cannot load the configuration: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if hub.SUBPARSER not in ("publish", "replay", "profiles", "listen"):
         hub.args.PARSER.print_help(sys.stderr)
         return 2
@@ -183,13 +199,16 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
     """
     opt = hub.OPT.evbus
     timeout = hub.evbus.settings.get("timeout")
+    stop_timeout = hub.evbus.settings.get("stop_timeout")
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     interrupt = hub.evbus.cli.INTERRUPT
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
-    if "internal" not in contexts:
+    if not opt.acct_file and not contexts:
+        # No configuration at all: the embedded default, every event to the internal ingress
         match_all = MATCH_ALL.get(hub.match.PLUGIN, "*")
-        contexts.update(await hub.evbus.acct.profiles(acct_data={"internal": {match_all: {}}}))
+        contexts = await hub.evbus.acct.profiles(acct_data={"internal": {match_all: {}}})
     listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    undelivered = None
     bar = None
     put = 0
     with _libraries_quiet():
@@ -209,7 +228,9 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
             if interrupt is not None:
                 interrupt.armed = False  # stopping is bounded by the timeout; a second signal exits at once
             try:
-                undelivered = await hub.evbus.init.stop(timeout=timeout)
+                undelivered = await hub.evbus.init.stop(timeout=stop_timeout)
+            except EvbusError as e:  # the lanes did not close in time: the summary still says what happened
+                print(f"evbus: {' '.join(hub.evbus.MASK.text(e).split())}", file=sys.stderr)
             finally:
                 await asyncio.wait([listener], timeout=1)
                 if listener.done() and not listener.cancelled():
@@ -236,6 +257,13 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
         + (f"; dead letters: {hub.evbus.deadletter.store().path}" if failed else ""),
         file=sys.stderr,
     )
+    unwritten = hub.evbus.deadletter.unwritten()
+    if unwritten:
+        print(
+            f"evbus: {unwritten} dead letter(s) could not be written to {hub.evbus.deadletter.store().path}: "
+            f"those events are lost (see the errors above)",
+            file=sys.stderr,
+        )
     if unrouted:
         print(
             f"evbus: {unrouted} event(s) of profile '{opt.profile}' matched no acct profile, and went nowhere "
@@ -244,6 +272,8 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
         )
     if signalled:
         return interrupt.status
+    if unwritten or undelivered is None:
+        return 2
     return 1 if failed or unrouted else 0
 
 
@@ -350,7 +380,20 @@ async def profiles(hub) -> int:
         contexts = await hub.evbus.acct.profiles(acct_data={"internal": {MATCH_ALL.get(hub.match.PLUGIN, "*"): {}}})
     report: dict[str, dict[str, Any]] = {}
     unreachable = 0
-    for lane in hub.evbus.route.router(contexts).lanes:
+    with _libraries_quiet():
+        unreachable = await _reach(hub, contexts, report, timeout)
+    await hub.evbus.route.close(timeout)
+    if opt.output == "json":
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(yaml.safe_dump(report, sort_keys=False, default_flow_style=False), end="")
+    return 1 if unreachable else 0
+
+
+async def _reach(hub, contexts, report: dict[str, dict[str, Any]], timeout: float) -> int:
+    """Fill ``report`` with each destination's profile (masked) and whether it can be reached; return how many cannot."""
+    unreachable = 0
+    for lane in hub.evbus.route.router(contexts, connect=False).lanes:
         entry: dict[str, Any] = {"plugin": lane.plugin, "profile": hub.evbus.MASK.data(dict(lane.ctx.acct))}
         destination = lane.destination
         if destination.describe is not None:
@@ -369,12 +412,7 @@ async def profiles(hub) -> int:
                 )
                 unreachable += 1
         report.setdefault(lane.provider, {})[lane.profile] = entry
-    await hub.evbus.route.close(timeout)
-    if opt.output == "json":
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(yaml.safe_dump(report, sort_keys=False, default_flow_style=False), end="")
-    return 1 if unreachable else 0
+    return unreachable
 
 
 async def listen(hub) -> int:

@@ -16,6 +16,8 @@ from evbus.deadletter import to_record
 
 def __init__(hub):
     hub.evbus.deadletter.STORES = {}
+    # Dead letters that could not be written (the store's file cannot be made, say)
+    hub.evbus.deadletter.UNWRITTEN = 0
 
 
 def store(hub) -> DeadLetterStore:
@@ -48,8 +50,17 @@ def record(hub, lane, event, error: BaseException, attempts: int) -> dict[str, A
         attempts=attempts,
         error=hub.evbus.MASK.exception(error),
     )
-    hub.evbus.deadletter.store().append(entry)
+    try:
+        hub.evbus.deadletter.store().append(entry)
+    except Exception:
+        hub.evbus.deadletter.UNWRITTEN += 1
+        raise
     return entry
+
+
+def unwritten(hub) -> int:
+    """:return: How many dead letters could not be written: those events are lost"""
+    return hub.evbus.deadletter.UNWRITTEN
 
 
 def read(hub, plugin: str | None = None, acct_profile: str | None = None) -> list[dict[str, Any]]:

@@ -90,13 +90,23 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                     f"Re-delivering {len(left_over)} event(s) left in the spool {spool.path}",
                     extra={"evbus_internal": True},
                 )
+            kept = 0
             for event in left_over:
                 lanes = match(event.profile)
+                if not lanes:
+                    kept += 1  # stays in the spool for a start whose profiles match it
+                    continue
                 spool.routed(event, len(lanes))
                 for lane in lanes:
                     if lane.full:
                         await lane.room()
                     lane.put(event)
+            if kept:
+                hub.log.warning(
+                    f"{kept} event(s) left in the spool {spool.path} match no profile of this start: "
+                    f"they stay there until a start whose profiles match them",
+                    extra={"evbus_internal": True},
+                )
         while stop_item is None:
             if bus.empty():
                 pending_stop = hub.evbus.init.STOP
@@ -126,6 +136,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                 event = bus.get_nowait()
     finally:
         hub.evbus.init.RUNNING = False
+        # join() waits for the next start() from now on
+        hub.evbus.STARTED = False
         if stop_item is not None:
             # Stopped: puts are refused until the next start()
             hub.evbus.broker.STATE.closed = True

@@ -184,11 +184,12 @@ def entries(hub, provider: str, profiles: Any) -> list[tuple[str, Mapping]]:
     return found
 
 
-def router(hub, contexts: Any) -> Router:
+def router(hub, contexts: Any, connect: bool = True) -> Router:
     """
     The router of a contexts dict: made (and checked) on first use, then reused.
 
     :param contexts: The output of ``hub.evbus.acct.profiles``
+    :param connect: Start the lanes of plugins that connect, so that they connect now
     :raises ConfigError: for malformed contexts, ingress plugins or match plugin
     """
     state: RouteState = hub.evbus.route.STATE
@@ -233,7 +234,7 @@ def router(hub, contexts: Any) -> Router:
             when_full=lane_full,
             on_settled=on_settled,
         )
-        if lane.destination.open is not None:
+        if connect and lane.destination.open is not None:
             # Connect now: a broker that cannot be reached is reported at start
             lane.start()
         lanes.append(lane)

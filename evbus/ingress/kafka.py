@@ -245,13 +245,15 @@ def _producer(hub, ctx) -> Producer:
 def retriable(hub, error: BaseException) -> bool:
     """
     Whether a retry can help: not for a refused SASL login, an authorization
-    error, or a message too large. Otherwise aiokafka marks each error; its
+    error, a message too large, or connection options aiokafka refuses. Otherwise aiokafka marks each error; its
     catch-all ``UnknownError`` (code -1) and its timeouts are retried too,
     since brokers answer so while they recover (a restarted broker
     re-creating a topic).
     """
     if isinstance(error, LOGIN_REFUSED + NOT_AUTHORIZED + TOO_LARGE):
         return False
+    if isinstance(error, (TypeError, ValueError)) and not isinstance(error, aiokafka.errors.KafkaError):
+        return False  # aiokafka refused the profile's connection options (acks: al, say)
     if isinstance(
         error, (aiokafka.errors.UnknownError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.KafkaUnavailableError)
     ):

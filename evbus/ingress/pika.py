@@ -200,8 +200,8 @@ def _publisher(hub, ctx) -> Publisher:
 def retriable(hub, error: BaseException) -> bool:
     """
     Whether a retry can help: not for a refused login or permission
-    (``ACCESS_REFUSED``), a message over RabbitMQ's ``max_message_size``,
-    or a message RabbitMQ returned.
+    (``ACCESS_REFUSED``), an exchange that does not exist (``NOT_FOUND``), a
+    message over RabbitMQ's ``max_message_size``, or a message RabbitMQ returned.
     """
     if isinstance(
         error,
@@ -214,6 +214,8 @@ def retriable(hub, error: BaseException) -> bool:
         return False
     if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed) and "message size" in str(error):
         return False
+    if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
+        return False  # the profile's exchange does not exist: declare it, or fix the profile
     return getattr(error, "retriable", True) is not False
 
 

@@ -411,3 +411,16 @@ async def test_stop_before_start_still_refuses_puts_afterwards(hub):
     assert await take_json(await hub.ingress.internal.get(), 1) == ["kept"]
     with pytest.raises(BusClosedError):
         hub.evbus.broker.put_nowait(body="refused")
+
+
+async def test_start_again_after_stop_and_join_waits_for_the_new_listener(hub):
+    """join() after a second start() returns once that listener runs: puts are taken, not refused."""
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    for round_ in range(3):
+        listener = asyncio.create_task(hub.evbus.init.start(contexts))
+        await hub.evbus.init.join(timeout=5)
+        await hub.evbus.broker.put(body={"round": round_})
+        assert await hub.evbus.init.stop(timeout=5) == 0
+        await asyncio.wait_for(listener, 5)
+        assert not hub.evbus.STARTED
+    assert [json.loads(b) for b in await take(await hub.ingress.internal.get(), 3)] == [{"round": n} for n in range(3)]

@@ -566,3 +566,36 @@ def test_an_error_is_one_line_when_its_text_is_not(tmp_path):
     out = evbus("listen", "--acct-file", str(acct), "--profile", "two\nlines", cwd=tmp_path)
     assert out.returncode == 2
     assert _error_line(out.stderr) == "evbus: no acct profile named 'two lines'"
+
+
+def test_an_acct_file_without_internal_gets_no_hidden_lane(tmp_path, redis_server):
+    """With an acct file, only its profiles get events: one that matches none is exit 1, not a silent print."""
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"redis:\n  prod:\n    connection:\n      url: {REDIS_URL}\n    stream: {unique()}\n")
+    out = evbus("publish", "--acct-file", str(acct), "--profile", "prdo", '{"x": 1}', cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert lines(out.stdout) == []
+    assert "1 event(s) of profile 'prdo' matched no acct profile" in out.stderr
+    assert "on 1 lane(s)" in out.stderr
+
+
+def test_dead_letters_that_cannot_be_written_are_said_lost(tmp_path):
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"pika:\n  default:\n    connection:\n      url: amqp://guest:guest@127.0.0.1:{_free_port()}/\n")
+    out = evbus(
+        "publish", "--acct-file", str(acct), '{"q": 1}',
+        env={"EVBUS_DEAD_LETTER_FILE": "/proc/evbus-no-such-dir/dead.jsonl", "EVBUS_RETRY_SECONDS": "0.2"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "1 dead letter(s) could not be written to /proc/evbus-no-such-dir/dead.jsonl" in out.stderr
+    assert "those events are lost" in out.stderr
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path):
+    config = tmp_path / "evbus.yml"
+    config.write_text("evbus: [unclosed\n")
+    out = evbus("--config", str(config), "publish", '{"x": 1}', cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("evbus: cannot load the configuration:")
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -33,7 +33,7 @@ def _start(tmp_path, port: int) -> subprocess.Popen:
     events = tmp_path / "events.jsonl"
     events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(EVENTS)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
-    env.update(EVBUS_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
+    env.update(EVBUS_STOP_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
     return subprocess.Popen(
         [EVBUS, "publish", "--acct-file", str(acct), "--file", str(events)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
@@ -109,7 +109,7 @@ def test_a_signal_stops_replay_and_keeps_every_dead_letter_once(tmp_path):
     ids = sorted(json.loads(line)["id"] for line in (tmp_path / "dead.jsonl").read_text().splitlines())
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
-    env.update(EVBUS_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
+    env.update(EVBUS_STOP_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
     replay = subprocess.Popen(
         [EVBUS, "replay", "--acct-file", str(tmp_path / "acct.yml")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,

@@ -125,3 +125,39 @@ async def test_sigkill_mid_stream_loses_nothing_put_returned_for(tmp_path, amqp)
     missing = sorted(set(returned) - seen)
     assert not missing, f"{len(missing)} events put() returned for are lost: {missing[:10]}"
     assert redelivered > 0  # the kill left a backlog that the second run delivered
+
+
+async def test_left_over_events_no_profile_matches_stay_in_the_spool(hub, running, monkeypatch, tmp_path, caplog):
+    """A start whose profiles match none of what a crash left keeps it, says so, and the next start delivers it."""
+    import pop.hub
+
+    spool = tmp_path / "spool.db"
+    add_ingress(hub, "hang")
+    use_spool(hub, monkeypatch, spool)
+    await running({"hang": {"default": {}}})
+    for n in range(5):
+        await hub.evbus.broker.put(body=n, profile="orders")
+    hub.evbus.broker.STATE.spool.close()  # the process "dies"
+
+    async def restart(acct_data: dict):
+        other = pop.hub.Hub()
+        other.pop.sub.add(dyne_name="evbus")
+        other.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+        other.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
+        contexts = await other.evbus.acct.profiles(acct_data=acct_data)
+        listener = asyncio.create_task(other.evbus.init.start(contexts))
+        await other.evbus.init.join(timeout=5)
+        return other, listener
+
+    second, listener = await restart({"internal": {"billing": {}}})
+    await second.evbus.init.stop()
+    await asyncio.wait_for(listener, 10)
+    assert second.evbus.broker.stats()["spool_depth"] == 5
+    assert any("match no profile of this start" in r.getMessage() for r in caplog.records)
+    second.evbus.broker.STATE.spool.close()
+
+    third, listener = await restart({"internal": {"orders": {}}})
+    assert await take_json(await third.ingress.internal.get(), 5) == list(range(5))
+    await third.evbus.init.stop()
+    await asyncio.wait_for(listener, 10)
+    assert third.evbus.broker.stats()["spool_depth"] == 0

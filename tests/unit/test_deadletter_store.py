@@ -37,3 +37,17 @@ def test_a_batch_writes_each_record_at_once_and_syncs_once(tmp_path, monkeypatch
     # after the batch, records are synced one by one again
     store.append(_record(1001))
     assert len(synced) == 2
+
+
+def test_removing_records_keeps_lines_that_are_no_records(tmp_path):
+    """A line the store cannot read (a torn write, a note) stays as it was when records are removed."""
+    path = tmp_path / "dead.jsonl"
+    store = DeadLetterStore(str(path))
+    store.append(_record(1))
+    with open(path, "a", encoding="utf-8") as out:
+        out.write("not json\n")
+        out.write('{"note": "kept by hand"}\n')
+    store.append(_record(2))
+    assert store.remove(lambda record: record["id"] == "e1") == 1
+    assert path.read_text().splitlines()[:2] == ["not json", '{"note": "kept by hand"}']
+    assert [r["id"] for r in store.read()] == ["e2"]
