@@ -182,17 +182,6 @@ def block(acct: Mapping, aliases: tuple[str, ...] = ()) -> Mapping | None:
     return {} if value is True else value
 
 
-def context(acct: Mapping, aliases: tuple[str, ...] = ()) -> ssl.SSLContext | None:
-    """
-    :param acct: The profile
-    :param aliases: Other names of the ``tls`` block
-    :return: The SSL context of the profile's ``tls`` block, or None when it has none
-    :raises TlsConfigError: for a block evbus cannot make a context of
-    """
-    found = block(acct, aliases)
-    return None if found is None else TlsOptions.parse(found).context()
-
-
 def key(acct: Mapping, aliases: tuple[str, ...] = ()) -> str:
     """
     :return: The profile's ``tls`` block as text, for the key of a shared
@@ -201,12 +190,6 @@ def key(acct: Mapping, aliases: tuple[str, ...] = ()) -> str:
     found = {name: acct.get(name) for name in ("tls", *aliases) if acct.get(name) is not None}
     return repr(sorted((name, sorted(dict(value).items()) if isinstance(value, Mapping) else value)
                        for name, value in found.items()))
-
-
-def server_hostname(acct: Mapping, aliases: tuple[str, ...] = ()) -> str | None:
-    """:return: The ``server_hostname`` of the profile's ``tls`` block, or None"""
-    found = block(acct, aliases)
-    return TlsOptions.parse(found).server_hostname if isinstance(found, Mapping) else None
 
 
 def unchecked(acct: Mapping, aliases: tuple[str, ...] = ()) -> str | None:
