@@ -26,6 +26,16 @@ class ProfileError(ConfigError):
         super().__init__(f"Malformed acct profile ({where}): {reason}")
 
 
+class TlsConfigError(ConfigError):
+    """
+    A profile's ``tls`` block that evbus cannot make a TLS connection of: an
+    unknown option, a file missing or unreadable, a key its password does not
+    open. A retry cannot change it.
+    """
+
+    retriable = False
+
+
 class IngressPluginError(ConfigError):
     """An ingress plugin that evbus cannot deliver to."""
 
@@ -72,6 +82,14 @@ class RefusedError(EvbusError):
 
 class LoginRefusedError(RefusedError, PermissionError):
     """The broker refused the profile's login, or the permission to publish."""
+
+
+class TlsRefusedError(RefusedError, ConnectionError):
+    """
+    A TLS connection that a retry cannot mend: the server's certificate was
+    not trusted or is not for the host name, or the server refused the
+    client's certificate (or its absence).
+    """
 
 
 class MessageTooLargeError(RefusedError, ValueError):

@@ -115,11 +115,17 @@ def _free_port() -> int:
 
 
 class Tansu:
-    """A Tansu broker process (memory storage) that a test can kill and start again on the same port."""
+    """
+    A Tansu broker process (memory storage) that a test can kill and start again on the same port.
 
-    def __init__(self, binary: str):
+    :param advertised: The address (``host:port``) the broker gives clients in its metadata,
+        when it is not its own (a proxy in front of it)
+    """
+
+    def __init__(self, binary: str, advertised: str | None = None):
         self.binary = binary
         self.port = _free_port()
+        self.advertised = advertised
         self.process: subprocess.Popen | None = None
 
     @property
@@ -128,8 +134,9 @@ class Tansu:
 
     def start(self, timeout: float = 20.0):
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         self.process = subprocess.Popen(
-            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

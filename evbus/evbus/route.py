@@ -234,6 +234,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             when_full=lane_full,
             on_settled=on_settled,
         )
+        _warn_unchecked_hostname(hub, lane, warn)
         if connect and lane.destination.open is not None:
             # Connect now: a broker that cannot be reached is reported at start
             lane.start()
@@ -241,6 +242,21 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
     new_router = Router(contexts, lanes, find)
     state.routers[id(contexts)] = new_router
     return new_router
+
+
+def _warn_unchecked_hostname(hub, lane: Lane, warn):
+    """
+    Say, once per profile when the bus starts, that its TLS connection does
+    not check the server's host name: the plugin's ``unchecked_hostname(ctx)``
+    names the option that turns it off.
+    """
+    unchecked = getattr(hub.ingress[lane.plugin], "unchecked_hostname", None)
+    option = unchecked(lane.ctx) if unchecked is not None else None
+    if option:
+        warn(
+            f"TLS hostname checking is off for {lane.where} of acct provider '{lane.provider}' ({option}): "
+            f"any server with a certificate that a trusted CA signed, for whatever host name, is taken for it"
+        )
 
 
 def lanes(hub, contexts: Any, profile: str) -> tuple[Lane, ...]:

@@ -21,12 +21,13 @@ Accepts the acct provider ``kafka``. Install with ``pip install evbus[kafka]``.
           sasl_mechanism: PLAIN
           sasl_plain_username: user
           sasl_plain_password: secret
-        ssl:                      # any subset; makes the SSL context of the connection
+        tls:                      # optional: TLS (see evbus.tls); {} for the defaults; "ssl" is an alias
           ca_file: /path/ca.pem
           cert_file: /path/client.pem
           key_file: /path/client.key
           password: key-password
-          check_hostname: true    # the default; false turns hostname checking off
+          check_hostname: true    # the default; false turns hostname checking off (a warning)
+          server_hostname: kafka.example  # optional: the name the brokers' certificates are for
 
 Kafka keeps order within a partition: a lane's events stay in order at the
 consumer when they share a partition, so give the profile a ``key`` (or a
@@ -41,9 +42,19 @@ What a retry cannot change fails at once: a SASL login the broker refuses
 the first bootstrap server once more to learn why), an authorization error,
 and a message over ``max_request_size`` or the broker's limit. A timeout of
 aiokafka's own is retried: brokers time out while they restart.
+
+TLS: the profile's ``tls`` block (the same in every broker profile; the
+``ssl`` block of evbus-kafka is an alias) makes the SSL context of the
+connections (aiokafka's ``ssl_context``, with ``security_protocol: SSL``
+unless the profile says ``SASL_SSL``), with the brokers' certificates
+verified and their host names checked. ``security_protocol: SSL`` (or
+``SASL_SSL``) without a block is TLS with the defaults. aiokafka reports
+only that it could not bootstrap: when that happens over TLS, the plugin
+tries one handshake with the first bootstrap server to learn why, and a
+certificate that is not trusted or not for the host, or a client
+certificate the broker requires and did not get, fails at once, saying so.
 """
 import asyncio
-import os
 import ssl
 from typing import Any
 
@@ -72,9 +83,12 @@ try:
     )
 
     HAS_LIBS = True
-except ImportError:
+    IMPORT_ERROR = ""
+except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
+    IMPORT_ERROR = str(e)
 
+from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
 from evbus.connection import error_text
@@ -82,7 +96,7 @@ from evbus.exc import EvbusError
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
-from evbus.exc import ProfileError
+from evbus.exc import TlsConfigError
 
 
 # evbus listen: milliseconds without a record after which the listener checks that a broker still answers
@@ -97,7 +111,10 @@ class NoTopicError(EvbusError, ValueError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the kafka ingress (acct provider kafka) needs aiokafka: pip install evbus[kafka]"
+        return False, (
+            f"the kafka ingress (acct provider kafka) needs aiokafka: "
+            f"pip install evbus[kafka] ({IMPORT_ERROR})"
+        )
     return True
 
 
@@ -109,53 +126,52 @@ def __init__(hub):
     hub.ingress.kafka.BY_CTX = PerCtx()
 
 
+# The names of a profile's tls block: evbus-kafka's "ssl" is an alias
+TLS_NAMES = ("ssl",)
+# security_protocol of aiokafka -> the one with TLS
+OVER_TLS = {"PLAINTEXT": "SSL", "SASL_PLAINTEXT": "SASL_SSL"}
+
+
 def ssl_context(hub, options: dict) -> ssl.SSLContext:
     """
-    Build the SSL context of a Kafka connection from a profile's ``ssl`` block.
+    Build the SSL context of a Kafka connection from a profile's ``tls`` (or ``ssl``) block.
 
     :param options: Any subset of ``ca_file``, ``cert_file``, ``key_file``,
-        ``password``, and ``check_hostname`` (default true)
-    :raises ProfileError: naming a file that is missing or unreadable, or a
+        ``password``, ``check_hostname`` (default true) and ``server_hostname``
+    :raises TlsConfigError: naming a file that is missing or unreadable, or a
         key that does not match its certificate
     """
-    options = dict(options or {})
-    for name in ("ca_file", "cert_file", "key_file"):
-        path = options.get(name)
-        if path and not os.access(path, os.R_OK):
-            raise _not_retriable(ProfileError("kafka", None, f"ssl {name} '{path}' is missing or unreadable"))
-    if options.get("key_file") and not options.get("cert_file"):
-        raise _not_retriable(ProfileError("kafka", None, "ssl key_file needs a cert_file"))
-    context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=options.get("ca_file"))
-    if options.get("cert_file"):
-        try:
-            context.load_cert_chain(
-                certfile=options["cert_file"], keyfile=options.get("key_file"), password=options.get("password")
-            )
-        except (ssl.SSLError, OSError) as e:
-            raise _not_retriable(
-                ProfileError("kafka", None, f"cannot load ssl cert_file '{options['cert_file']}': {e}")
-            ) from None
-    check = options.get("check_hostname", True)
-    context.check_hostname = bool(check) and str(check).lower() not in ("false", "0", "no")
-    return context
-
-
-def _not_retriable(error: Exception) -> Exception:
-    error.retriable = False
-    return error
+    return tls.TlsOptions.parse(options).context()
 
 
 def _producer_kwargs(hub, ctx) -> dict:
+    """
+    The keyword arguments of aiokafka's producer: the profile's connection,
+    with the SSL context of its ``tls`` block.
+
+    :raises TlsConfigError: for a tls block evbus cannot use, or one with a
+        plaintext ``security_protocol``
+    """
     kwargs = {key: value for key, value in dict(ctx.acct.get("connection") or {}).items() if key != "loop"}
-    if ctx.acct.get("ssl") and "ssl_context" not in kwargs:
-        kwargs["ssl_context"] = hub.ingress.kafka.ssl_context(ctx.acct.ssl)
+    block = tls.block(ctx.acct, TLS_NAMES)
+    protocol = str(kwargs.get("security_protocol", "PLAINTEXT")).upper()
+    if block is not None and "ssl_context" not in kwargs:
+        if "security_protocol" in kwargs and protocol in OVER_TLS:
+            raise TlsConfigError(
+                f"the profile has a tls block and security_protocol {protocol}: "
+                f"use {OVER_TLS[protocol]} (or leave it out: SSL is the default with a tls block)"
+            )
+        kwargs["ssl_context"] = hub.ingress.kafka.ssl_context(block)
         kwargs.setdefault("security_protocol", "SSL")
+    elif protocol in OVER_TLS.values() and kwargs.get("ssl_context") is None:
+        # TLS with the defaults: the system's trust store, host names checked
+        kwargs["ssl_context"] = hub.ingress.kafka.ssl_context({})
     return kwargs
 
 
 def _key(ctx) -> str:
     connection = dict(ctx.acct.get("connection") or {})
-    return repr((sorted(connection.items(), key=lambda kv: kv[0]), sorted(dict(ctx.acct.get("ssl") or {}).items())))
+    return repr((sorted(connection.items(), key=lambda kv: kv[0]), tls.key(ctx.acct, TLS_NAMES)))
 
 
 class Producer:
@@ -182,8 +198,10 @@ class Producer:
                 await producer.start()
             except BaseException as e:
                 await producer.stop()
+                if isinstance(e, LOGIN_REFUSED):  # aiokafka 0.11 raises the refusal itself
+                    raise _refused_login(e, where) from e
                 if isinstance(e, aiokafka.errors.KafkaConnectionError):
-                    refusal = await _login_refusal(kwargs, where)
+                    refusal = await _tls_refusal(kwargs, where) or await _login_refusal(kwargs, where)
                     if refusal is not None:
                         raise refusal from e
                 raise
@@ -193,6 +211,23 @@ class Producer:
         producer, self.producer = self.producer, None
         if producer is not None:
             await producer.stop()  # flushes what it holds
+
+
+async def _tls_refusal(kwargs: dict, where: str) -> Exception | None:
+    """
+    Why a producer over TLS could not bootstrap: aiokafka logs the
+    handshake's error and raises only "Unable to bootstrap". One handshake
+    with the first bootstrap server tells.
+
+    :param kwargs: The producer's keyword arguments
+    :return: The TLS refusal, saying what to fix; None when TLS is not the reason
+    """
+    context = kwargs.get("ssl_context")
+    hosts = aiokafka.conn.collect_hosts(kwargs.get("bootstrap_servers", "localhost"))
+    if context is None or not hosts:
+        return None
+    host, port, _ = hosts[0]
+    return tls.refusal(await tls.probe(host, port, context), where)
 
 
 async def _login_refusal(kwargs: dict, where: str) -> LoginRefusedError | None:
@@ -219,14 +254,19 @@ async def _login_refusal(kwargs: dict, where: str) -> LoginRefusedError | None:
     try:
         connection = await aiokafka.conn.create_conn(host, port, **options)
     except LOGIN_REFUSED as e:
-        return LoginRefusedError(
-            f"Kafka at {where} refused the login ({e}): check the profile's sasl_mechanism, "
-            f"sasl_plain_username and sasl_plain_password (connection)"
-        )
+        return _refused_login(e, where)
     except Exception:  # not a refusal: the bootstrap error stands
         return None
     connection.close()
     return None
+
+
+def _refused_login(error: Exception, where: str) -> LoginRefusedError:
+    """A SASL login the broker refused, saying what to fix."""
+    return LoginRefusedError(
+        f"Kafka at {where} refused the login ({error}): check the profile's sasl_mechanism, "
+        f"sasl_plain_username and sasl_plain_password (connection)"
+    )
 
 
 def _producer(hub, ctx) -> Producer:
@@ -269,6 +309,14 @@ def describe(hub, ctx) -> str:
     if isinstance(servers, (list, tuple)):
         servers = ",".join(map(str, servers))
     return f"kafka://{servers}"
+
+
+def unchecked_hostname(hub, ctx) -> str | None:
+    """
+    :return: The option of the profile that turns the checking of the
+        brokers' host names off, or None
+    """
+    return tls.unchecked(ctx.acct, TLS_NAMES)
 
 
 async def open(hub, ctx):
@@ -381,7 +429,8 @@ async def listen(hub, ctx, routing_key: str | None = None):
     except BaseException as e:
         await _stop(consumer)
         if isinstance(e, Exception):
-            raise ListenError(f"cannot connect: {error_text(e)}") from e
+            refusal = await _tls_refusal(kwargs, hub.ingress.kafka.describe(ctx))
+            raise ListenError(f"cannot connect: {error_text(refusal or e)}") from e
         raise
     try:
         while True:

@@ -15,8 +15,9 @@ Accepts the acct provider ``mqtt``. Install with ``pip install evbus[mqtt]``.
           password: secret
           identifier: my-app      # the client id; a random one when empty
           protocol: 5             # 3.1, 3.1.1 (the default) or 5
-          tls_params:             # keyword arguments of aiomqtt.TLSParameters (optional)
-            ca_certs: /path/ca.pem
+        tls:                      # optional: TLS (see evbus.tls); {} for the defaults
+          ca_file: /path/ca.pem
+          cert_file: /path/client.pem   # with key_file and password, for mutual TLS
         topic: events/default     # used when the event has no routing key
         qos: 1                    # 0, 1 (the default) or 2
         retain: false
@@ -40,8 +41,17 @@ a message over the Maximum Packet Size the broker declares, and a PUBACK
 that refuses the message as not authorized, with an invalid topic name or
 payload format. (An MQTT 3.1.1 broker acknowledges a message it drops for
 its size or its ACL: nothing tells evbus.)
+
+TLS: the profile's ``tls`` block (the same in every broker profile) makes
+the SSL context of the connection (aiomqtt's ``tls_context``), with the
+server's certificate verified and its host name checked. aiomqtt's own
+``tls_params`` (a mapping, ``{}`` for its defaults) and ``tls_insecure`` keep
+working instead; the two cannot be mixed. A certificate that is not trusted
+or not for the host, and a client certificate the broker requires and did
+not get, fail at once, saying so.
 """
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -51,9 +61,12 @@ try:
     from paho.mqtt.properties import Properties
 
     HAS_LIBS = True
-except ImportError:
+    IMPORT_ERROR = ""
+except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
+    IMPORT_ERROR = str(e)
 
+from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
 from evbus.connection import error_text
@@ -89,7 +102,10 @@ class MqttConnectFailed(EvbusError, ConnectionError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the mqtt ingress (acct provider mqtt) needs aiomqtt: pip install evbus[mqtt]"
+        return False, (
+            f"the mqtt ingress (acct provider mqtt) needs aiomqtt: "
+            f"pip install evbus[mqtt] ({IMPORT_ERROR})"
+        )
     return True
 
 
@@ -101,14 +117,18 @@ def __init__(hub):
     hub.ingress.mqtt.BY_CTX = PerCtx()
 
 
-def client_kwargs(hub, connection: dict) -> dict:
+def client_kwargs(hub, connection: dict, tls_block: Any = None) -> dict:
     """
     The keyword arguments of ``aiomqtt.Client`` from a profile's ``connection``.
 
     :param connection: The profile's ``connection``; ``protocol`` may be a
         name ("3.1.1", "5"), ``tls_params`` and ``will`` mappings
+    :param tls_block: The profile's ``tls`` block: its SSL context is the client's ``tls_context``
+    :raises TlsConfigError: for a tls block evbus cannot use
     """
     kwargs = {key: value for key, value in dict(connection).items() if key != "loop"}
+    if tls_block is not None:
+        kwargs["tls_context"] = tls.TlsOptions.parse(tls_block).context()
     kwargs.setdefault("hostname", "localhost")
     protocol = kwargs.get("protocol")
     if protocol is not None and not isinstance(protocol, aiomqtt.ProtocolVersion):
@@ -118,7 +138,7 @@ def client_kwargs(hub, connection: dict) -> dict:
             error.retriable = False
             raise error
         kwargs["protocol"] = aiomqtt.ProtocolVersion[PROTOCOLS[name]]
-    if isinstance(kwargs.get("tls_params"), dict):
+    if isinstance(kwargs.get("tls_params"), Mapping):
         kwargs["tls_params"] = aiomqtt.TLSParameters(**kwargs["tls_params"])
     if isinstance(kwargs.get("will"), dict):
         kwargs["will"] = aiomqtt.Will(**kwargs["will"])
@@ -157,13 +177,26 @@ class Publisher:
                 return
             await self.close()
             client = aiomqtt.Client(**self.client_kwargs)
-            forward_connect = client._client.on_connect
+            forward_connect, forward_lost = client._client.on_connect, client._client.on_disconnect
+            loop = asyncio.get_running_loop()
+            connecting = True
 
             def on_connect(paho_client, userdata, flags, reason_code, properties=None):
                 self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
                 forward_connect(paho_client, userdata, flags, reason_code, properties)
 
-            client._client.on_connect = on_connect
+            def fail_connect(reason_code):
+                if connecting and not client._connected.done():
+                    lost = f"the connection was lost before the broker's CONNACK ({reason_code})"
+                    client._connected.set_exception(aiomqtt.MqttError(lost))
+
+            def on_lost(paho_client, userdata, flags, reason_code, properties=None):
+                # aiomqtt would wait for the CONNACK until its timeout (a broker that refuses the
+                # client's certificate after the TLS handshake closes the connection): fail it now
+                loop.call_soon_threadsafe(fail_connect, reason_code)
+                forward_lost(paho_client, userdata, flags, reason_code, properties)
+
+            client._client.on_connect, client._client.on_disconnect = on_connect, on_lost
             try:
                 try:
                     await client.__aenter__()
@@ -178,11 +211,28 @@ class Publisher:
                     ) from e
                 raise
             except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
+                refusal = tls.refusal(e, self.where) or await self._tls_refusal()
+                if refusal is not None:
+                    raise refusal from e
                 raise MqttConnectFailed(f"cannot connect to {self.where}: {e}") from e
+            finally:
+                connecting = False
             paho = client._client
             self._forward_publish, paho.on_publish = paho.on_publish, self._on_publish
             self._forward_disconnect, paho.on_disconnect = paho.on_disconnect, self._on_disconnect
             self.client, self.paho, self.loop = client, paho, asyncio.get_running_loop()
+
+    async def _tls_refusal(self) -> Exception | None:
+        """
+        Why a TLS connection failed, when aiomqtt did not say (a broker that
+        refuses the client's certificate after the handshake leaves it
+        waiting for the CONNACK): one probe of the handshake.
+        """
+        context = self.client_kwargs.get("tls_context")
+        if context is None:
+            return None
+        host, port = self.client_kwargs["hostname"], int(self.client_kwargs.get("port", 1883))
+        return tls.refusal(await tls.probe(host, port, context), self.where)
 
     async def close(self):
         client, self.client = self.client, None
@@ -331,8 +381,20 @@ def _connection(ctx) -> dict:
     return dict(ctx.acct.get("connection") or {})
 
 
+def _tls_block(ctx) -> Any:
+    """:return: The profile's ``tls`` block, checked against aiomqtt's own TLS options"""
+    block = tls.block(ctx.acct)
+    tls.conflict(block, _connection(ctx), native=("tls_params", "tls_context", "tls_insecure"))
+    return block
+
+
 def _key(ctx) -> str:
-    return repr(sorted(((key, repr(value)) for key, value in _connection(ctx).items() if key != "loop")))
+    return repr(
+        (
+            sorted(((key, repr(value)) for key, value in _connection(ctx).items() if key != "loop")),
+            tls.key(ctx.acct),
+        )
+    )
 
 
 def _route(hub, ctx) -> Route:
@@ -344,9 +406,8 @@ def _route(hub, ctx) -> Route:
     key = _key(ctx)
     publisher = publishers.get(key)
     if publisher is None:
-        publisher = publishers[key] = Publisher(
-            hub.ingress.mqtt.client_kwargs(_connection(ctx)), where=hub.ingress.mqtt.describe(ctx)
-        )
+        kwargs = hub.ingress.mqtt.client_kwargs(_connection(ctx), _tls_block(ctx))
+        publisher = publishers[key] = Publisher(kwargs, where=hub.ingress.mqtt.describe(ctx))
     route = Route(publisher, ctx.acct)
     return hub.ingress.mqtt.BY_CTX.put(ctx, route)
 
@@ -370,9 +431,19 @@ def describe(hub, ctx) -> str:
     :return: The broker's address, ``mqtt://host:port``, without credentials
     """
     connection = ctx.acct.get("connection") or {}
-    tls = connection.get("tls_params") or connection.get("tls_context")
-    scheme = "mqtts" if tls else "mqtt"
+    secure = any(connection.get(name) is not None for name in ("tls_params", "tls_context"))
+    scheme = "mqtts" if secure or ctx.acct.get("tls") not in (None, False) else "mqtt"
     return f"{scheme}://{connection.get('hostname', 'localhost')}:{connection.get('port', 1883)}"
+
+
+def unchecked_hostname(hub, ctx) -> str | None:
+    """
+    :return: The option of the profile that turns the checking of the
+        server's host name off, or None
+    """
+    if tls.flag((ctx.acct.get("connection") or {}).get("tls_insecure"), False):
+        return "connection tls_insecure: true"
+    return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
@@ -479,11 +550,12 @@ async def listen(hub, ctx, routing_key: str | None = None):
     qos = ctx.acct.get("qos")
     qos = 1 if qos is None or qos == "" else int(qos)
     connection = {key: value for key, value in _connection(ctx).items() if key not in ("identifier", "will")}
-    client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection))
+    client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection, _tls_block(ctx)))
     try:
         await client.__aenter__()
-    except aiomqtt.MqttError as e:  # the socket, or the broker refused (credentials, say)
-        raise ListenError(f"cannot connect: {error_text(e)}") from e
+    except aiomqtt.MqttError as e:  # the socket, or the broker refused (credentials, a certificate, say)
+        reason = tls.refusal(e, hub.ingress.mqtt.describe(ctx)) or e
+        raise ListenError(f"cannot connect: {error_text(reason)}") from e
     try:
         await client.subscribe(str(topic), qos=qos)
         try:

@@ -13,6 +13,9 @@ Accepts the acct provider ``nats``. Install with ``pip install evbus[nats]``.
           user: user
           password: secret        # or token: ...
           name: my-app
+        tls:                      # optional: TLS (see evbus.tls); {} for the defaults
+          ca_file: /path/ca.pem
+          cert_file: /path/client.pem   # with key_file and password, for mutual TLS
         subject: events.default   # used when the event has no routing key
         jetstream: true           # publish to JetStream and wait for its PubAck (default: core NATS)
         stream: EVENTS            # optional: the stream that must take the message (JetStream)
@@ -41,6 +44,13 @@ login (authorization violation), a JetStream subject that no stream takes
 (checked once per subject before its first publish, and again after a
 publish that no stream answered), a ``stream`` that does not exist or does
 not take the subject, and a message over the server's ``max_payload``.
+
+TLS: the profile's ``tls`` block (the same in every broker profile) makes
+the SSL context of the connection (nats-py's ``tls``; ``server_hostname``
+is its ``tls_hostname``), with the server's certificate verified and its
+host name checked. A ``tls://`` server URL without a block is TLS with
+nats-py's defaults (verified too). A certificate that is not trusted or
+not for the host fails at once, saying so.
 """
 import asyncio
 import urllib.parse
@@ -52,9 +62,12 @@ try:
     import nats.js.errors
 
     HAS_LIBS = True
-except ImportError:
+    IMPORT_ERROR = ""
+except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
+    IMPORT_ERROR = str(e)
 
+from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
 from evbus.connection import error_text
@@ -86,7 +99,10 @@ class NoStreamError(RefusedError, LookupError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the nats ingress (acct provider nats) needs nats-py: pip install evbus[nats]"
+        return False, (
+            f"the nats ingress (acct provider nats) needs nats-py: "
+            f"pip install evbus[nats] ({IMPORT_ERROR})"
+        )
     return True
 
 
@@ -158,8 +174,11 @@ class Session:
 class Connection:
     """One profile's NATS connection (and JetStream context), opened once."""
 
-    def __init__(self, connection_kwargs: dict, jetstream: bool, stream: str | None, where: str):
+    def __init__(
+        self, connection_kwargs: dict, jetstream: bool, stream: str | None, where: str, tls_block: Any = None
+    ):
         self.connection_kwargs = connection_kwargs
+        self.tls_block = tls_block
         self.jetstream = jetstream
         self.stream = stream
         self.where = where
@@ -189,11 +208,7 @@ class Connection:
             if self.ready:
                 return
             await self.close()
-            kwargs = dict(self.connection_kwargs)
-            if not kwargs.get("allow_reconnect"):
-                kwargs["allow_reconnect"] = False
-                for name, value in QUICK_CONNECT.items():
-                    kwargs.setdefault(name, value)
+            kwargs = _client_kwargs(self.connection_kwargs, self.tls_block)
             kwargs.setdefault("name", "evbus")
             # A new session: a late callback of the last client fails what that client held, no more
             session = Session()
@@ -201,12 +216,16 @@ class Connection:
             self.last_error = None
             try:
                 client = await nats.connect(**kwargs)
-            except nats.errors.NoServersError:
-                if _login_refused(self.last_error):
-                    raise self._refused(self.last_error) from None
-                reason = f": {type(self.last_error).__name__}: {self.last_error}" if self.last_error else ""
-                raise NatsConnectError(f"cannot connect to {self.where}{reason}") from None
-            except nats.errors.Error as e:
+            except Exception as e:
+                refusal = tls.refusal(e, self.where) or tls.refusal(self.last_error, self.where)
+                if refusal is not None:
+                    raise refusal from None
+                if isinstance(e, nats.errors.NoServersError):
+                    if _login_refused(self.last_error):
+                        raise self._refused(self.last_error) from None
+                    last = self.last_error
+                    reason = f": {type(last).__name__}: {last}" if last else ""
+                    raise NatsConnectError(f"cannot connect to {self.where}{reason}") from None
                 if _login_refused(e):
                     raise self._refused(e) from None
                 raise
@@ -293,12 +312,41 @@ def _connection_kwargs(ctx) -> dict:
     return {key: value for key, value in dict(connection).items() if key != "loop"}
 
 
+def _tls_block(ctx) -> Any:
+    """:return: The profile's ``tls`` block, checked against nats-py's own TLS options"""
+    block = tls.block(ctx.acct)
+    tls.conflict(block, _connection_kwargs(ctx), native=("tls", "tls_hostname"))
+    return block
+
+
+def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
+    """
+    The keyword arguments of ``nats.connect``: the profile's connection,
+    one quick attempt per server unless it allows nats-py's reconnects, and
+    the SSL context of its ``tls`` block.
+
+    :raises TlsConfigError: for a tls block evbus cannot use
+    """
+    kwargs = dict(connection_kwargs)
+    if not kwargs.get("allow_reconnect"):
+        kwargs["allow_reconnect"] = False
+        for name, value in QUICK_CONNECT.items():
+            kwargs.setdefault(name, value)
+    if tls_block is not None:
+        options = tls.TlsOptions.parse(tls_block)
+        kwargs["tls"] = options.context()
+        if options.server_hostname:
+            kwargs["tls_hostname"] = options.server_hostname
+    return kwargs
+
+
 def _key(ctx) -> str:
     return repr(
         (
             sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]),
             bool(ctx.acct.get("jetstream")),
             ctx.acct.get("stream") or None,
+            tls.key(ctx.acct),
         )
     )
 
@@ -317,6 +365,7 @@ def _route(hub, ctx) -> Route:
             jetstream=bool(ctx.acct.get("jetstream")),
             stream=ctx.acct.get("stream") or None,
             where=hub.ingress.nats.describe(ctx),
+            tls_block=_tls_block(ctx),
         )
     route = Route(connection, subject=ctx.acct.get("subject") or None, stream=connection.stream)
     return hub.ingress.nats.BY_CTX.put(ctx, route)
@@ -349,19 +398,30 @@ def retriable(hub, error: BaseException) -> bool:
 
 def describe(hub, ctx) -> str:
     """
-    :return: The servers, ``nats://host:port`` (comma separated), without credentials
+    :return: The servers, ``nats://host:port`` (``tls://`` with TLS, comma
+        separated), without credentials
     """
     servers = (ctx.acct.get("connection") or {}).get("servers") or "nats://localhost:4222"
     if isinstance(servers, str):
         servers = servers.split(",")
+    secure = ctx.acct.get("tls") not in (None, False)
     described = []
     for server in servers:
         server = str(server).strip()
         if "://" not in server:
             server = f"nats://{server}"
         url = urllib.parse.urlsplit(server)
-        described.append(f"{url.scheme}://{url.hostname}:{url.port or 4222}")
+        scheme = "tls" if secure and url.scheme == "nats" else url.scheme
+        described.append(f"{scheme}://{url.hostname}:{url.port or 4222}")
     return ",".join(described)
+
+
+def unchecked_hostname(hub, ctx) -> str | None:
+    """
+    :return: The option of the profile that turns the checking of the
+        server's host name off, or None
+    """
+    return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
@@ -464,11 +524,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
         raise NoSubjectError(
             "no NATS subject to listen on: the profile names no subject and no --routing-key was given"
         )
-    kwargs = _connection_kwargs(ctx)
-    if not kwargs.get("allow_reconnect"):
-        kwargs["allow_reconnect"] = False
-        for name, value in QUICK_CONNECT.items():
-            kwargs.setdefault(name, value)
+    kwargs = _client_kwargs(_connection_kwargs(ctx), _tls_block(ctx))
     kwargs.setdefault("name", "evbus-listen")
     errors: list[BaseException] = []
 
@@ -481,9 +537,13 @@ async def listen(hub, ctx, routing_key: str | None = None):
     kwargs["error_cb"] = on_error
     try:
         client = await nats.connect(**kwargs)
-    except nats.errors.NoServersError:
-        raise ListenError(f"cannot connect{reason()}") from None
-    except Exception as e:  # refused credentials, a malformed server URL, ...
+    except Exception as e:  # refused credentials or certificate, a malformed server URL, ...
+        where = hub.ingress.nats.describe(ctx)
+        refusal = tls.refusal(e, where) or tls.refusal(errors[-1] if errors else None, where)
+        if refusal is not None:
+            raise ListenError(f"cannot connect: {error_text(refusal)}") from e
+        if isinstance(e, nats.errors.NoServersError):
+            raise ListenError(f"cannot connect{reason()}") from None
         raise ListenError(f"cannot connect: {error_text(e)}") from e
     try:
         subscription = await client.subscribe(str(subject))

@@ -11,6 +11,9 @@ Accepts the acct providers ``pika``, ``amqp`` and ``rabbitmq``. Install with
       my_profile:
         connection:               # keyword arguments of aio_pika.connect / connect_robust
           url: amqp://guest:guest@127.0.0.1:5672/   # or host, port, login, password, virtualhost, ssl, ...
+        tls:                      # optional: TLS, amqps (see evbus.tls); {} for the defaults
+          ca_file: /path/ca.pem
+          cert_file: /path/client.pem   # with key_file and password, for mutual TLS
         routing_key: my-queue     # used when the event has none
         exchange: default         # "default" is the default exchange; else an existing exchange's name
         timeout: 10               # seconds to wait for the broker's confirmation (optional)
@@ -31,6 +34,15 @@ messages silently, counted as published (as pop-evbus did).
 A refused login (``ACCESS_REFUSED``), a refused write permission on the
 exchange, a message over RabbitMQ's ``max_message_size`` and a returned
 message fail at once: a retry cannot change them.
+
+TLS: the profile's ``tls`` block (the same in every broker profile) makes
+the SSL context of the connection (aio-pika's ``ssl_context``; the url's
+scheme becomes ``amqps``, whose default port is 5671), with the server's
+certificate verified and its host name checked. aio-pika's own ``ssl:
+true`` with ``ssl_options`` (or an ``amqps://`` url with ``cafile``,
+``certfile``, ``keyfile`` in its query) keep working instead; the two
+cannot be mixed. A certificate that is not trusted or not for the host
+fails at once, saying so.
 """
 import asyncio
 import datetime
@@ -42,9 +54,12 @@ try:
     from aiormq import spec
 
     HAS_LIBS = True
-except ImportError:
+    IMPORT_ERROR = ""
+except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
+    IMPORT_ERROR = str(e)
 
+from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
 from evbus.connection import error_text
@@ -64,7 +79,10 @@ class MessageReturned(RefusedError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the pika ingress (acct providers pika, amqp, rabbitmq) needs aio-pika: pip install evbus[pika]"
+        return False, (
+            f"the pika ingress (acct providers pika, amqp, rabbitmq) needs aio-pika: "
+            f"pip install evbus[pika] ({IMPORT_ERROR})"
+        )
     return True
 
 
@@ -79,8 +97,9 @@ def __init__(hub):
 class Publisher:
     """One profile's connection and confirming channel, opened once."""
 
-    def __init__(self, connection_kwargs: dict, exchange: str, where: str):
+    def __init__(self, connection_kwargs: dict, exchange: str, where: str, tls_block: Any = None):
         self.connection_kwargs = connection_kwargs
+        self.tls_block = tls_block
         self.exchange_name = exchange
         self.where = where
         self.connection: Any = None
@@ -107,9 +126,14 @@ class Publisher:
             await self.close()
             self.loop = asyncio.get_running_loop()
             try:
-                self.connection = await aio_pika.connect(**self.connection_kwargs)
+                self.connection = await aio_pika.connect(**_with_tls(self.connection_kwargs, self.tls_block))
             except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as e:
                 raise _login_refused(e, self.where) from e
+            except Exception as e:
+                refusal = tls.refusal(e, self.where)
+                if refusal is not None:
+                    raise refusal from e
+                raise
             try:
                 self.channel = await self.connection.channel(publisher_confirms=True)
                 if self.exchange_name:
@@ -178,8 +202,39 @@ if HAS_LIBS:
                 super().__del__()
 
 
+def _tls_block(ctx) -> Any:
+    """:return: The profile's ``tls`` block, checked against aio-pika's own TLS options"""
+    block = tls.block(ctx.acct)
+    connection = ctx.acct.get("connection") or {}
+    tls.conflict(block, connection, native=("ssl_options", "ssl_context"))
+    query = aio_pika.connection.make_url(str(connection["url"])).query if connection.get("url") else {}
+    tls.conflict(block, query, native=("cafile", "capath", "cadata", "certfile", "keyfile", "no_verify_ssl"))
+    return block
+
+
+def _with_tls(kwargs: dict, tls_block: Any) -> dict:
+    """
+    The keyword arguments of ``aio_pika.connect`` with the SSL context of the
+    profile's ``tls`` block, over amqps (aiormq 7 takes TLS from the scheme alone).
+
+    :raises TlsConfigError: for a tls block evbus cannot use
+    """
+    if tls_block is None:
+        return kwargs
+    kwargs = dict(kwargs, ssl_context=tls.TlsOptions.parse(tls_block).context())
+    if kwargs.get("url"):
+        url = aio_pika.connection.make_url(str(kwargs["url"]))
+        if url.scheme == "amqp":
+            url = url.with_scheme("amqps")
+        kwargs["url"] = url
+    else:
+        kwargs["ssl"] = True
+    return kwargs
+
+
 def _key(ctx) -> tuple:
-    return (repr(sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0])), _exchange(ctx))
+    connection = repr(sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]))
+    return (connection, _exchange(ctx), tls.key(ctx.acct))
 
 
 def _publisher(hub, ctx) -> Publisher:
@@ -192,7 +247,7 @@ def _publisher(hub, ctx) -> Publisher:
     publisher = publishers.get(key)
     if publisher is None:
         publisher = publishers[key] = Publisher(
-            _connection_kwargs(ctx), _exchange(ctx), where=hub.ingress.pika.describe(ctx)
+            _connection_kwargs(ctx), _exchange(ctx), hub.ingress.pika.describe(ctx), tls_block=_tls_block(ctx)
         )
     return hub.ingress.pika.BY_CTX.put(ctx, publisher)
 
@@ -221,15 +276,32 @@ def retriable(hub, error: BaseException) -> bool:
 
 def describe(hub, ctx) -> str:
     """
-    :return: The broker's address, ``amqp://host:port/vhost``, without credentials
+    :return: The broker's address, ``amqp://host:port/vhost`` (``amqps://``
+        with TLS), without credentials
     """
     connection = ctx.acct.get("connection") or {}
+    secure = ctx.acct.get("tls") not in (None, False)
     if connection.get("url"):
         url = aio_pika.connection.make_url(str(connection["url"]))
-        return f"amqp://{url.host}:{url.port}{url.path}"
+        scheme = "amqps" if secure or url.scheme == "amqps" else "amqp"
+        return f"{scheme}://{url.host}:{url.port or (5671 if scheme == 'amqps' else 5672)}{url.path}"
+    secure = secure or bool(connection.get("ssl"))
     host = connection.get("host", "localhost")
-    port = connection.get("port", 5672)
-    return f"amqp://{host}:{port}/{connection.get('virtualhost', '')}"
+    port = connection.get("port", 5671 if secure else 5672)
+    return f"{'amqps' if secure else 'amqp'}://{host}:{port}/{connection.get('virtualhost', '')}"
+
+
+def unchecked_hostname(hub, ctx) -> str | None:
+    """
+    :return: The option of the profile that turns the checking of the
+        server's host name off, or None
+    """
+    connection = ctx.acct.get("connection") or {}
+    query = aio_pika.connection.make_url(str(connection["url"])).query if connection.get("url") else {}
+    options = connection.get("ssl_options") or {}
+    if query.get("no_verify_ssl", "0") != "0" or str(options.get("no_verify_ssl", "0")) != "0":
+        return "no_verify_ssl"
+    return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
@@ -346,9 +418,10 @@ async def listen(hub, ctx, routing_key: str | None = None):
     if not queue_name:
         raise EvbusError("no queue to listen on: the profile names no routing_key and no --routing-key was given")
     try:
-        connection = await aio_pika.connect(**_connection_kwargs(ctx))
+        connection = await aio_pika.connect(**_with_tls(_connection_kwargs(ctx), _tls_block(ctx)))
     except Exception as e:
-        raise ListenError(f"cannot connect: {error_text(e)}") from e
+        reason = tls.refusal(e, hub.ingress.pika.describe(ctx)) or e
+        raise ListenError(f"cannot connect: {error_text(reason)}") from e
     # Why the connection or the channel closed, when the broker or the network closed it
     lost: list[BaseException] = []
 

@@ -10,6 +10,9 @@ Accepts the acct provider ``redis``. Install with ``pip install evbus[redis]``.
       my_profile:
         connection:               # keyword arguments of redis.asyncio.Redis
           url: redis://:secret@127.0.0.1:6379/0   # or host, port, db, username, password, ssl, ...
+        tls:                      # optional: TLS (see evbus.tls); {} for the defaults
+          ca_file: /path/ca.pem
+          cert_file: /path/client.pem   # with key_file and password, for mutual TLS
         mode: stream              # stream (XADD, the default) or pubsub (PUBLISH)
         stream: events            # the stream (mode stream); the event's routing key when empty
         channel: events           # the channel (mode pubsub); the event's routing key when empty
@@ -33,12 +36,21 @@ by the connection's ``socket_timeout`` (redis-py's default: 5 s) per pipeline.
 A refused login (``WRONGPASS``, ``NOAUTH``) and a command the profile's user
 may not run (``NOPERM``) fail at once, saying what to fix: a retry cannot
 change them.
+
+TLS: the profile's ``tls`` block (the same in every broker profile) makes
+the SSL context of the connection, with the server's certificate verified
+and its host name checked. redis-py's own options (``ssl: true``,
+``ssl_ca_certs``, ... or a ``rediss://`` url) keep working instead, with
+hostname checking on unless ``ssl_check_hostname: false`` (redis-py 5 leaves
+it off by default); the two cannot be mixed.
 """
 import asyncio
 import contextlib
 import json
 import math
+import ssl
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -48,9 +60,12 @@ try:
     from redis.asyncio.retry import Retry
 
     HAS_LIBS = True
-except ImportError:
+    IMPORT_ERROR = ""
+except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
+    IMPORT_ERROR = str(e)
 
+from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
 from evbus.connection import error_text
@@ -58,6 +73,8 @@ from evbus.exc import EvbusError
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import ProfileError
+from evbus.exc import TlsConfigError
+from evbus.exc import TlsRefusedError
 
 
 class NoKeyError(EvbusError, ValueError):
@@ -68,7 +85,10 @@ class NoKeyError(EvbusError, ValueError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the redis ingress (acct provider redis) needs redis-py: pip install evbus[redis]"
+        return False, (
+            f"the redis ingress (acct provider redis) needs redis-py: "
+            f"pip install evbus[redis] ({IMPORT_ERROR})"
+        )
     return True
 
 
@@ -107,9 +127,10 @@ class Writer:
     the next pipeline: they are written in one go, and the replies read in order.
     """
 
-    def __init__(self, connection_kwargs: dict, where: str):
+    def __init__(self, connection_kwargs: dict, where: str, tls_block: Mapping | None = None):
         self.connection_kwargs = connection_kwargs
         self.where = where
+        self.tls_block = tls_block
         self.client: Any = None
         # The pool connection the writer keeps for itself
         self.connection: Any = None
@@ -133,10 +154,7 @@ class Writer:
             kwargs = dict(self.connection_kwargs)
             # One quick retry of redis-py's own when it connects (its default: 10); the lane does the rest
             kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1))
-            url = kwargs.pop("url", None)
-            client = (
-                redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
-            )
+            client = _client(kwargs, self.tls_block)
             try:
                 await client.ping()
                 self.connection = await client.connection_pool.get_connection()
@@ -229,11 +247,61 @@ class Writer:
                 future.set_exception(error)
 
 
-def _refusal(error: BaseException, where: str) -> LoginRefusedError | None:
+if HAS_LIBS:
+
+    class TlsConnection(redis.asyncio.SSLConnection):
+        """
+        A redis-py TLS connection with the SSL context that evbus made of the
+        profile's ``tls`` block, instead of one of redis-py's ``ssl_*`` options.
+        """
+
+        def __init__(self, *, tls_context: ssl.SSLContext, **kwargs):
+            super().__init__(**kwargs)
+            self.tls_context = tls_context
+
+        def _connection_arguments(self) -> Mapping:
+            # The TCP connection's arguments (host, port), and the context
+            arguments = dict(redis.asyncio.Connection._connection_arguments(self))
+            arguments["ssl"] = self.tls_context
+            return arguments
+
+
+def _client(kwargs: dict, tls_block: Mapping | None) -> Any:
     """
-    :return: A refused login (WRONGPASS, NOAUTH) or command (NOPERM), saying what
-        to fix; None for other errors
+    A redis-py client of a profile's connection options.
+
+    :param kwargs: Keyword arguments of ``redis.asyncio.Redis`` (or a ``url`` and those of ``from_url``)
+    :param tls_block: The profile's ``tls`` block: the client's connections use its SSL context
+    :raises TlsConfigError: for a tls block evbus cannot use, or TLS on a unix socket
     """
+    kwargs = dict(kwargs)
+    url = kwargs.pop("url", None)
+    scheme = urllib.parse.urlsplit(str(url)).scheme if url else None
+    if tls_block is None and (scheme == "rediss" or (not url and kwargs.get("ssl"))):
+        # redis-py 5 does not check host names unless told to; 6 and later do
+        kwargs.setdefault("ssl_check_hostname", True)
+    context = None
+    if tls_block is not None:
+        if scheme == "unix" or kwargs.get("unix_socket_path"):
+            raise TlsConfigError("a tls block needs a TCP connection to Redis, not a unix socket")
+        context = tls.TlsOptions.parse(tls_block).context()
+    client = redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
+    if context is not None:
+        pool = client.connection_pool
+        pool.connection_class = TlsConnection
+        pool.connection_kwargs["tls_context"] = context
+    return client
+
+
+def _refusal(error: BaseException, where: str) -> LoginRefusedError | TlsRefusedError | None:
+    """
+    :return: A refused login (WRONGPASS, NOAUTH) or command (NOPERM), or a
+        TLS handshake that a retry cannot mend, saying what to fix; None for
+        other errors
+    """
+    refused = tls.refusal(error, where)
+    if refused is not None:
+        return refused
     if isinstance(error, redis.exceptions.AuthenticationError):
         return LoginRefusedError(
             f"Redis at {where} refused the login ({error}): check the profile's username and password"
@@ -280,8 +348,15 @@ def _connection_kwargs(ctx) -> dict:
     return {key: value for key, value in dict(connection).items() if key != "loop"}
 
 
+def _tls_block(ctx) -> Mapping | None:
+    """:return: The profile's ``tls`` block, checked against redis-py's own TLS options"""
+    block = tls.block(ctx.acct)
+    tls.conflict(block, _connection_kwargs(ctx), native=(), prefix="ssl_")
+    return block
+
+
 def _key(ctx) -> str:
-    return repr(sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]))
+    return repr((sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
 
 
 def _route(hub, ctx) -> Route:
@@ -298,7 +373,9 @@ def _route(hub, ctx) -> Route:
     key = _key(ctx)
     writer = writers.get(key)
     if writer is None:
-        writer = writers[key] = Writer(_connection_kwargs(ctx), where=hub.ingress.redis.describe(ctx))
+        writer = writers[key] = Writer(
+            _connection_kwargs(ctx), where=hub.ingress.redis.describe(ctx), tls_block=_tls_block(ctx)
+        )
     route = Route(writer, ctx.acct, pubsub=mode == "pubsub")
     return hub.ingress.redis.BY_CTX.put(ctx, route)
 
@@ -325,19 +402,35 @@ def retriable(hub, error: BaseException) -> bool:
 
 def describe(hub, ctx) -> str:
     """
-    :return: The server's address, ``redis://host:port/db``, without credentials
+    :return: The server's address, ``redis://host:port/db`` (``rediss://``
+        with TLS), without credentials
     """
     connection = ctx.acct.get("connection") or {}
+    secure = ctx.acct.get("tls") not in (None, False)
     if connection.get("url"):
         url = urllib.parse.urlsplit(str(connection["url"]))
         if url.scheme == "unix":
             return f"unix://{url.path}"
-        return f"{url.scheme}://{url.hostname}:{url.port or 6379}{url.path or '/0'}"
+        scheme = "rediss" if secure else url.scheme
+        return f"{scheme}://{url.hostname}:{url.port or 6379}{url.path or '/0'}"
     if connection.get("unix_socket_path"):
         return f"unix://{connection['unix_socket_path']}"
-    scheme = "rediss" if connection.get("ssl") else "redis"
+    scheme = "rediss" if connection.get("ssl") or secure else "redis"
     host, port = connection.get("host", "localhost"), connection.get("port", 6379)
     return f"{scheme}://{host}:{port}/{connection.get('db', 0)}"
+
+
+def unchecked_hostname(hub, ctx) -> str | None:
+    """
+    :return: The option of the profile that turns the checking of the
+        server's host name off, or None
+    """
+    connection = ctx.acct.get("connection") or {}
+    if not tls.flag(connection.get("ssl_check_hostname"), True):
+        return "connection ssl_check_hostname: false"
+    if str(connection.get("ssl_cert_reqs", "")).lower() == "none":
+        return "connection ssl_cert_reqs: none"
+    return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
@@ -451,13 +544,13 @@ async def listen(hub, ctx, routing_key: str | None = None):
     kwargs.setdefault("socket_connect_timeout", kwargs.get("socket_timeout") or 5)
     kwargs["socket_timeout"] = None  # a blocking read waits as long as it takes
     kwargs["decode_responses"] = False  # bodies are bytes
-    url = kwargs.pop("url", None)
-    client = redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
+    client = _client(kwargs, _tls_block(ctx))
     try:
         try:
             await client.ping()
         except redis.exceptions.RedisError as e:
-            raise ListenError(f"cannot connect: {error_text(e)}") from e
+            reason = _refusal(e, hub.ingress.redis.describe(ctx)) or e
+            raise ListenError(f"cannot connect: {error_text(reason)}") from e
         try:
             bodies = _subscribed(client, key) if pubsub else _entries(client, key)
             async with contextlib.aclosing(bodies):

@@ -94,6 +94,31 @@ def test_profiles_of_a_plugin_without_its_library_are_named_at_start(tmp_path):
     assert lines[-1] == "['internal']"
 
 
+def test_profiles_of_a_plugin_whose_library_is_too_old_say_why_at_start(tmp_path):
+    """redis-py older than the extra's floor (no ExponentialWithJitterBackoff): each profile is named, and why."""
+    code = (
+        "import asyncio, logging, sys\n"
+        "import redis.backoff\n"
+        "del redis.backoff.ExponentialWithJitterBackoff\n"
+        "import pop.hub\n"
+        "hub = pop.hub.Hub()\n"
+        "hub.pop.sub.add(dyne_name='evbus')\n"
+        "hub.pop.config.load(['evbus'], cli='evbus', parse_cli=False, logs=False)\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s', stream=sys.stdout)\n"
+        "data = {'redis': {'one': {}, 'two': {}}, 'internal': {'default': {}}}\n"
+        "contexts = asyncio.run(hub.evbus.acct.profiles(acct_data=data))\n"
+        "print(sorted(contexts))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for profile in ("one", "two"):
+        [line] = [line for line in lines if f"Profile '{profile}' of acct provider 'redis'" in line]
+        assert "ingress.redis cannot load" in line and "pip install evbus[redis]" in line
+        assert "cannot import name 'ExponentialWithJitterBackoff'" in line
+    assert lines[-1] == "['internal']"
+
+
 async def test_a_provider_no_plugin_serves_is_a_warning(hub, caplog):
     """A typo in a provider is named, with the provider meant and those that exist."""
     with caplog.at_level("WARNING"):

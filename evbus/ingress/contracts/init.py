@@ -21,4 +21,9 @@ list and the publish function when the bus starts
 A plugin whose publish can never wait (an in-process queue) may also offer
 ``def publish_nowait(hub, ctx, routing_key, body)``; lanes then call it
 instead of ``publish`` and save a coroutine per event.
+
+A plugin that connects over TLS may offer ``def unchecked_hostname(hub,
+ctx) -> str | None``: the option of the profile that turns the checking of
+the server's host name off (``tls check_hostname: false``), or None. evbus
+logs it as a warning, once per profile, when the bus starts.
 """
