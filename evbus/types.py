@@ -33,6 +33,9 @@ class Event:
     :param content_type: The MIME type of the serializer that made ``body``
     :param id: A unique id of this event
     :param timestamp: When the event was put (seconds since the epoch)
+    :param headers: Message headers of one destination's copy of the event
+        (CloudEvents attributes), ``(name, value)`` pairs that the ingress
+        plugin adds to the message; set by the lane, empty on the bus
     """
 
     profile: str = "default"
@@ -41,6 +44,7 @@ class Event:
     content_type: str = "application/json"
     id: str = dataclasses.field(default_factory=new_event_id)
     timestamp: float = dataclasses.field(default_factory=time.time)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 _SETTERS = tuple(Event.__dict__[f.name].__set__ for f in dataclasses.fields(Event))
@@ -56,11 +60,29 @@ def make_event(profile: str, routing_key: str | None, body: bytes, content_type:
     which halves the cost of every put.
     """
     event = _NEW(Event)
-    set_profile, set_routing_key, set_body, set_content_type, set_id, set_timestamp = _SETTERS
+    set_profile, set_routing_key, set_body, set_content_type, set_id, set_timestamp, set_headers = _SETTERS
     set_profile(event, profile)
     set_routing_key(event, routing_key)
     set_body(event, body)
     set_content_type(event, content_type)
     set_id(event, f"{_ID_PREFIX}-{next(_ID_COUNTER):x}")
     set_timestamp(event, time.time())
+    set_headers(event, ())
     return event
+
+
+def wire_copy(event: Event, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...]) -> Event:
+    """
+    The copy of an event that one destination sends: the same id and time,
+    with its own body, content type and message headers (an envelope).
+    """
+    copy = _NEW(Event)
+    set_profile, set_routing_key, set_body, set_content_type, set_id, set_timestamp, set_headers = _SETTERS
+    set_profile(copy, event.profile)
+    set_routing_key(copy, event.routing_key)
+    set_body(copy, body)
+    set_content_type(copy, content_type)
+    set_id(copy, event.id)
+    set_timestamp(copy, event.timestamp)
+    set_headers(copy, headers)
+    return copy
