@@ -152,6 +152,8 @@ class Lane:
     :param when_full: ``"wait"``: the listener waits for room (backpressure up to
         ``put``); ``"dead-letter"``: the oldest event not yet handed off is given up
     :param on_settled: ``on_settled(event)``, called once the lane published or gave up an event
+    :param envelope: ``envelope(event)`` -> what the plugin sends instead of the event
+        (a CloudEvent, see :mod:`evbus.cloudevents`), or None
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Lane:
         limit: int = 0,
         when_full: str = "wait",
         on_settled: Callable[[Event], None] | None = None,
+        envelope: Callable[[Event], Event] | None = None,
     ):
         self.plugin = plugin
         self.provider = provider
@@ -182,6 +185,8 @@ class Lane:
         self._on_settled = on_settled
         self._room: list[asyncio.Future] = []
         self._send = destination.send
+        if envelope is not None:
+            self._send = _wired(destination.send, envelope)
         self._inline = destination.inline
         self._on_failure = on_failure
         self._log = log or (lambda message: None)
@@ -652,6 +657,17 @@ class Lane:
             "mean_publish_seconds": self.publish_seconds / self.published if self.published else 0.0,
             "max_publish_seconds": self.max_publish_seconds,
         }
+
+
+def _wired(
+    send: Callable[[Any, str | None, Event], Any], envelope: Callable[[Event], Event]
+) -> Callable[[Any, str | None, Event], Any]:
+    """A lane's ``send`` that hands the plugin what goes on the wire: the event in its envelope."""
+
+    def send_wired(ctx: Any, routing_key: str | None, event: Event) -> Any:
+        return send(ctx, routing_key, envelope(event))
+
+    return send_wired
 
 
 async def end_task(task: asyncio.Task, grace: float) -> bool:

@@ -10,6 +10,7 @@ The path of one event, one function per hop::
       -> listener                 evbus.init.start           one task; takes events in order
       -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
+      -> envelope                 evbus.cloudevents          per destination, when its profile asks for one
       -> ingress publish          ingress.<plugin>.publish(ctx, routing_key, body)
 
 A slow or failing destination only holds up its own lane.
