@@ -235,6 +235,7 @@ def router(hub, contexts: Any) -> Router:
             when_full=lane_full,
             on_settled=on_settled,
             envelope=hub.evbus.route.envelope(plugin_name, provider, name, ctx),
+            telemetry=hub.evbus.telemetry.lane(plugin_name, name, ctx),
         )
         if lane.destination.open is not None:
             # Connect now: a broker that cannot be reached is reported at start
@@ -297,6 +298,13 @@ def unbind(hub):
     for found in list(hub.evbus.route.STATE.routers.values()):
         for lane in found.lanes:
             lane.unbound()
+
+
+def running_lanes(hub) -> list[Lane]:
+    """
+    :return: The lanes of the routers in use (not those stopped)
+    """
+    return [lane for found in list(hub.evbus.route.STATE.routers.values()) for lane in found.lanes]
 
 
 def all_lanes(hub) -> list[Lane]:
