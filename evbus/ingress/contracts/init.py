@@ -21,4 +21,12 @@ list and the publish function when the bus starts
 A plugin whose publish can never wait (an in-process queue) may also offer
 ``def publish_nowait(hub, ctx, routing_key, body)``; lanes then call it
 instead of ``publish`` and save a coroutine per event.
+
+A plugin whose messages carry headers offers ``def binding(hub, ctx)``: the
+CloudEvents protocol binding of a profile's messages (a
+:class:`evbus.cloudevents.Binding`, or None where they carry none); its
+``send(hub, ctx, routing_key, event)`` then adds ``event.headers`` (the
+trace context, the CloudEvents attributes) to the message. ``def
+messaging(hub, ctx, routing_key)`` gives the OpenTelemetry messaging
+attributes of a message's span. Both are optional (see the README).
 """
