@@ -45,6 +45,7 @@ setup(
         "nats": requirements("nats"),
         "redis": requirements("redis"),
         "mqtt": requirements("mqtt"),
+        "otel": requirements("otel"),
         "test": [r for r in requirements("test") if r not in requirements("base")],
     },
     entry_points={"console_scripts": ["evbus = evbus.scripts:start"]},

@@ -1,7 +1,7 @@
 """
 End-to-end figures of the internal ingress: put -> arrival on the internal queue.
 
-    python bench/internal.py [--events 100000] [--latency 2000] [--rounds 3] [--upstream]
+    python bench/internal.py [--events 100000] [--latency 2000] [--rounds 3] [--upstream] [--otel]
 
 For each implementation, in its own process and interleaved round by round:
 
@@ -15,6 +15,11 @@ Implementations:
 - ``evbus``: this project, through ``hub.evbus.broker.put(body=..., profile=...)``;
 - ``relay``: the baseline of a raw one-hop relay: an ``asyncio.Queue``, a
   listener task, ``json.dumps``, the consumer's queue;
+- ``otel`` (``--otel``): evbus with OpenTelemetry's SDK configured as an
+  application would: a tracer provider whose spans go through a batch span
+  processor to an exporter that drops them, and a meter provider with a
+  reader; every event then has a PRODUCER span and its metrics (needs
+  opentelemetry-sdk, which the test requirements install);
 - ``upstream``: pop-evbus 7.0.1, driven through the same hub calls, from a
   virtual environment of its own (``--upstream`` builds it in
   ``bench/.upstream-venv`` when missing; it never shares an environment with
@@ -91,6 +96,27 @@ async def run_pop(events: int, latency: int) -> dict:
     return {"eps": eps, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
 
 
+def configure_otel():
+    """Set OpenTelemetry's global providers as an application would (spans batched, then dropped)."""
+    from opentelemetry import metrics
+    from opentelemetry import trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 async def run_relay(events: int, latency: int) -> dict:
     """The baseline: one asyncio.Queue, one listener task, json.dumps, the consumer's queue."""
     bus: asyncio.Queue = asyncio.Queue()
@@ -151,15 +177,22 @@ def main():
     parser.add_argument("--latency", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--upstream", action="store_true", help="also measure pop-evbus 7.0.1 (builds its venv)")
-    parser.add_argument("--worker", choices=["evbus", "relay", "upstream"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--otel", action="store_true", help="also measure evbus with OpenTelemetry tracing and metrics on"
+    )
+    parser.add_argument("--worker", choices=["evbus", "relay", "upstream", "otel"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
+        if args.worker == "otel":
+            configure_otel()
         runner = run_relay if args.worker == "relay" else run_pop
         print(json.dumps(asyncio.run(runner(args.events, args.latency))))
         return
 
     kinds = {"evbus": (sys.executable, HERE.parent), "relay": (sys.executable, HERE.parent)}
+    if args.otel:
+        kinds["otel"] = (sys.executable, HERE.parent)
     if args.upstream:
         # Run upstream from a directory where this project's dynes are not on sys.path
         kinds["upstream"] = (str(build_upstream()), UPSTREAM_VENV)
@@ -184,6 +217,11 @@ def main():
         )
 
     print(f"evbus / relay:    {paired('relay', 'eps'):.2f}x events/s, p50 {paired('relay', 'p50'):.2f}x")
+    if "otel" in med:
+        print(
+            f"otel / evbus:     {1 / paired('otel', 'eps'):.2f}x events/s, p50 {1 / paired('otel', 'p50'):.2f}x "
+            f"(tracing and metrics on, against off)"
+        )
     if "upstream" in med:
         print(
             f"evbus / upstream: {paired('upstream', 'eps'):.2f}x events/s, p50 {paired('upstream', 'p50'):.2f}x "

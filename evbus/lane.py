@@ -152,6 +152,10 @@ class Lane:
     :param when_full: ``"wait"``: the listener waits for room (backpressure up to
         ``put``); ``"dead-letter"``: the oldest event not yet handed off is given up
     :param on_settled: ``on_settled(event)``, called once the lane published or gave up an event
+    :param envelope: ``envelope(event)`` -> what the plugin sends instead of the event
+        (a CloudEvent, see :mod:`evbus.cloudevents`), or None
+    :param telemetry: The lane's spans and metrics (:class:`evbus.telemetry.LaneTelemetry`),
+        or None: no hook is called
     """
 
     def __init__(
@@ -168,6 +172,8 @@ class Lane:
         limit: int = 0,
         when_full: str = "wait",
         on_settled: Callable[[Event], None] | None = None,
+        envelope: Callable[[Event], Event] | None = None,
+        telemetry: Any = None,
     ):
         self.plugin = plugin
         self.provider = provider
@@ -181,7 +187,10 @@ class Lane:
         self.when_full = when_full
         self._on_settled = on_settled
         self._room: list[asyncio.Future] = []
+        self.telemetry = telemetry
         self._send = destination.send
+        if envelope is not None or telemetry is not None:
+            self._send = _wired(destination.send, envelope, telemetry)
         self._inline = destination.inline
         self._on_failure = on_failure
         self._log = log or (lambda message: None)
@@ -248,6 +257,9 @@ class Lane:
         :return: Its sequence number on this lane, for :meth:`settled`
         """
         self.queued += 1
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.queued(event)
         if self._inline and not self._pending and not self._to_report:
             routing_key = event.routing_key if event.routing_key is not None else self.routing_key
             try:
@@ -256,6 +268,8 @@ class Lane:
                 self._to_report.append((event, e))
             else:
                 self.published += 1
+                if telemetry is not None:
+                    telemetry.published(event)
                 if self._on_settled is not None:
                     self._on_settled(event)
                 if self._settle_waiters:
@@ -349,6 +363,8 @@ class Lane:
             else:
                 in_flight.popleft()
                 done = pending.popleft()
+                if self.telemetry is not None:
+                    self.telemetry.published(done)
                 if self._on_settled is not None:
                     self._on_settled(done)
                 if self._tried is not None:
@@ -415,6 +431,8 @@ class Lane:
             # it may be another's. Hand them off one at a time to tell whose it is
             self._one_by_one = shared + 1
             self.retried += 1
+            if self.telemetry is not None:
+                self.telemetry.retried(head, error, attempts, 0.0)
             self._log(
                 f"Publish to {self.where} failed for {shared + 1} events at once, "
                 f"trying them one at a time: {type(error).__name__}: {error}"
@@ -428,6 +446,8 @@ class Lane:
         if delay is not None:
             self._last_try = elapsed + delay >= policy.seconds
             self.retried += 1
+            if self.telemetry is not None:
+                self.telemetry.retried(head, error, attempts, delay)
             if attempts == 1 or self._last_try:  # the retries between go uncounted in the log
                 budget = (
                     f"up to {policy.attempts} attempts within {policy.seconds:g} s"
@@ -481,6 +501,8 @@ class Lane:
             in_flight.popleft()
             done = pending.popleft()
             self.published += 1
+            if self.telemetry is not None:
+                self.telemetry.published(done)
             if self._on_settled is not None:
                 self._on_settled(done)
         if self._settle_waiters:
@@ -511,12 +533,20 @@ class Lane:
         except Exception:  # the failure handler logs; it must not end the lane
             pass
         self.failed += 1
+        if self.telemetry is not None:
+            routing_key = event.routing_key if event.routing_key is not None else self.routing_key
+            self.telemetry.given_up(event, error, attempts, routing_key)
         if self._on_settled is not None:
             self._on_settled(event)
         if self._settle_waiters:
             self._wake_settled()
         if self._room:
             self._wake_room()
+
+    @property
+    def depth(self) -> int:
+        """The events the lane holds: waiting, or handed off and not yet confirmed."""
+        return len(self._pending)
 
     @property
     def full(self) -> bool:
@@ -661,11 +691,30 @@ class Lane:
             "failed": self.failed,
             "dead_lettered": self.failed,
             "down": self.down,
-            "depth": len(self._pending),
+            "depth": self.depth,
             "in_flight": len(self._in_flight),
             "mean_publish_seconds": self.publish_seconds / self.published if self.published else 0.0,
             "max_publish_seconds": self.max_publish_seconds,
         }
+
+
+def _wired(
+    send: Callable[[Any, str | None, Event], Any],
+    envelope: Callable[[Event], Event] | None,
+    telemetry: Any,
+) -> Callable[[Any, str | None, Event], Any]:
+    """
+    A lane's ``send`` that hands the plugin what goes on the wire: the event
+    in its envelope, with the trace context of its span.
+    """
+
+    def send_wired(ctx: Any, routing_key: str | None, event: Event) -> Any:
+        wire = event if envelope is None else envelope(event)
+        if telemetry is not None:
+            wire = telemetry.sending(event, wire, routing_key)
+        return send(ctx, routing_key, wire)
+
+    return send_wired
 
 
 async def end_task(task: asyncio.Task, grace: float) -> bool:

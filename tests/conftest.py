@@ -160,3 +160,57 @@ def error_sink(hub, monkeypatch):
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
     return hub.my_app.errors.RECEIVED
 
+
+
+class Otel:
+    """
+    OpenTelemetry SDK providers of a test's own: spans to an in-memory
+    exporter, metrics to an in-memory reader.
+    """
+
+    def __init__(self):
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.tracer = self.tracer_provider.get_tracer("tests")
+
+    def spans(self, name_prefix: str = "send") -> list:
+        """:return: The finished spans whose name starts with ``name_prefix``, in the order they ended"""
+        return [span for span in self.exporter.get_finished_spans() if span.name.startswith(name_prefix)]
+
+    def metrics(self) -> dict[str, list[tuple[dict, object]]]:
+        """
+        :return: {metric name: [(attributes, value), ...]}: the value of a counter
+            or gauge, the data point of a histogram
+        """
+        found: dict[str, list[tuple[dict, object]]] = {}
+        data = self.reader.get_metrics_data()
+        for resource_metrics in data.resource_metrics if data is not None else ():
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    for point in metric.data.data_points:
+                        value = point.value if hasattr(point, "value") else point
+                        found.setdefault(metric.name, []).append((dict(point.attributes), value))
+        return found
+
+    def shutdown(self):
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+@pytest.fixture
+def otel(hub):
+    """Tracer and meter providers of the test's own, given to the hub (``hub.evbus.TRACER_PROVIDER``, ...)."""
+    providers = Otel()
+    hub.evbus.TRACER_PROVIDER = providers.tracer_provider
+    hub.evbus.METER_PROVIDER = providers.meter_provider
+    yield providers
+    providers.shutdown()

@@ -10,6 +10,7 @@ The path of one event, one function per hop::
       -> listener                 evbus.init.start           one task; takes events in order
       -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
+      -> envelope, span           evbus.cloudevents, evbus.telemetry   per destination, when configured
       -> ingress publish          ingress.<plugin>.publish(ctx, routing_key, body)
 
 A slow or failing destination only holds up its own lane.
@@ -50,7 +51,10 @@ class BrokerState:
     safe, and the serializer in use.
     """
 
-    __slots__ = ("lock", "loop", "loop_thread", "closed", "put_count", "serializer", "maxsize", "reserved", "spool")
+    __slots__ = (
+        "lock", "loop", "loop_thread", "closed", "put_count", "serializer", "maxsize", "reserved", "spool",
+        "make_event",
+    )
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -65,6 +69,9 @@ class BrokerState:
         self.put_count = 0
         # (SERIAL_PLUGIN, serialize.PLUGIN, name, apply function, content type) last resolved
         self.serializer: tuple = ("json", "json", None, None, None)
+        # What events are built with: make_event, or with tracing on, a function that
+        # also keeps the caller's OpenTelemetry context (set by evbus.telemetry.resolve)
+        self.make_event = make_event
 
 
 def __init__(hub):
@@ -191,7 +198,7 @@ def _new_event(hub, state: BrokerState, routing_key, body, profile) -> Event:
         raise SerializeError(name, type(body).__name__, str(e)) from None
     if data.__class__ is not bytes:
         data = data.encode() if isinstance(data, str) else bytes(data)
-    return make_event(profile, routing_key, data, content_type)
+    return state.make_event(profile, routing_key, data, content_type)
 
 
 def _accept(hub, state: BrokerState, routing_key, body, profile) -> Event:

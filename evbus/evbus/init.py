@@ -67,6 +67,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             contexts = {}
         hub.evbus.broker.serializer()
         hub.evbus.route.error_callback()
+        hub.evbus.telemetry.resolve()
         router = hub.evbus.route.router(contexts)
         bus: asyncio.Queue = await hub.evbus.broker.init()
     except Exception as e:

@@ -13,6 +13,7 @@ from typing import Any
 
 import dict_tools.data as data
 
+from evbus import cloudevents
 from evbus.exc import ConfigError
 from evbus.exc import EvbusTimeoutError
 from evbus.exc import IngressPluginError
@@ -220,11 +221,12 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
         except Exception as e:
             raise ProfileError(provider, name, f"the name is not a valid {match_name} pattern: {e}") from None
         hub.evbus.MASK.learn(profile)
+        ctx = data.NamespaceDict(acct=data.NamespaceDict(profile))
         lane = Lane(
             plugin=plugin_name,
             provider=provider,
             profile=name,
-            ctx=data.NamespaceDict(acct=data.NamespaceDict(profile)),
+            ctx=ctx,
             destination=hub.evbus.route.destination(plugin_name),
             on_failure=on_failure,
             policy=policy,
@@ -233,6 +235,8 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             limit=lane_size,
             when_full=lane_full,
             on_settled=on_settled,
+            envelope=hub.evbus.route.envelope(plugin_name, provider, name, ctx),
+            telemetry=hub.evbus.telemetry.lane(plugin_name, name, ctx),
         )
         _warn_unchecked_hostname(hub, lane, warn)
         if connect and lane.destination.open is not None:
@@ -257,6 +261,28 @@ def _warn_unchecked_hostname(hub, lane: Lane, warn):
             f"TLS hostname checking is off for {lane.where} of acct provider '{lane.provider}' ({option}): "
             f"any server with a certificate that a trusted CA signed, for whatever host name, is taken for it"
         )
+
+
+def envelope(hub, plugin_name: str, provider: str, name: str, ctx: Any) -> cloudevents.Envelope | None:
+    """
+    The envelope of a profile's events (``envelope: cloudevents``), for the
+    protocol binding the plugin names with ``binding(ctx)``.
+
+    :param plugin_name: The ingress plugin
+    :param provider: The acct provider
+    :param name: The profile name
+    :param ctx: The lane's ctx; ``ctx.acct`` is the profile
+    :return: The envelope, or None to send the events as they are
+    :raises ProfileError: for envelope options that evbus or the plugin cannot use
+    """
+    plugin = hub.ingress[plugin_name]
+
+    def binding() -> cloudevents.Binding | None:
+        if not hasattr(plugin, "binding"):
+            return None
+        return plugin.binding(ctx)
+
+    return cloudevents.envelope(ctx.acct, binding, plugin_name, provider, name)
 
 
 def lanes(hub, contexts: Any, profile: str) -> tuple[Lane, ...]:
@@ -289,6 +315,13 @@ def unbind(hub):
     for found in list(hub.evbus.route.STATE.routers.values()):
         for lane in found.lanes:
             lane.unbound()
+
+
+def running_lanes(hub) -> list[Lane]:
+    """
+    :return: The lanes of the routers in use (not those stopped)
+    """
+    return [lane for found in list(hub.evbus.route.STATE.routers.values()) for lane in found.lanes]
 
 
 def all_lanes(hub) -> list[Lane]:

@@ -10,6 +10,11 @@ bodies (bytes), for tests and for consumers in the same process.
         routing_key: my_routing_key1
       "idem-*":
         routing_key: idem-events
+      cloud:
+        routing_key: cloud-events
+        envelope: cloudevents     # bodies as CloudEvents in JSON (structured mode, see evbus.cloudevents)
+        cloudevents:
+          mode: structured
 
 An event's own routing key wins over the profile's; with neither, the queue
 is the one of routing key ``None``. Consume with::

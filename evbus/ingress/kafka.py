@@ -28,6 +28,7 @@ Accepts the acct provider ``kafka``. Install with ``pip install evbus[kafka]``.
           password: key-password
           check_hostname: true    # the default; false turns hostname checking off (a warning)
           server_hostname: kafka.example  # optional: the name the brokers' certificates are for
+        envelope: cloudevents     # optional: send CloudEvents (evbus.cloudevents)
 
 Kafka keeps order within a partition: a lane's events stay in order at the
 consumer when they share a partition, so give the profile a ``key`` (or a
@@ -35,7 +36,9 @@ consumer when they share a partition, so give the profile a ``key`` (or a
 
 Each message carries the headers ``id``, ``timestamp`` (seconds since the
 epoch) and ``content-type`` of its event, and the event's time as the Kafka
-timestamp.
+timestamp; with tracing on, ``traceparent`` and ``tracestate``; in CloudEvents
+binary mode, ``ce_specversion``, ``ce_id``, ``ce_source``, ``ce_type`` and
+``ce_time``.
 
 What a retry cannot change fails at once: a SASL login the broker refuses
 (aiokafka reports only that it could not bootstrap; the plugin then asks
@@ -88,6 +91,7 @@ except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
     IMPORT_ERROR = str(e)
 
+from evbus import cloudevents
 from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
@@ -301,6 +305,36 @@ def retriable(hub, error: BaseException) -> bool:
     return getattr(error, "retriable", True) is not False
 
 
+def binding(hub, ctx) -> cloudevents.Binding:
+    """
+    :return: The CloudEvents Kafka binding: attributes in ``ce_`` headers,
+        ``datacontenttype`` in ``content-type``
+    """
+    return cloudevents.KAFKA
+
+
+def messaging(hub, ctx, routing_key: str | None) -> dict:
+    """
+    :return: The OpenTelemetry messaging attributes of a message to ``routing_key``
+    """
+    key = ctx.acct.get("key") or routing_key
+    partition = ctx.acct.get("partition")
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": ",".join(_topics(ctx, routing_key)),
+        "messaging.kafka.message.key": str(key) if key else None,
+        "messaging.destination.partition.id": str(partition) if partition not in (None, "") else None,
+    }
+
+
+def _topics(ctx, routing_key: str | None) -> list[str]:
+    """:return: The topics of a message: the profile's, else the routing key"""
+    topics = ctx.acct.get("topics") or ([routing_key] if routing_key else [])
+    if isinstance(topics, str):
+        topics = [topics]
+    return [str(topic) for topic in topics]
+
+
 def describe(hub, ctx) -> str:
     """
     :return: The bootstrap servers, ``kafka://host:port``
@@ -349,9 +383,7 @@ async def send(hub, ctx, routing_key: str, event):
     if not producer.ready:
         await producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
     acct = ctx.acct
-    topics = acct.get("topics") or ([routing_key] if routing_key else [])
-    if isinstance(topics, str):
-        topics = [topics]
+    topics = _topics(ctx, routing_key)
     if not topics:
         raise NoTopicError("no Kafka topic: the profile names no topics and the event has no routing key")
     key = acct.get("key") or routing_key
@@ -362,12 +394,14 @@ async def send(hub, ctx, routing_key: str, event):
         ("timestamp", repr(event.timestamp).encode()),
         ("content-type", event.content_type.encode()),
     ]
+    if event.headers:  # trace context, CloudEvents attributes
+        headers += [(name, value.encode()) for name, value in event.headers]
     timestamp_ms = int(event.timestamp * 1000)
     futures = []
     for topic in topics:
         try:
             future = await producer.producer.send(
-                str(topic),
+                topic,
                 value=event.body,
                 key=key,
                 partition=acct.get("partition"),

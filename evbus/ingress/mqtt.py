@@ -21,6 +21,7 @@ Accepts the acct provider ``mqtt``. Install with ``pip install evbus[mqtt]``.
         topic: events/default     # used when the event has no routing key
         qos: 1                    # 0, 1 (the default) or 2
         retain: false
+        envelope: cloudevents     # optional: send CloudEvents (evbus.cloudevents; 3.1.1: structured mode)
 
 The event's routing key (or the profile's ``routing_key``) is the topic;
 ``topic`` is the one used when there is none.
@@ -30,7 +31,10 @@ With QoS 1 or 2 an event counts as published when the broker acknowledged it
 connection. The message is the event body as it is: MQTT 3.1.1 has no
 headers. With ``protocol: 5`` each message also carries the content type of
 its event and the user properties ``Evbus-Id`` and ``Evbus-Timestamp``
-(seconds since the epoch).
+(seconds since the epoch); with tracing on, ``traceparent`` and
+``tracestate``. In CloudEvents binary mode the user properties are the
+CloudEvent's attributes (``specversion``, ``id``, ...) and the trace context,
+without ``Evbus-Id`` and ``Evbus-Timestamp``.
 
 A lost connection fails the events not yet acknowledged at once; the lane
 sends them again on a new connection.
@@ -66,6 +70,7 @@ except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
     IMPORT_ERROR = str(e)
 
+from evbus import cloudevents
 from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
@@ -375,6 +380,9 @@ class Route:
         self.qos = 1 if qos is None or qos == "" else int(qos)
         retain = acct.get("retain") or False
         self.retain = retain is True or str(retain).lower() in ("true", "1", "yes")
+        # Evbus-Id and Evbus-Timestamp, unless the user properties are a CloudEvent's
+        # attributes (binary mode): names of evbus's own would read as attributes there
+        self.evbus_properties = not cloudevents.binary(acct)
 
 
 def _connection(ctx) -> dict:
@@ -424,6 +432,23 @@ def retriable(hub, error: BaseException) -> bool:
     if isinstance(error, aiomqtt.MqttCodeError) and _code(error.rc) in REFUSED_CREDENTIALS:
         return False
     return getattr(error, "retriable", True) is not False
+
+
+def binding(hub, ctx) -> cloudevents.Binding | None:
+    """
+    :return: With ``protocol: 5``, the CloudEvents MQTT binding: attributes in user
+        properties of their own names, ``datacontenttype`` the Content Type too;
+        None with MQTT 3.1.1, whose messages carry no properties (structured mode only)
+    """
+    protocol = hub.ingress.mqtt.client_kwargs(_connection(ctx)).get("protocol")
+    return cloudevents.MQTT if protocol == aiomqtt.ProtocolVersion.V5 else None
+
+
+def messaging(hub, ctx, routing_key: str | None) -> dict:
+    """
+    :return: The OpenTelemetry messaging attributes of a message to ``routing_key``: its topic
+    """
+    return {"messaging.system": "mqtt", "messaging.destination.name": routing_key or ctx.acct.get("topic")}
 
 
 def describe(hub, ctx) -> str:
@@ -485,7 +510,11 @@ async def send(hub, ctx, routing_key: str, event):
     if publisher.v5:
         properties = Properties(PacketTypes.PUBLISH)
         properties.ContentType = event.content_type
-        properties.UserProperty = [("Evbus-Id", event.id), ("Evbus-Timestamp", repr(event.timestamp))]
+        user_properties = list(event.headers)  # trace context, CloudEvents attributes
+        if route.evbus_properties:
+            user_properties += [("Evbus-Id", event.id), ("Evbus-Timestamp", repr(event.timestamp))]
+        if user_properties:
+            properties.UserProperty = user_properties  # (paho appends what is assigned)
         limit = publisher.max_packet_size
         # A cheap bound first (these properties take well under 512 bytes), then the exact size
         if limit and len(event.body) + len(topic) > limit - 512 and _packet_size(

@@ -19,6 +19,7 @@ Accepts the acct provider ``nats``. Install with ``pip install evbus[nats]``.
         subject: events.default   # used when the event has no routing key
         jetstream: true           # publish to JetStream and wait for its PubAck (default: core NATS)
         stream: EVENTS            # optional: the stream that must take the message (JetStream)
+        envelope: cloudevents     # optional: send CloudEvents (evbus.cloudevents)
 
 The event's routing key (or the profile's ``routing_key``) is the subject;
 ``subject`` is the one used when there is none.
@@ -26,7 +27,9 @@ The event's routing key (or the profile's ``routing_key``) is the subject;
 Each message carries the NATS headers ``Evbus-Id``, ``Evbus-Timestamp``
 (seconds since the epoch) and ``Content-Type`` of its event; a JetStream
 message also ``Nats-Msg-Id`` (the event id), so that the stream drops a copy
-that a retry sent again within its duplicate window.
+that a retry sent again within its duplicate window. With tracing on, also
+``traceparent`` and ``tracestate``; in CloudEvents binary mode the attributes
+``ce-specversion``, ``ce-id``, ... (values percent-encoded).
 
 A JetStream publish counts as published when the stream acknowledged it
 (PubAck). Core NATS acknowledges nothing: events are written to the
@@ -67,6 +70,7 @@ except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
     IMPORT_ERROR = str(e)
 
+from evbus import cloudevents
 from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
@@ -396,6 +400,20 @@ def retriable(hub, error: BaseException) -> bool:
     return getattr(error, "retriable", True) is not False
 
 
+def binding(hub, ctx) -> cloudevents.Binding:
+    """
+    :return: The CloudEvents NATS binding: attributes in ``ce-`` headers, percent-encoded
+    """
+    return cloudevents.NATS
+
+
+def messaging(hub, ctx, routing_key: str | None) -> dict:
+    """
+    :return: The OpenTelemetry messaging attributes of a message to ``routing_key``: its subject
+    """
+    return {"messaging.system": "nats", "messaging.destination.name": routing_key or ctx.acct.get("subject")}
+
+
 def describe(hub, ctx) -> str:
     """
     :return: The servers, ``nats://host:port`` (``tls://`` with TLS, comma
@@ -464,6 +482,8 @@ async def send(hub, ctx, routing_key: str, event):
         "Evbus-Timestamp": repr(event.timestamp),
         "Content-Type": event.content_type,
     }
+    if event.headers:  # trace context, CloudEvents attributes
+        headers.update(event.headers)
     try:
         if connection.publish_async is not None:
             if subject not in connection.covered:

@@ -19,11 +19,14 @@ Accepts the acct providers ``pika``, ``amqp`` and ``rabbitmq``. Install with
         timeout: 10               # seconds to wait for the broker's confirmation (optional)
         persistent: false         # delivery mode 2 when true (default: transient, as pop-evbus)
         mandatory: true           # the default: a message no queue takes is a failed publish
+        envelope: cloudevents     # optional: send CloudEvents (evbus.cloudevents)
 
 Each event is published with publisher confirms: it counts as published when
 RabbitMQ acknowledged it. Its AMQP properties carry the event id
 (``message_id``), its time (``timestamp``) and the serializer's
-``content_type``.
+``content_type``; its headers, with tracing on, ``traceparent`` and
+``tracestate``, and in CloudEvents binary mode the attributes
+``cloudEvents_specversion``, ``cloudEvents_id``, ....
 
 Events are published with the ``mandatory`` flag: a message that no queue
 is bound to take (the routing key on the exchange) comes back (basic.return)
@@ -59,6 +62,7 @@ except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
     IMPORT_ERROR = str(e)
 
+from evbus import cloudevents
 from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
@@ -274,6 +278,26 @@ def retriable(hub, error: BaseException) -> bool:
     return getattr(error, "retriable", True) is not False
 
 
+def binding(hub, ctx) -> cloudevents.Binding:
+    """
+    :return: The CloudEvents AMQP binding: attributes in ``cloudEvents_`` headers
+        (AMQP application properties), ``datacontenttype`` in ``content_type``
+    """
+    return cloudevents.AMQP
+
+
+def messaging(hub, ctx, routing_key: str | None) -> dict:
+    """
+    :return: The OpenTelemetry messaging attributes of a message to ``routing_key``:
+        the exchange ("" for the default exchange) and the routing key
+    """
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": _exchange(ctx),
+        "messaging.rabbitmq.destination.routing_key": routing_key or None,
+    }
+
+
 def describe(hub, ctx) -> str:
     """
     :return: The broker's address, ``amqp://host:port/vhost`` (``amqps://``
@@ -339,6 +363,8 @@ async def send(hub, ctx, routing_key: str, event):
         message_id=event.id,
         timestamp=datetime.datetime.fromtimestamp(int(event.timestamp), tz=datetime.timezone.utc),
         delivery_mode=2 if ctx.acct.get("persistent") else 1,
+        # trace context, CloudEvents attributes
+        headers=dict(event.headers) if event.headers else None,
     )
     return publisher.loop.create_task(
         _confirm(publisher, publisher.raw_channel, routing_key or "", event.body, properties, ctx)

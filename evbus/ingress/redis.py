@@ -17,10 +17,12 @@ Accepts the acct provider ``redis``. Install with ``pip install evbus[redis]``.
         stream: events            # the stream (mode stream); the event's routing key when empty
         channel: events           # the channel (mode pubsub); the event's routing key when empty
         maxlen: 100000            # optional: XADD MAXLEN ~ maxlen, an approximate cap of the stream
+        envelope: cloudevents     # optional: send CloudEvents (evbus.cloudevents; pubsub: structured mode)
 
 A stream entry has the fields ``body`` (the serialized event), ``id``,
-``timestamp`` (seconds since the epoch) and ``content_type`` of its event; a
-pub/sub message is the body alone.
+``timestamp`` (seconds since the epoch) and ``content_type`` of its event;
+with tracing on also ``traceparent`` and ``tracestate``, in CloudEvents binary
+mode ``ce_specversion``, ``ce_id``, .... A pub/sub message is the body alone.
 
 An event counts as published when Redis answered its command: the entry id
 of XADD (the entry is in the stream, and as durable as the server's
@@ -65,6 +67,7 @@ except ImportError as e:  # missing, or a version older than the extra's floor
     HAS_LIBS = False
     IMPORT_ERROR = str(e)
 
+from evbus import cloudevents
 from evbus import tls
 from evbus.connection import LoopLock
 from evbus.connection import PerCtx
@@ -324,22 +327,24 @@ class Route:
         self.key: str | None = str(key) if key else None
         maxlen = acct.get("maxlen")
         self.xadd_options = (b"MAXLEN", b"~", str(int(maxlen)).encode(), b"*") if maxlen else (b"*",)
-        # stream or channel -> the start of its command, the same for every event
-        self.heads: dict[str, bytes] = {}
+        # (stream or channel, fields beside those of every event) -> the start of its command
+        self.heads: dict[tuple[str, int], bytes] = {}
 
-    def head(self, key: str) -> bytes:
+    def head(self, key: str, fields: int = 0) -> bytes:
         """
+        :param fields: The fields the entry has beside those of every event (its headers)
         :return: ``PUBLISH <channel>``, or ``XADD <stream> [MAXLEN ~ <n>] * body``, in RESP
             with room for the arguments that follow
         """
-        head = self.heads.get(key)
+        head = self.heads.get((key, fields))
         if head is None:
             if self.pubsub:
                 head = command(b"PUBLISH", key.encode(), more=1)
             else:
-                head = command(b"XADD", key.encode(), *self.xadd_options, b"body", more=ENTRY_ARGUMENTS)
+                more = ENTRY_ARGUMENTS + 2 * fields
+                head = command(b"XADD", key.encode(), *self.xadd_options, b"body", more=more)
             if len(self.heads) < 1000:  # routing keys are few; a flood of them is not cached
-                self.heads[key] = head
+                self.heads[(key, fields)] = head
         return head
 
 
@@ -398,6 +403,26 @@ def retriable(hub, error: BaseException) -> bool:
     if isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE"):
         return False
     return getattr(error, "retriable", True) is not False
+
+
+def binding(hub, ctx) -> cloudevents.Binding | None:
+    """
+    :return: In mode stream, the CloudEvents attributes as entry fields ``ce_<name>``
+        (Redis has no binding of its own); None in mode pubsub, whose messages
+        are the body alone (structured mode only)
+    """
+    return None if str(ctx.acct.get("mode") or "stream").lower() == "pubsub" else cloudevents.REDIS
+
+
+def messaging(hub, ctx, routing_key: str | None) -> dict:
+    """
+    :return: The OpenTelemetry messaging attributes of a message to ``routing_key``: its stream or channel
+    """
+    pubsub = str(ctx.acct.get("mode") or "stream").lower() == "pubsub"
+    return {
+        "messaging.system": "redis",
+        "messaging.destination.name": ctx.acct.get("channel" if pubsub else "stream") or routing_key,
+    }
 
 
 def describe(hub, ctx) -> str:
@@ -476,20 +501,23 @@ async def send(hub, ctx, routing_key: str, event):
     event_id = event.id.encode()
     timestamp = repr(event.timestamp).encode()
     content_type = event.content_type.encode()
-    return writer.submit(
-        route.head(key)
-        + ENTRY
-        % (
-            len(body),
-            body,
-            len(event_id),
-            event_id,
-            len(timestamp),
-            timestamp,
-            len(content_type),
-            content_type,
-        )
+    entry = route.head(key, len(event.headers)) + ENTRY % (
+        len(body),
+        body,
+        len(event_id),
+        event_id,
+        len(timestamp),
+        timestamp,
+        len(content_type),
+        content_type,
     )
+    if event.headers:  # trace context, CloudEvents attributes: more fields
+        entry += b"".join(
+            b"$%d\r\n%s\r\n" % (len(part), part)
+            for name, value in event.headers
+            for part in (name.encode(), value.encode())
+        )
+    return writer.submit(entry)
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):

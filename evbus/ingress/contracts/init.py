@@ -26,4 +26,12 @@ A plugin that connects over TLS may offer ``def unchecked_hostname(hub,
 ctx) -> str | None``: the option of the profile that turns the checking of
 the server's host name off (``tls check_hostname: false``), or None. evbus
 logs it as a warning, once per profile, when the bus starts.
+
+A plugin whose messages carry headers offers ``def binding(hub, ctx)``: the
+CloudEvents protocol binding of a profile's messages (a
+:class:`evbus.cloudevents.Binding`, or None where they carry none); its
+``send(hub, ctx, routing_key, event)`` then adds ``event.headers`` (the
+trace context, the CloudEvents attributes) to the message. ``def
+messaging(hub, ctx, routing_key)`` gives the OpenTelemetry messaging
+attributes of a message's span. Both are optional (see the README).
 """
