@@ -596,21 +596,25 @@ async def put_through_a_restart(hub, lane, server, total: int = 2000, stop_at: i
 
 class Proxy:
     """
-    A TCP forwarder from a free loopback port to a broker's port, that a test
-    can cut: every connection through it breaks off, as when the network or
-    the broker fails, and new ones are refused.
+    A TCP forwarder from a loopback port to a broker's port, that a test can
+    start late (a broker that comes up after the bus), serve as a TLS
+    endpoint (TLS for brokers that cannot serve it here), or cut: every
+    connection through it breaks off, as when the network or the broker
+    fails, and new ones are refused.
 
-    :param port: The broker's port on 127.0.0.1
+    :param target: The broker's port on 127.0.0.1
+    :param port: Its own port; 0 for a free one chosen when it starts
     """
 
-    def __init__(self, port: int):
-        self.target = port
-        self.port = 0  # its own, once started
+    def __init__(self, target: int, port: int = 0):
+        self.target = target
+        self.port = port
         self.server: asyncio.AbstractServer | None = None
         self.writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> "Proxy":
-        self.server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+    async def start(self, ssl_context=None) -> "Proxy":
+        """Listen, in TLS with ``ssl_context`` when given, and forward in plain TCP."""
+        self.server = await asyncio.start_server(self._forward, "127.0.0.1", self.port, ssl=ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -636,11 +640,13 @@ class Proxy:
 
     async def cut(self):
         """Refuse new connections and break those open."""
-        if self.server is not None and self.server.is_serving():
+        serving = self.server is not None and self.server.is_serving()
+        if serving:
             self.server.close()
-            await self.server.wait_closed()
         for writer in self.writers:
             writer.transport.abort()
+        if serving:
+            await asyncio.wait_for(self.server.wait_closed(), 10)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from evbus.exc import BusClosedError
 from evbus.exc import BusStoppedError
 from evbus.lane import CLOSE_GRACE
 from tests.brokers import NATS_URL
+from tests.brokers import Proxy
 from tests.brokers import REDIS_URL
 from tests.brokers import URL
 from tests.brokers import _binary
@@ -44,48 +45,6 @@ STOP_TIMEOUT = 2.0
 # stop() waits for the lanes to drain, then gives each lane's task and its plugin the grace
 BOUND = STOP_TIMEOUT + 2 * CLOSE_GRACE + 1
 EVENTS = 20
-
-
-class Proxy:
-    """
-    A loopback TCP port that forwards to ``target`` once :meth:`open` is
-    called: a broker that comes up late. Until then, nothing listens there.
-    """
-
-    def __init__(self, target: int):
-        self.target = target
-        self.port = _free_port()
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def open(self):
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-    async def _client(self, reader, writer):
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers += [writer, upstream_writer]
-
-        async def pipe(source, sink):
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-    async def close(self):
-        if self.server is not None:
-            self.server.close()
-        for writer in self.writers:
-            writer.close()
 
 
 def _mosquitto_refusing(tmp_path) -> ServerProcess:
@@ -288,7 +247,7 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
         if state == "down":
             port = _free_port()
         elif state == "late":
-            proxy = Proxy(transport.port)
+            proxy = Proxy(transport.port, _free_port())
             port = proxy.port
         elif state == "refusing":
             server = transport.refusing_server(tmp_path)
@@ -305,7 +264,7 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
     try:
         await hub.evbus.init.join(timeout=10)
         if proxy is not None:
-            asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(proxy.open()))
+            asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(proxy.start()))
         if moment == "idle":
             pass
         elif moment == "mid_stream":
@@ -334,7 +293,7 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
         if producer is not None and not producer.done():
             producer.cancel()
         if proxy is not None:
-            await proxy.close()
+            await proxy.cut()
         if server is not None:
             await asyncio.get_running_loop().run_in_executor(None, server.stop)
         if transport is not None:

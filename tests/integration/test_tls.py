@@ -43,6 +43,7 @@ from tests.brokers import _free_port
 from tests.brokers import _tansu_binary
 from tests.brokers import close_mqtt_subscriber
 from tests.brokers import Consumer
+from tests.brokers import Proxy
 from tests.brokers import IN_CI
 from tests.brokers import mqtt_subscriber
 from tests.brokers import ServerProcess
@@ -76,54 +77,6 @@ def server_context(pair: tls_certs.Pair, ca: str, require_client: bool) -> ssl.S
     context.load_cert_chain(pair.cert, pair.key)
     context.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_NONE
     return context
-
-
-class TlsProxy:
-    """
-    A TLS endpoint on a loopback port that forwards, in plain TCP, to a
-    broker's port: TLS for brokers that cannot serve it here.
-
-    :param target: The broker's port on 127.0.0.1
-    :param port: The endpoint's port (a free one when 0)
-    """
-
-    def __init__(self, target: int, port: int = 0):
-        self.target = target
-        self.port = port
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self, context: ssl.SSLContext):
-        self.server = await asyncio.start_server(self._forward, "127.0.0.1", self.port, ssl=context)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers += [writer, upstream_writer]
-        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.transport.abort()
-
-    async def close(self):
-        if self.server is not None:
-            self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        if self.server is not None:
-            await asyncio.wait_for(self.server.wait_closed(), 10)
 
 
 def tls_key(tls: dict | None) -> dict:
@@ -309,7 +262,7 @@ class Pika(TlsBroker):
         connection = await aio_pika.connect(URL)
         self.amqp = Consumer(connection, await connection.channel())
         self.queue = await self.amqp.queue(auto_delete=False)
-        self.proxy = TlsProxy(5672)
+        self.proxy = Proxy(5672)
         await self.proxy.start(server_context(pair, self.certs.ca, require_client))
         self.port = self.proxy.port
 
@@ -324,7 +277,7 @@ class Pika(TlsBroker):
         return [json.loads(m.body) for m in await self.amqp.take(self.queue, count)]
 
     async def stop(self):
-        await self.proxy.close()
+        await self.proxy.cut()
         await self.amqp.channel.queue_delete(self.queue)
         await self.amqp.connection.close()
 
@@ -344,7 +297,7 @@ class Kafka(TlsBroker):
         self.port = _free_port()
         self.tansu = Tansu(binary, advertised=f"127.0.0.1:{self.port}")
         await _in_thread(self.tansu.start)
-        self.proxy = TlsProxy(self.tansu.port, self.port)
+        self.proxy = Proxy(self.tansu.port, self.port)
         await self.proxy.start(server_context(pair, self.certs.ca, require_client))
         self.topic = unique()
 
@@ -378,7 +331,7 @@ class Kafka(TlsBroker):
         return bodies
 
     async def stop(self):
-        await self.proxy.close()
+        await self.proxy.cut()
         await _in_thread(self.tansu.kill)
 
 
