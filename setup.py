@@ -27,7 +27,7 @@ version: dict = {}
 exec((HERE / "evbus" / "version.py").read_text(), version)
 
 setup(
-    name="evbus",
+    name="evbus-ng",
     version=version["version"],
     description="An asynchronous event bus for pop projects: internal queues, Kafka, RabbitMQ, NATS, Redis, MQTT and more",
     long_description=(HERE / "README.rst").read_text(),

@@ -2,7 +2,7 @@
 Kafka ingress, with one producer per profile, started at start and reused by
 every event.
 
-Accepts the acct provider ``kafka``. Install with ``pip install evbus[kafka]``.
+Accepts the acct provider ``kafka``. Install with ``pip install "evbus-ng[kafka]"``.
 
 .. code-block:: yaml
 
@@ -97,7 +97,7 @@ class NoTopicError(EvbusError, ValueError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the kafka ingress (acct provider kafka) needs aiokafka: pip install evbus[kafka]"
+        return False, 'the kafka ingress (acct provider kafka) needs aiokafka: pip install "evbus-ng[kafka]"'
     return True
 
 

@@ -2,7 +2,7 @@
 MQTT ingress, with one client connection per profile, opened at start and
 reused by every event.
 
-Accepts the acct provider ``mqtt``. Install with ``pip install evbus[mqtt]``.
+Accepts the acct provider ``mqtt``. Install with ``pip install "evbus-ng[mqtt]"``.
 
 .. code-block:: yaml
 
@@ -89,7 +89,7 @@ class MqttConnectFailed(EvbusError, ConnectionError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the mqtt ingress (acct provider mqtt) needs aiomqtt: pip install evbus[mqtt]"
+        return False, 'the mqtt ingress (acct provider mqtt) needs aiomqtt: pip install "evbus-ng[mqtt]"'
     return True
 
 

@@ -2,7 +2,7 @@
 NATS ingress, core NATS or JetStream, with one connection per profile,
 opened at start and reused by every event.
 
-Accepts the acct provider ``nats``. Install with ``pip install evbus[nats]``.
+Accepts the acct provider ``nats``. Install with ``pip install "evbus-ng[nats]"``.
 
 .. code-block:: yaml
 
@@ -86,7 +86,7 @@ class NoStreamError(RefusedError, LookupError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the nats ingress (acct provider nats) needs nats-py: pip install evbus[nats]"
+        return False, 'the nats ingress (acct provider nats) needs nats-py: pip install "evbus-ng[nats]"'
     return True
 
 

@@ -2,7 +2,7 @@
 Redis ingress, to a stream (XADD) or a pub/sub channel (PUBLISH), with one
 client per profile, connected at start and reused by every event.
 
-Accepts the acct provider ``redis``. Install with ``pip install evbus[redis]``.
+Accepts the acct provider ``redis``. Install with ``pip install "evbus-ng[redis]"``.
 
 .. code-block:: yaml
 
@@ -68,7 +68,7 @@ class NoKeyError(EvbusError, ValueError):
 
 def __virtual__(hub):
     if not HAS_LIBS:
-        return False, "the redis ingress (acct provider redis) needs redis-py: pip install evbus[redis]"
+        return False, 'the redis ingress (acct provider redis) needs redis-py: pip install "evbus-ng[redis]"'
     return True
 
 
