@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from evbus.distribution import check
 from evbus.exc import BusRunningError
 from evbus.exc import BusStoppedError
 from evbus.exc import EvbusTimeoutError
@@ -36,6 +37,8 @@ class Stop:
 
 
 def __init__(hub):
+    # pop-evbus, evbus-kafka or evbus-pika installed too: fail now, saying which to uninstall
+    check()
     hub.evbus.STARTED = False
     hub.evbus.MASK = Masker()
     # The listener's own state: whether it runs, why it could not start, the pending stop
