@@ -47,6 +47,9 @@ def __init__(hub):
     hub.evbus.init.STOP = None
     for dyne in ("acct", "ingress", "output", "serialize", "match"):
         hub.pop.sub.add(dyne_name=dyne)
+    if not hasattr(hub, "log"):
+        # A hub that no config load set up: evbus logs through hub.log
+        hub.pop.sub.add(dyne_name="log")
 
 
 async def start(hub, contexts: dict[str, Any] | None = None):
@@ -73,15 +76,15 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     except Exception as e:
         hub.evbus.init.ERROR = e
         raise
-    hub.evbus.init.RUNNING = True
-    hub.evbus.broker.STATE.closed = False
-    hub.evbus.STARTED = True
-    hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
     route_state = hub.evbus.route.STATE
     match = router.match
     spool = hub.evbus.broker.STATE.spool
     stop_item = None
+    hub.evbus.init.RUNNING = True
+    hub.evbus.broker.STATE.closed = False
+    hub.evbus.STARTED = True
     try:
+        hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
         if spool is not None:
             # What a crashed process left in the spool goes first
             left_over = spool.left_over()
