@@ -47,9 +47,14 @@ setup(
         "mqtt": requirements("mqtt"),
         "test": [r for r in requirements("test") if r not in requirements("base")],
     },
-    entry_points={"console_scripts": ["evbus = evbus.scripts:start"]},
+    entry_points={
+        "console_scripts": ["evbus = evbus.scripts:start"],
+        # Fixtures for projects that test their events: evbus_hub, evbus_profiles, evbus_capture
+        "pytest11": ["evbus = evbus.testing"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: AsyncIO",
+        "Framework :: Pytest",
     ],
 )

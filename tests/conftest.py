@@ -12,7 +12,7 @@ import sys
 import pop.hub
 import pytest
 
-pytest_plugins = ["tests.brokers"]
+pytest_plugins = ["tests.brokers", "pytester"]
 
 PLUGINS = pathlib.Path(__file__).parent / "plugins"
 # What asyncio (and libraries on it) log when a task, a future or a loop was left unfinished
