@@ -42,8 +42,31 @@ class StrayErrors(logging.Handler):
 STRAY_ERRORS = StrayErrors()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--uvloop",
+        action="store_true",
+        default=False,
+        help="run every test's event loop on uvloop (the loop idem runs on)",
+    )
+
+
 def pytest_configure(config):
     logging.getLogger().addHandler(STRAY_ERRORS)
+    if config.getoption("uvloop"):
+        # Before any fixture makes a loop: pytest-asyncio 0.18 makes each test's
+        # loop with the policy in force, and it knows no event_loop_policy fixture
+        try:
+            import uvloop
+        except ImportError:
+            raise pytest.UsageError("--uvloop needs uvloop: pip install uvloop") from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """The policy of every test's loop (uvloop's with ``--uvloop``), for pytest-asyncio 0.23 and later."""
+    return asyncio.get_event_loop_policy()
 
 
 def pytest_sessionfinish(session, exitstatus):
