@@ -182,6 +182,9 @@ class Producer:
                 await producer.start()
             except BaseException as e:
                 await producer.stop()
+                if isinstance(e, LOGIN_REFUSED):
+                    # aiokafka before 0.13 raises the broker's refusal itself
+                    raise _refused(e, where) from e
                 if isinstance(e, aiokafka.errors.KafkaConnectionError):
                     refusal = await _login_refusal(kwargs, where)
                     if refusal is not None:
@@ -219,14 +222,19 @@ async def _login_refusal(kwargs: dict, where: str) -> LoginRefusedError | None:
     try:
         connection = await aiokafka.conn.create_conn(host, port, **options)
     except LOGIN_REFUSED as e:
-        return LoginRefusedError(
-            f"Kafka at {where} refused the login ({e}): check the profile's sasl_mechanism, "
-            f"sasl_plain_username and sasl_plain_password (connection)"
-        )
+        return _refused(e, where)
     except Exception:  # not a refusal: the bootstrap error stands
         return None
     connection.close()
     return None
+
+
+def _refused(error: BaseException, where: str) -> LoginRefusedError:
+    """:return: The broker's refusal of the SASL login, saying what to fix"""
+    return LoginRefusedError(
+        f"Kafka at {where} refused the login ({error}): check the profile's sasl_mechanism, "
+        f"sasl_plain_username and sasl_plain_password (connection)"
+    )
 
 
 def _producer(hub, ctx) -> Producer:
