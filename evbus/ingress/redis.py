@@ -36,6 +36,7 @@ change them.
 """
 import asyncio
 import contextlib
+import inspect
 import json
 import math
 import urllib.parse
@@ -44,9 +45,12 @@ from typing import Any
 try:
     import redis.asyncio
     import redis.exceptions
-    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.backoff import FullJitterBackoff
     from redis.asyncio.retry import Retry
 
+    # redis-py before 5.3 wants a command name for a connection of the pool; later ones warn about it
+    _COMMAND_NAME = inspect.signature(redis.asyncio.ConnectionPool.get_connection).parameters.get("command_name")
+    _NAMES_A_COMMAND = _COMMAND_NAME is not None and _COMMAND_NAME.default is inspect.Parameter.empty
     HAS_LIBS = True
 except ImportError:
     HAS_LIBS = False
@@ -64,6 +68,13 @@ class NoKeyError(EvbusError, ValueError):
     """An event with no stream or channel: the profile names none and the event has no routing key."""
 
     retriable = False
+
+
+async def _take_connection(pool):
+    """:return: A connection of the pool, asked for as the installed redis-py wants"""
+    if _NAMES_A_COMMAND:
+        return await pool.get_connection("PING")
+    return await pool.get_connection()
 
 
 def __virtual__(hub):
@@ -132,14 +143,14 @@ class Writer:
             await self.close()
             kwargs = dict(self.connection_kwargs)
             # One quick retry of redis-py's own when it connects (its default: 10); the lane does the rest
-            kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1))
+            kwargs.setdefault("retry", Retry(FullJitterBackoff(cap=0.1, base=0.01), 1))
             url = kwargs.pop("url", None)
             client = (
                 redis.asyncio.Redis.from_url(str(url), **kwargs) if url else redis.asyncio.Redis(**kwargs)
             )
             try:
                 await client.ping()
-                self.connection = await client.connection_pool.get_connection()
+                self.connection = await _take_connection(client.connection_pool)
             except BaseException as e:
                 await client.aclose()
                 refusal = _refusal(e, self.where)
