@@ -104,6 +104,12 @@ def fresh_hub(monkeypatch, tmp_path):
     yield hub
 
 
+@pytest.fixture
+def evbus_hub(hub):
+    """evbus.testing's capture bus runs on the suite's hub."""
+    return hub
+
+
 @pytest.fixture(autouse=True)
 async def _pop_loop(hub):
     """pop's loop helpers need the running loop."""

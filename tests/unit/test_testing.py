@@ -234,3 +234,30 @@ def test_a_pop_project_tests_its_events_beside_pytest_pop(pytester, monkeypatch)
     monkeypatch.setenv("PYTHONPATH", str(project))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+DEFAULTS_TEST = """
+import pytest
+from evbus.testing import EVERYTHING
+
+
+async def test_the_default_fixtures_capture_every_event(evbus_hub, evbus_profiles, evbus_capture):
+    assert evbus_profiles == EVERYTHING and evbus_capture.hub is evbus_hub
+    assert evbus_hub.OPT.evbus.serialize_plugin == "json"  # its config is loaded
+    await evbus_hub.evbus.broker.put(body={"n": 1}, profile="anything")
+    await evbus_capture.settle()
+    [event] = evbus_capture.events()
+    assert (event.plugin, event.acct_profile, event.profile, event.data) == ("internal", "*", "anything", {"n": 1})
+
+
+async def test_each_test_gets_a_new_hub(evbus_hub, evbus_capture):
+    assert evbus_capture.events() == []
+"""
+
+
+def test_the_default_fixtures_without_pytest_pop(pytester):
+    """A project that overrides nothing: a new hub per test, every event captured."""
+    pytester.makepyfile(test_defaults=DEFAULTS_TEST)
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:pop")
+    result.assert_outcomes(passed=2)
