@@ -133,7 +133,9 @@ def wheel(session) -> str:
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, source / name)
-    session.run("python", "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(source / "dist"), str(source))
+    session.run(
+        "python", "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(source / "dist"), str(source)
+    )
     [built] = (source / "dist").glob("evbus_ng-*.whl")
     return str(built)
 
@@ -145,7 +147,9 @@ def idem(session):
     session.install(*idem_requirements(session))
     session.install(wheel(session), "pytest>=8,<9.2", "pytest-timeout>=2.3")
     # --noconftest: the suite's conftest needs evbus's test requirements, which an idem environment lacks
-    session.run(*PYTEST, "--noconftest", "-W", "ignore::pytest.PytestConfigWarning", "tests/idem", *session.posargs)
+    session.run(
+        *PYTEST, "--noconftest", "-W", "ignore::pytest.PytestConfigWarning", "tests/idem", *session.posargs
+    )
 
 
 @nox.session

@@ -70,7 +70,9 @@ def conflict() -> str | None:
         if _owns_files(found[SHARES_FILES]):
             lines.append(f"- {SHARES_FILES} was installed last: its files replaced {NAME}'s")
         else:
-            lines.append(f"- {NAME} was installed last: uninstalling {SHARES_FILES} deletes files {NAME} needs")
+            lines.append(
+                f"- {NAME} was installed last: uninstalling {SHARES_FILES} deletes files {NAME} needs"
+            )
     if changed:
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         lines.append(f"- not {NAME}'s own: {shown}")

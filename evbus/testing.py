@@ -185,7 +185,9 @@ class Capture:
                     if hub.evbus.BUS.empty() and not hub.evbus.broker.STATE.reserved:
                         return
             if loop.time() > deadline:
-                raise EvbusTimeoutError(f"The events put did not all reach their destinations within {timeout} s")
+                raise EvbusTimeoutError(
+                    f"The events put did not all reach their destinations within {timeout} s"
+                )
             await asyncio.sleep(0)
 
     async def stop(self, timeout: float = 10.0):
@@ -229,7 +231,9 @@ class Capture:
         }
         wanted = {name: value for name, value in wanted.items() if value is not None}
         return [
-            item for item in self.captured if all(getattr(item, name) == value for name, value in wanted.items())
+            item
+            for item in self.captured
+            if all(getattr(item, name) == value for name, value in wanted.items())
         ]
 
     def bodies(self, **filters) -> list[Any]:

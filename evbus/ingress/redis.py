@@ -49,8 +49,8 @@ try:
     from redis.asyncio.retry import Retry
 
     # redis-py before 5.3 wants a command name for a connection of the pool; later ones warn about it
-    _COMMAND_NAME = inspect.signature(redis.asyncio.ConnectionPool.get_connection).parameters.get("command_name")
-    _NAMES_A_COMMAND = _COMMAND_NAME is not None and _COMMAND_NAME.default is inspect.Parameter.empty
+    _COMMAND = inspect.signature(redis.asyncio.ConnectionPool.get_connection).parameters.get("command_name")
+    _NAMES_A_COMMAND = _COMMAND is not None and _COMMAND.default is inspect.Parameter.empty
     HAS_LIBS = True
 except ImportError:
     HAS_LIBS = False

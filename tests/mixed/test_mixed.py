@@ -153,6 +153,8 @@ def test_evbus_pika_alone(env):
     env.pip("install", "--no-deps", "evbus-pika==5.0.0")
     message = env.refused()
     assert message.startswith("evbus cannot load: evbus-ng 1.0.0 is installed together with evbus-pika 5.0.0")
-    assert message.rstrip().endswith("Uninstall evbus-pika, then load evbus again: pip uninstall -y evbus-pika")
+    assert message.rstrip().endswith(
+        "Uninstall evbus-pika, then load evbus again: pip uninstall -y evbus-pika"
+    )
     env.repair(message)
     env.loads()

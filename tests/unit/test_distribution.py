@@ -26,8 +26,10 @@ def _digest(content: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
 
 
-def make_dist(site: pathlib.Path, name: str, version: str, files: dict[str, bytes]) -> importlib.metadata.Distribution:
-    """A distribution in ``site`` whose RECORD lists ``files`` with their hashes (the files are not written)."""
+def make_dist(
+    site: pathlib.Path, name: str, version: str, files: dict[str, bytes]
+) -> importlib.metadata.Distribution:
+    """A distribution in ``site`` whose RECORD lists ``files`` with their hashes (it writes none of them)."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
@@ -118,7 +120,9 @@ def test_files_of_evbus_that_were_removed_are_named(site):
     text = evbus.distribution.conflict()
     assert text.startswith("evbus cannot load: files of evbus-ng 1.0.0 were replaced or removed")
     assert "not evbus-ng's own: evbus/conf.py" in text
-    assert text.splitlines()[-1] == "Reinstall evbus, then load evbus again: pip install --force-reinstall --no-deps evbus-ng"
+    assert text.splitlines()[-1] == (
+        "Reinstall evbus, then load evbus again: pip install --force-reinstall --no-deps evbus-ng"
+    )
 
 
 def test_an_editable_install_records_no_files_to_check(site):
