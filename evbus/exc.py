@@ -96,3 +96,7 @@ class ListenError(EvbusError, ConnectionError):
 
 class EvbusTimeoutError(EvbusError, TimeoutError):
     """A wait that ran out of time."""
+
+
+class SpoolError(EvbusError, OSError):
+    """The durable spool could not write or sync an event."""
