@@ -2,7 +2,7 @@
 The cost of the durable spool: events/s with the spool on next to the bus
 without it, for one producer and for many, per ``spool_sync`` mode.
 
-    python bench/spool.py [--events 50000] [--full-events 2000] [--rounds 5] [--dir DIR]
+    python bench/spool.py [--events 50000] [--full-events 2000] [--rounds 5] [--dir DIR] [--compare PYTHON]
 
 Each figure is events/s from the first ``put`` until the last event has
 arrived on the internal ingress queue (a consumer task takes them as they
@@ -20,6 +20,10 @@ the cost of the spool; 1.0x is free) and the medians over the rounds are
 printed, with the CPU time per event. ``full`` syncs the disk before each
 ``put`` returns, so it runs ``--full-events`` events only; put the spool on
 the disk you mean to measure (``--dir``; default: the temporary directory).
+
+``--compare PYTHON`` measures the spool of another evbus too (the python of
+a virtual environment where it is installed, e.g. an older release), in the
+same rounds, against the same baseline.
 """
 import argparse
 import asyncio
@@ -114,16 +118,18 @@ def run_worker(args) -> dict:
         return asyncio.run(measure(args.events, args.worker_shape, args.queue_size, spool, sync))
 
 
-def spawn(shape: str, mode: str, events: int, args) -> dict:
+def spawn(python: str, shape: str, mode: str, events: int, args) -> dict:
     command = [
-        sys.executable, str(HERE / "spool.py"), "--worker-shape", shape, "--worker-mode", mode,
+        python, str(HERE / "spool.py"), "--worker-shape", shape, "--worker-mode", mode,
         "--events", str(events), "--queue-size", str(args.queue_size),
     ]
     if args.dir:
         command += ["--dir", args.dir]
-    out = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent, timeout=1800)
+    # Another evbus runs from outside this tree, so that it imports its own
+    cwd = HERE.parent if python == sys.executable else tempfile.gettempdir()
+    out = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=1800)
     if out.returncode != 0:
-        raise SystemExit(f"{shape} {mode} failed:\n{out.stderr}")
+        raise SystemExit(f"{python} {shape} {mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -136,6 +142,7 @@ def main():
     parser.add_argument("--dir", help="where the spool files go (default: the temporary directory)")
     parser.add_argument("--modes", default=",".join(MODES[1:]), help="spool_sync modes to measure")
     parser.add_argument("--shapes", default="one,many")
+    parser.add_argument("--compare", metavar="PYTHON", help="also measure the evbus installed for this python")
     parser.add_argument("--worker-shape", help=argparse.SUPPRESS)
     parser.add_argument("--worker-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,37 +153,49 @@ def main():
 
     shapes = args.shapes.split(",")
     modes = args.modes.split(",")
-    results: dict[tuple[str, str, int], list[dict]] = {}
+    pythons = {"this": sys.executable}
+    if args.compare:
+        pythons["compare"] = args.compare
+    # (shape, implementation, mode, events) -> figures, round by round
+    results: dict[tuple[str, str, str, int], list[dict]] = {}
+
+    def measure_one(shape: str, name: str, mode: str, events: int):
+        figures = spawn(pythons[name], shape, mode, events, args)
+        results.setdefault((shape, name, mode, events), []).append(figures)
+        print(
+            f"round {round_ + 1} {shape:4} {name:7} {mode:6} {events:>7,}: {figures['eps']:>9,.0f} events/s "
+            f"{figures['cpu_us']:6.1f} µs CPU/event",
+            file=sys.stderr,
+        )
+
     for round_ in range(args.rounds):
         for shape in shapes:
-            for mode in ("none", *modes):
-                counts = [args.events] if mode != "full" else []
-                if mode in ("none", "full") and "full" in modes:
-                    counts.append(args.full_events)  # full's baseline: the same number of events
-                for events in counts:
-                    figures = spawn(shape, mode, events, args)
-                    results.setdefault((shape, mode, events), []).append(figures)
-                    print(
-                        f"round {round_ + 1} {shape:4} {mode:6} {events:>7,}: {figures['eps']:>9,.0f} events/s "
-                        f"{figures['cpu_us']:6.1f} µs CPU/event",
-                        file=sys.stderr,
-                    )
+            measure_one(shape, "this", "none", args.events)
+            if "full" in modes:
+                measure_one(shape, "this", "none", args.full_events)  # full's baseline: as many events
+            for name in pythons:
+                for mode in modes:
+                    measure_one(shape, name, mode, args.full_events if mode == "full" else args.events)
 
     print(f"spool on vs off, internal ingress, queue_size {args.queue_size:,}, median of {args.rounds} rounds "
           f"(one: 1 task awaiting each put; many: {TASKS} tasks + {THREADS} threads)")
-    print(f"{'producers':9} {'spool_sync':10} {'events':>7} {'events/s':>10} {'µs CPU/ev':>9} "
+    if args.compare:
+        print(f"compare: {args.compare}")
+    print(f"{'producers':9} {'spool_sync':10} {'evbus':7} {'events':>7} {'events/s':>10} {'µs CPU/ev':>9} "
           f"{'no spool':>10} {'µs CPU/ev':>9} {'cost':>7}")
     for shape in shapes:
         for mode in modes:
             events = args.full_events if mode == "full" else args.events
-            on, off = results[(shape, mode, events)], results[(shape, "none", events)]
-            cost = statistics.median(base["eps"] / mine["eps"] for base, mine in zip(off, on))
-            print(
-                f"{shape:9} {mode:10} {events:>7,} {statistics.median(r['eps'] for r in on):>10,.0f} "
-                f"{statistics.median(r['cpu_us'] for r in on):>9.1f} "
-                f"{statistics.median(r['eps'] for r in off):>10,.0f} "
-                f"{statistics.median(r['cpu_us'] for r in off):>9.1f} {cost:>6.2f}x"
-            )
+            off = results[(shape, "this", "none", events)]
+            for name in pythons:
+                on = results[(shape, name, mode, events)]
+                cost = statistics.median(base["eps"] / mine["eps"] for base, mine in zip(off, on))
+                print(
+                    f"{shape:9} {mode:10} {name:7} {events:>7,} {statistics.median(r['eps'] for r in on):>10,.0f} "
+                    f"{statistics.median(r['cpu_us'] for r in on):>9.1f} "
+                    f"{statistics.median(r['eps'] for r in off):>10,.0f} "
+                    f"{statistics.median(r['cpu_us'] for r in off):>9.1f} {cost:>6.2f}x"
+                )
     print("cost: events/s of the bus without the spool / with it, paired within a round (target: at most 1.5x)")
 
 
