@@ -616,7 +616,7 @@ class Spool:
                 if generation is not None and (generation != self._generation or self._synced >= end):
                     # Synced meanwhile, or the event's file was compacted (synced) or emptied (settled)
                     return
-                fd, target = self._log.fd, self._log.end
+                fd, target, synced_generation = self._log.fd, self._log.end, self._generation
                 if self._synced >= target:
                     return
             try:
@@ -624,7 +624,8 @@ class Spool:
             except OSError as e:
                 raise SpoolError(f"Cannot sync the spool {self.path}: {e}") from None
             with self._lock:
-                self._synced = max(self._synced, target)
+                if self._generation == synced_generation:  # not emptied meanwhile
+                    self._synced = max(self._synced, target)
 
     def flush(self):
         """Write the "done" of settled events, and sync the file (unless ``spool_sync`` is off)."""
