@@ -381,8 +381,8 @@ class Spool:
         # Appends, the file's end and compaction; _sync_lock (one sync at a time) comes first
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        # event id -> offset of its record; event id -> lanes still to settle it, once routed.
-        # Plain ints: the garbage collector has nothing more to look at per event.
+        # event id -> offset of its record; event id -> lanes still to settle it, when
+        # routed to more than one. Plain ints: nothing more for the garbage collector per event.
         self._live: dict[str, int] = {}
         self._lanes: dict[str, int] = {}
         # What a previous process left, for left_over()
@@ -498,18 +498,19 @@ class Spool:
 
     def routed(self, event: Event, lanes: int):
         """The listener handed the event to ``lanes`` lanes (0: nobody takes it)."""
-        if event.id in self._live:
-            if lanes:
-                self._lanes[event.id] = lanes
-            else:
-                self._finish(event.id)
+        if lanes == 1:
+            return  # its one settle finishes it
+        if lanes:
+            self._lanes[event.id] = lanes
+        else:
+            self._finish(event.id)
 
     def settled(self, event: Event):
         """One lane published the event or gave it up."""
         lanes = self._lanes.get(event.id)
         if lanes is None:
-            return
-        if lanes > 1:
+            self._finish(event.id)
+        elif lanes > 1:
             self._lanes[event.id] = lanes - 1
         else:
             del self._lanes[event.id]
