@@ -45,6 +45,7 @@ replaces it (the ``-wal`` and ``-shm`` files beside it are removed).
 The spool holds event bodies: its file is private (0600, in directories evbus
 makes 0700; see :mod:`evbus.private`).
 """
+import asyncio
 import errno
 import fcntl
 import mmap
@@ -409,11 +410,14 @@ class Spool:
             os.close(self._opened)
             raise
         self._closed = False
+        # Futures of awaited puts for the sync thread to sync (spool_sync full); it waits for them
+        self._waiting: list[asyncio.Future] = []
+        self._wanted = threading.Condition(self._lock)
         self._stop_syncer = threading.Event()
         self._syncer = None
-        if sync == "normal":
+        if sync != "off":
             self._syncer = threading.Thread(
-                target=_sync_every, args=(weakref.ref(self), self._stop_syncer), name="evbus spool sync", daemon=True
+                target=_syncs, args=(weakref.ref(self), self._stop_syncer), name="evbus spool sync", daemon=True
             )
             self._syncer.start()
 
@@ -475,11 +479,36 @@ class Spool:
     def add(self, event: Event):
         """
         Store an event: returns once its record is written (and with
-        ``spool_sync`` full, synced to the disk).
+        ``spool_sync`` full, synced to the disk; threads adding at once share a sync).
 
         :param event: The event ``put`` queued
         :raises SpoolError: The event could not be written (it is queued, but not stored)
         """
+        generation, end = self._append(event)
+        if self.sync == "full":
+            self._sync_to(generation, end)
+
+    def add_awaitable(self, event: Event) -> asyncio.Future | None:
+        """
+        Store an event for a ``put`` that is awaited, in the loop's thread.
+
+        :param event: The event ``put`` queued
+        :return: None once the record is written; with ``spool_sync`` full, a
+            future that is done once it is synced too (the spool's sync thread syncs
+            once for every put waiting then, and the loop runs on meanwhile)
+        :raises SpoolError: The event could not be written (it is queued, but not stored)
+        """
+        generation, end = self._append(event)
+        if self.sync != "full":
+            return None
+        synced = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._waiting.append(synced)
+            self._wanted.notify()
+        return synced
+
+    def _append(self, event: Event) -> tuple[int, int]:
+        """:return: The generation of the file the event's record went to, and where the record ends"""
         record = encode(event)
         with self._lock:
             if self._closed:
@@ -492,9 +521,7 @@ class Spool:
                 raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
             self._live[event.id] = offset
             self._records += 1
-            end, generation = log.end, self._generation
-        if self.sync == "full":
-            self._sync_to(generation, end)
+            return self._generation, log.end
 
     def routed(self, event: Event, lanes: int):
         """The listener handed the event to ``lanes`` lanes (0: nobody takes it)."""
@@ -659,11 +686,16 @@ class Spool:
         """Write what is pending, sync it (unless ``spool_sync`` is off) and release the file."""
         if self._closed:
             return
-        self.flush()
-        self._stop_syncer.set()
+        self._write_done()
         with self._sync_lock, self._lock:
-            self._closed = True
-            self._log.close()
+            try:
+                if self.sync != "off":
+                    os.fdatasync(self._log.fd)
+            finally:
+                self._closed = True
+                self._log.close()
+                self._stop_syncer.set()
+                self._wanted.notify()
         if self._syncer is not None and self._syncer is not threading.current_thread():
             self._syncer.join()
 
@@ -674,15 +706,55 @@ class Spool:
             self._stop_syncer.set()
             self._log.close(trim=False)
 
+    def _sync_round(self, stop: threading.Event):
+        """
+        One round of the sync thread: ``normal``, sync what was written, after
+        SYNC_SECONDS; ``full``, sync once for every awaited put waiting, and
+        wake them in their loops.
+        """
+        if self.sync == "normal":
+            if not stop.wait(SYNC_SECONDS):
+                try:
+                    self._sync_to(None, 0)
+                except SpoolError:
+                    pass  # tried again next time; the events stay in the kernel meanwhile
+            return
+        with self._lock:
+            if not self._waiting and not self._closed:
+                self._wanted.wait(SYNC_SECONDS)
+            waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        error = None
+        try:
+            self._sync_to(None, 0)
+        except SpoolError as e:
+            error = e
+        loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+        for synced in waiting:
+            loops.setdefault(synced.get_loop(), []).append(synced)
+        for loop, futures in loops.items():
+            try:
+                loop.call_soon_threadsafe(_wake, futures, error)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
 
-def _sync_every(spool: weakref.ref, stop: threading.Event):
-    """spool_sync normal: sync what the spool wrote, every SYNC_SECONDS, until it is closed or dropped."""
-    while not stop.wait(SYNC_SECONDS):
+
+def _syncs(spool: weakref.ref, stop: threading.Event):
+    """The sync thread of a spool (``spool_sync`` normal or full), until it is closed or dropped."""
+    while not stop.is_set():
         current = spool()
         if current is None:
             return
-        try:
-            current._sync_to(None, 0)
-        except SpoolError:
-            pass  # tried again next time; the events stay in the kernel meanwhile
+        current._sync_round(stop)
         del current
+
+
+def _wake(futures: list[asyncio.Future], error: BaseException | None):
+    """In a loop: the puts that waited for a sync."""
+    for synced in futures:
+        if not synced.done():
+            if error is None:
+                synced.set_result(None)
+            else:
+                synced.set_exception(error)
