@@ -339,9 +339,13 @@ class Log:
 
     def reset(self):
         """Empty the log down to its header."""
+        mapped = self.mapped
         os.ftruncate(self.fd, HEADER.size)
-        reserve(self.fd, self.mapped)
-        self.end = HEADER.size
+        # Nothing past the header is on the disk until reserved again: the next append
+        # reserves first (and fails) if this does not work
+        self.end = self.mapped = HEADER.size
+        reserve(self.fd, mapped)
+        self.mapped = mapped
 
     def close(self, trim: bool = True):
         """:param trim: Cut the space reserved ahead off the file"""
@@ -459,9 +463,8 @@ class Spool:
             left, self._records, end = read_log(memoryview(data))
         except (ValueError, UnicodeDecodeError, struct.error) as e:
             raise ConfigError(f"Cannot use the spool {self.path}: a malformed record ({e})") from None
-        if data[end:].strip(b"\0"):
-            # A record cut short (zeros past the records are space reserved ahead)
-            self._dropped = len(data) - end
+        # A record cut short, or garbage; the zeros past the records are space reserved ahead
+        self._dropped = len(data[end:].rstrip(b"\0"))
         if end < len(data):
             os.ftruncate(fd, end)
             if self.sync != "off":
@@ -560,10 +563,11 @@ class Spool:
             try:
                 if not self._live:
                     if log.end > HEADER.size:
-                        log.reset()
+                        # A new file, even if the reset fails half way: nothing after it counts as synced
                         self._synced = HEADER.size
                         self._records = 0
                         self._generation += 1
+                        log.reset()
                     return
                 log.append(encode_done(done))
             except OSError:
