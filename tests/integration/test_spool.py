@@ -12,6 +12,7 @@ import pytest
 
 from tests.brokers import URL
 from tests.conftest import add_ingress
+from tests.conftest import sqlite_spool
 from tests.conftest import take_json
 
 pytestmark = pytest.mark.integration
@@ -80,8 +81,6 @@ async def test_a_spool_in_use_is_a_clear_error(hub, monkeypatch, tmp_path):
 
 async def test_an_old_sqlite_spool_is_delivered_by_the_next_start(hub, running, monkeypatch, tmp_path):
     """A spool an older evbus (SQLite) left: migrated at open, its events re-delivered first, in order."""
-    from tests.unit.test_spool import sqlite_spool
-
     path = tmp_path / "spool.db"
     rows = [(f"old-{n}", "default", None, "application/json", 1.0 + n, json.dumps(n).encode()) for n in range(5)]
     sqlite_spool(path, rows).close()

@@ -16,19 +16,7 @@ from evbus.deadletter import to_record
 from evbus.exc import ConfigError
 from evbus.spool import Spool
 from evbus.types import Event
-
-# The SQLite spool of evbus before the log (migrated at open)
-OLD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    routing_key TEXT,
-    content_type TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    body BLOB NOT NULL
-)
-"""
+from tests.conftest import OLD_SCHEMA
 
 
 def mode(path) -> int:

@@ -5,7 +5,6 @@ format of older evbus, the lock, and what each spool_sync mode syncs.
 import asyncio
 import errno
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from evbus.exc import SpoolError
 from evbus.spool import HEADER
 from evbus.spool import Spool
 from evbus.types import Event
-from tests.unit.test_private_files import OLD_SCHEMA
+from tests.conftest import sqlite_spool
 
 
 def events(count: int, size: int = 20) -> list[Event]:
@@ -179,16 +178,6 @@ def test_a_full_disk_is_a_spool_error(tmp_path, monkeypatch):
         assert spool.depth() == 0
     finally:
         spool.close()
-
-
-def sqlite_spool(path, rows: list[tuple]):
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(OLD_SCHEMA)
-    db.executemany(
-        "INSERT INTO events (id, profile, routing_key, content_type, timestamp, body) VALUES (?, ?, ?, ?, ?, ?)", rows
-    )
-    return db
 
 
 def test_a_sqlite_spool_is_migrated_once(tmp_path):
