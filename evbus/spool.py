@@ -8,10 +8,11 @@ that ``put`` returned for is lost (at least once; an event a lane had
 published before the crash, but whose "done" was not yet written, comes
 again, and is counted as redelivered).
 
-``put`` returns once its event's record is in the kernel's page cache: the
-file survives the process (a crash, SIGKILL). What a power loss may do
-depends on ``spool_sync`` (see :class:`Spool`). One process uses a spool file
-at a time (it holds an exclusive ``flock`` on it).
+``put`` returns once its event's record is in the kernel's page cache (stored
+into a shared memory map of the file, under a lock: no system call per
+event): the file survives the process (a crash, SIGKILL). What a power loss
+may do depends on ``spool_sync`` (see :class:`Spool`). One process uses a
+spool file at a time (it holds an exclusive ``flock`` on it).
 
 The file format (version 1; integers little-endian, text UTF-8)::
 
@@ -26,7 +27,8 @@ The file format (version 1; integers little-endian, text UTF-8)::
     payload of "done"
              u8 2, u64 offset * k       where the "add" records of k settled events start
 
-Records follow the header back to back. At open they are read in order; the
+Records follow the header back to back; zeros follow the last one (space
+reserved ahead, trimmed at close). At open they are read in order; the
 events added and not done are the ones to re-deliver, oldest first. Reading
 stops at the first record that is cut short, has a wrong CRC, a length of 0
 or an unknown kind (a write torn by a crash or a power loss, or the zeros of
@@ -360,14 +362,18 @@ class Log:
 
 class Spool:
     """
+    The spool of one process: events stored as they are put, done as their lanes
+    settle them, and what a crash left handed back at the next start.
+
     :param path: The spool file; made (0600, and its directory 0700) when missing
     :param sync: When what is written reaches the disk: ``normal`` (a process crash
         loses nothing; the file is synced every second and at ``flush()``, so a power
-        loss may take the events of the last second, and never corrupts the file),
-        ``full`` (each ``put`` returns once its event is on the disk: a power loss
-        loses nothing; puts from several threads at once share a sync; slow),
-        ``off`` (never synced: a process crash loses nothing; a power loss may lose
-        or corrupt what the file holds; fastest)
+        loss may take the events of the last second, and never leaves a file that
+        cannot be read), ``full`` (each ``put`` returns once its event is on the disk:
+        a power loss loses nothing; puts that come together share a sync: awaited
+        puts wait for the spool's sync thread while the loop runs on, threads sync
+        as they add), ``off`` (never synced: a process crash loses nothing; a power
+        loss may lose or corrupt what the file holds; fastest)
     :raises ConfigError: The file cannot be used: not made, in use by another
         process, no spool, or a spool of another evbus version
 
@@ -479,39 +485,19 @@ class Spool:
             self._live[event.id] = offset
         self._left = list(left.values())
 
-    def add(self, event: Event):
+    def add(self, event: Event, awaited: bool = False) -> asyncio.Future | None:
         """
-        Store an event: returns once its record is written (and with
-        ``spool_sync`` full, synced to the disk; threads adding at once share a sync).
+        Store an event: its record is written when this returns. With
+        ``spool_sync`` full it is synced too: threads adding at once share a
+        sync; an ``awaited`` add gets a future instead, done once the spool's sync
+        thread has synced it (once for every awaited add waiting then), and the
+        loop runs on meanwhile.
 
         :param event: The event ``put`` queued
+        :param awaited: Called by an awaited ``put``, in the loop's thread
+        :return: None; with ``spool_sync`` full and ``awaited``, the future to await
         :raises SpoolError: The event could not be written (it is queued, but not stored)
         """
-        generation, end = self._append(event)
-        if self.sync == "full":
-            self._sync_to(generation, end)
-
-    def add_awaitable(self, event: Event) -> asyncio.Future | None:
-        """
-        Store an event for a ``put`` that is awaited, in the loop's thread.
-
-        :param event: The event ``put`` queued
-        :return: None once the record is written; with ``spool_sync`` full, a
-            future that is done once it is synced too (the spool's sync thread syncs
-            once for every put waiting then, and the loop runs on meanwhile)
-        :raises SpoolError: The event could not be written (it is queued, but not stored)
-        """
-        generation, end = self._append(event)
-        if self.sync != "full":
-            return None
-        synced = asyncio.get_running_loop().create_future()
-        with self._lock:
-            self._waiting.append(synced)
-            self._wanted.notify()
-        return synced
-
-    def _append(self, event: Event) -> tuple[int, int]:
-        """:return: The generation of the file the event's record went to, and where the record ends"""
         record = encode(event)
         with self._lock:
             if self._closed:
@@ -524,7 +510,16 @@ class Spool:
                 raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
             self._live[event.id] = offset
             self._records += 1
-            return self._generation, log.end
+            if self.sync != "full":
+                return None
+            if awaited:
+                synced = asyncio.get_running_loop().create_future()
+                self._waiting.append(synced)
+                self._wanted.notify()
+                return synced
+            generation, end = self._generation, log.end
+        self._sync_to(generation, end)
+        return None
 
     def routed(self, event: Event, lanes: int):
         """The listener handed the event to ``lanes`` lanes (0: nobody takes it)."""

@@ -397,7 +397,7 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
                 pass
             else:
                 if state.spool is not None:
-                    synced = state.spool.add_awaitable(new_event)
+                    synced = state.spool.add(new_event, awaited=True)
                     if synced is not None:
                         return _synced(synced)
                 return _queued()
@@ -417,7 +417,7 @@ async def _put_waiting(state: BrokerState, bus: asyncio.Queue, new_event: Event)
     """Queue an event once there is room; spool it before the listener can take it."""
     await bus.put(new_event)
     if state.spool is not None:
-        synced = state.spool.add_awaitable(new_event)
+        synced = state.spool.add(new_event, awaited=True)
         if synced is not None:
             await synced
 

@@ -302,13 +302,13 @@ async def test_full_awaited_adds_share_a_sync(tmp_path, syncs):
     try:
         # One at a time: a sync each
         for event in events(5):
-            synced = spool.add_awaitable(event)
+            synced = spool.add(event, awaited=True)
             before = len(syncs.sizes)
             await asyncio.wait_for(synced, 10)
             assert len(syncs.sizes) == before + 1
         # Together: fewer syncs than adds
         before = len(syncs.sizes)
-        await asyncio.wait_for(asyncio.gather(*(spool.add_awaitable(event) for event in events(50))), 10)
+        await asyncio.wait_for(asyncio.gather(*(spool.add(event, awaited=True) for event in events(50))), 10)
         assert 1 <= len(syncs.sizes) - before < 50
     finally:
         spool.close()
@@ -321,13 +321,13 @@ async def test_full_a_sync_that_outlives_an_emptying_covers_nothing_after_it(tmp
     try:
         first, second = events(2, size=2000)
         syncs.release = threading.Event()
-        synced = spool.add_awaitable(first)
+        synced = spool.add(first, awaited=True)
         assert await asyncio.to_thread(syncs.entered.wait, 10)
         settle(spool, [first])  # emptied while the sync thread is in fdatasync
         syncs.release.set()
         await asyncio.wait_for(synced, 10)
         before = len(syncs.sizes)
-        await asyncio.wait_for(spool.add_awaitable(second), 10)
+        await asyncio.wait_for(spool.add(second, awaited=True), 10)
         assert len(syncs.sizes) == before + 1
     finally:
         spool.close()
