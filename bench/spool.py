@@ -14,10 +14,10 @@ come), through the public hub API, with a bounded broker queue
   at once (a thread that finds the queue full waits a little and tries again).
 
 Every measurement runs in a fresh process; a round measures the bus without
-the spool, then with it for each ``spool_sync`` mode, for each shape. Ratios
-are paired (the bus without the spool over the bus with it, within a round:
-the cost of the spool; 1.0x is free) and the medians over the rounds are
-printed, with the CPU time per event. ``full`` syncs the disk before each
+the spool and with it for each ``spool_sync`` mode, for each shape (every
+other round in reverse order). Ratios are paired (the bus without the spool
+over the bus with it, within a round: the cost of the spool; 1.0x is free)
+and the medians over the rounds are printed, with the CPU time per event. ``full`` syncs the disk before each
 ``put`` returns, so it runs ``--full-events`` events only; put the spool on
 the disk you mean to measure (``--dir``; default: the temporary directory).
 
@@ -170,12 +170,13 @@ def main():
 
     for round_ in range(args.rounds):
         for shape in shapes:
-            measure_one(shape, "this", "none", args.events)
+            runs = [("this", "none", args.events)]
             if "full" in modes:
-                measure_one(shape, "this", "none", args.full_events)  # full's baseline: as many events
-            for name in pythons:
-                for mode in modes:
-                    measure_one(shape, name, mode, args.full_events if mode == "full" else args.events)
+                runs.append(("this", "none", args.full_events))  # full's baseline: as many events
+            runs += [(name, mode, args.full_events if mode == "full" else args.events) for name in pythons for mode in modes]
+            # Every other round in reverse: a machine that slows down or speeds up favours no side
+            for name, mode, events in runs if round_ % 2 == 0 else reversed(runs):
+                measure_one(shape, name, mode, events)
 
     print(f"spool on vs off, internal ingress, queue_size {args.queue_size:,}, median of {args.rounds} rounds "
           f"(one: 1 task awaiting each put; many: {TASKS} tasks + {THREADS} threads)")
