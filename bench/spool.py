@@ -17,9 +17,11 @@ Every measurement runs in a fresh process; a round measures the bus without
 the spool and with it for each ``spool_sync`` mode, for each shape (every
 other round in reverse order). Ratios are paired (the bus without the spool
 over the bus with it, within a round: the cost of the spool; 1.0x is free)
-and the medians over the rounds are printed, with the CPU time per event. ``full`` syncs the disk before each
-``put`` returns, so it runs ``--full-events`` events only; put the spool on
-the disk you mean to measure (``--dir``; default: the temporary directory).
+and the medians over the rounds are printed, with the CPU time per event
+and its paired ratio (steadier than events/s on a busy machine). ``full``
+syncs the disk before each ``put`` returns, so it runs ``--full-events``
+events only; put the spool on the disk you mean to measure (``--dir``;
+default: the temporary directory).
 
 ``--compare PYTHON`` measures the spool of another evbus too (the python of
 a virtual environment where it is installed, e.g. an older release), in the
@@ -183,7 +185,7 @@ def main():
     if args.compare:
         print(f"compare: {args.compare}")
     print(f"{'producers':9} {'spool_sync':10} {'evbus':7} {'events':>7} {'events/s':>10} {'µs CPU/ev':>9} "
-          f"{'no spool':>10} {'µs CPU/ev':>9} {'cost':>7}")
+          f"{'no spool':>10} {'µs CPU/ev':>9} {'cost':>7} {'CPU cost':>8}")
     for shape in shapes:
         for mode in modes:
             events = args.full_events if mode == "full" else args.events
@@ -191,13 +193,15 @@ def main():
             for name in pythons:
                 on = results[(shape, name, mode, events)]
                 cost = statistics.median(base["eps"] / mine["eps"] for base, mine in zip(off, on))
+                cpu_cost = statistics.median(mine["cpu_us"] / base["cpu_us"] for base, mine in zip(off, on))
                 print(
                     f"{shape:9} {mode:10} {name:7} {events:>7,} {statistics.median(r['eps'] for r in on):>10,.0f} "
                     f"{statistics.median(r['cpu_us'] for r in on):>9.1f} "
                     f"{statistics.median(r['eps'] for r in off):>10,.0f} "
-                    f"{statistics.median(r['cpu_us'] for r in off):>9.1f} {cost:>6.2f}x"
+                    f"{statistics.median(r['cpu_us'] for r in off):>9.1f} {cost:>6.2f}x {cpu_cost:>7.2f}x"
                 )
-    print("cost: events/s of the bus without the spool / with it, paired within a round (target: at most 1.5x)")
+    print("cost: events/s of the bus without the spool / with it; CPU cost: CPU time per event with it / without;")
+    print("both paired within a round (target: at most 1.5x)")
 
 
 if __name__ == "__main__":
