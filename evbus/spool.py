@@ -533,13 +533,12 @@ class Spool:
     def settled(self, event: Event):
         """One lane published the event or gave it up."""
         lanes = self._lanes.get(event.id)
-        if lanes is None:
-            self._finish(event.id)
-        elif lanes > 1:
-            self._lanes[event.id] = lanes - 1
-        else:
+        if lanes is not None:
+            if lanes > 1:
+                self._lanes[event.id] = lanes - 1
+                return
             del self._lanes[event.id]
-            self._finish(event.id)
+        self._finish(event.id)
 
     def _finish(self, event_id: str):
         offset = self._live.pop(event_id, None)
