@@ -682,16 +682,16 @@ class Spool:
 
     def close(self):
         """Write what is pending, sync it (unless ``spool_sync`` is off) and release the file."""
-        if self._closed:
-            return
-        self._write_done()
+        if not self._closed:
+            self._write_done()
         with self._sync_lock, self._lock:
             try:
-                if self.sync != "off":
+                if not self._closed and self.sync != "off":
                     os.fdatasync(self._log.fd)
             finally:
-                self._closed = True
-                self._log.close()
+                if not self._closed:  # else closed already, or a compaction could not open the new file
+                    self._closed = True
+                    self._log.close()
                 self._stop_syncer.set()
                 self._wanted.notify()
         if self._syncer is not None and self._syncer is not threading.current_thread():
