@@ -165,6 +165,30 @@ def test_a_compaction_that_fails_leaves_the_spool_as_it_was(tmp_path, monkeypatc
     assert reopened(path) == (stored[2800:] + [more], 0)
 
 
+def test_a_compacted_file_that_cannot_be_mapped_stops_the_spool_saying_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_module, "COMPACT_BYTES", 64 * 1024)
+    path = tmp_path / "spool"
+    spool = Spool(str(path))
+    stored = events(3000, size=100)
+    for event in stored:
+        spool.add(event)
+
+    class Unmappable(spool_module.Log):
+        def __init__(self, fd: int, end: int):
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(spool_module, "Log", Unmappable)
+    settle(spool, stored[:2800])
+    with pytest.raises(SpoolError, match="compaction failed.*Cannot allocate memory"):
+        spool.add(Event(body=b"after"))
+    spool.close()
+    spool.close()
+    monkeypatch.undo()
+    # The rewritten file, with the events live at the compaction (settles after it were not written)
+    left, dropped = reopened(path)
+    assert 200 < len(left) < 3000 and left == stored[-len(left) :] and dropped == 0
+
+
 def test_a_full_disk_is_a_spool_error(tmp_path, monkeypatch):
     spool = Spool(str(tmp_path / "spool"))
     try:
