@@ -27,7 +27,7 @@ version: dict = {}
 exec((HERE / "evbus" / "version.py").read_text(), version)
 
 setup(
-    name="evbus",
+    name="evbus-ng",
     version=version["version"],
     description="An asynchronous event bus for pop projects: internal queues, Kafka, RabbitMQ, NATS, Redis, MQTT and more",
     long_description=(HERE / "README.rst").read_text(),
@@ -48,9 +48,14 @@ setup(
         "otel": requirements("otel"),
         "test": [r for r in requirements("test") if r not in requirements("base")],
     },
-    entry_points={"console_scripts": ["evbus = evbus.scripts:start"]},
+    entry_points={
+        "console_scripts": ["evbus = evbus.scripts:start"],
+        # Fixtures for projects that test their events: evbus_hub, evbus_profiles, evbus_capture
+        "pytest11": ["evbus = evbus.testing"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: AsyncIO",
+        "Framework :: Pytest",
     ],
 )

@@ -114,3 +114,11 @@ class ListenError(EvbusError, ConnectionError):
 
 class EvbusTimeoutError(EvbusError, TimeoutError):
     """A wait that ran out of time."""
+
+
+class DistributionConflictError(EvbusError, RuntimeError):
+    """
+    A distribution installed beside evbus that collides with it (pop-evbus,
+    evbus-kafka, evbus-pika), or files of evbus that another replaced; the
+    text names what to uninstall and how to restore evbus.
+    """

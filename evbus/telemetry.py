@@ -2,7 +2,7 @@
 OpenTelemetry for evbus: a PRODUCER span per event and destination, the W3C
 trace context in every message, and metrics of the bus and its lanes.
 
-All of it is optional (``pip install evbus[otel]``, the OpenTelemetry API).
+All of it is optional (``pip install "evbus-ng[otel]"``, the OpenTelemetry API).
 :func:`configured` looks once, when the bus starts, whether the application
 configured a tracer or a meter provider. When it finds neither (no
 opentelemetry-api, or only the API's proxy and no-op providers) evbus makes

@@ -12,7 +12,7 @@ import sys
 import pop.hub
 import pytest
 
-pytest_plugins = ["tests.brokers"]
+pytest_plugins = ["tests.brokers", "pytester"]
 
 PLUGINS = pathlib.Path(__file__).parent / "plugins"
 # What asyncio (and libraries on it) log when a task, a future or a loop was left unfinished
@@ -42,8 +42,31 @@ class StrayErrors(logging.Handler):
 STRAY_ERRORS = StrayErrors()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--uvloop",
+        action="store_true",
+        default=False,
+        help="run every test's event loop on uvloop (the loop idem runs on)",
+    )
+
+
 def pytest_configure(config):
     logging.getLogger().addHandler(STRAY_ERRORS)
+    if config.getoption("uvloop"):
+        # Before any fixture makes a loop: pytest-asyncio 0.18 makes each test's
+        # loop with the policy in force, and it knows no event_loop_policy fixture
+        try:
+            import uvloop
+        except ImportError:
+            raise pytest.UsageError("--uvloop needs uvloop: pip install uvloop") from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """The policy of every test's loop (uvloop's with ``--uvloop``), for pytest-asyncio 0.23 and later."""
+    return asyncio.get_event_loop_policy()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -79,6 +102,12 @@ def fresh_hub(monkeypatch, tmp_path):
     hub.pop.sub.add(dyne_name="evbus")
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
     yield hub
+
+
+@pytest.fixture
+def evbus_hub(hub):
+    """evbus.testing's capture bus runs on the suite's hub."""
+    return hub
 
 
 @pytest.fixture(autouse=True)

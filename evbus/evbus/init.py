@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from evbus.distribution import check
 from evbus.exc import BusRunningError
 from evbus.exc import BusStoppedError
 from evbus.exc import EvbusTimeoutError
@@ -36,6 +37,8 @@ class Stop:
 
 
 def __init__(hub):
+    # pop-evbus, evbus-kafka or evbus-pika installed too: fail now, saying which to uninstall
+    check()
     hub.evbus.STARTED = False
     hub.evbus.MASK = Masker()
     # The listener's own state: whether it runs, why it could not start, the pending stop
@@ -46,6 +49,9 @@ def __init__(hub):
     hub.evbus.init.STOP = None
     for dyne in ("acct", "ingress", "output", "serialize", "match"):
         hub.pop.sub.add(dyne_name=dyne)
+    if not hasattr(hub, "log"):
+        # A hub that no config load set up: evbus logs through hub.log
+        hub.pop.sub.add(dyne_name="log")
 
 
 async def start(hub, contexts: dict[str, Any] | None = None):
@@ -74,15 +80,15 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         hub.evbus.init.ERROR = e
         hub.evbus.init.FAILED = asyncio.current_task()
         raise
-    hub.evbus.init.RUNNING = True
-    hub.evbus.broker.STATE.closed = False
-    hub.evbus.STARTED = True
-    hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
     route_state = hub.evbus.route.STATE
     match = router.match
     spool = hub.evbus.broker.STATE.spool
     stop_item = None
+    hub.evbus.init.RUNNING = True
+    hub.evbus.broker.STATE.closed = False
+    hub.evbus.STARTED = True
     try:
+        hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
         if spool is not None:
             # What a crashed process left in the spool goes first
             left_over = spool.left_over()

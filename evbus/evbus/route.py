@@ -37,6 +37,9 @@ class RouteState:
         self.unrouted = 0
         # Failures of a destination that is down are written once, then counted
         self.repeats = Repeats()
+        # When set, lanes deliver to what it returns instead of their ingress plugin:
+        # capture(plugin name, provider, acct profile name) -> Destination (see evbus.testing)
+        self.capture = None
 
 
 class Router:
@@ -214,6 +217,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
     def warn(message: str):
         hub.log.warning(hub.evbus.MASK.text(message), extra={"evbus_internal": True})
 
+    capture = state.capture
     lanes = []
     for plugin_name, provider, name, profile in hub.evbus.route.destinations(contexts):
         try:
@@ -227,7 +231,9 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             provider=provider,
             profile=name,
             ctx=ctx,
-            destination=hub.evbus.route.destination(plugin_name),
+            destination=(
+                hub.evbus.route.destination(plugin_name) if capture is None else capture(plugin_name, provider, name)
+            ),
             on_failure=on_failure,
             policy=policy,
             window=window,

@@ -7,6 +7,7 @@ and the match plugin (``hub.match.PLUGIN``). A value the program assigned to
 one of those attributes itself is kept. Unknown plugin names are a
 :class:`~evbus.exc.ConfigError` here, where the config is first used.
 """
+from collections.abc import Mapping
 from typing import Any
 
 from evbus.exc import ConfigError
@@ -54,7 +55,8 @@ def get(hub, name: str) -> Any:
     """
     opt = hub.OPT.get("evbus") if hasattr(hub, "OPT") else None
     value = opt.get(name) if opt is not None else None
-    if value is None:
+    # No option is a mapping: pop's hub.OPT answers an empty NullMap before the config is loaded
+    if value is None or isinstance(value, Mapping):
         return DEFAULTS.get(name)
     if name in NUMBERS:
         try:

@@ -2,7 +2,7 @@
 Kafka ingress, with one producer per profile, started at start and reused by
 every event.
 
-Accepts the acct provider ``kafka``. Install with ``pip install evbus[kafka]``.
+Accepts the acct provider ``kafka``. Install with ``pip install "evbus-ng[kafka]"``.
 
 .. code-block:: yaml
 
@@ -117,7 +117,7 @@ def __virtual__(hub):
     if not HAS_LIBS:
         return False, (
             f"the kafka ingress (acct provider kafka) needs aiokafka: "
-            f"pip install evbus[kafka] ({IMPORT_ERROR})"
+            f'pip install "evbus-ng[kafka]" ({IMPORT_ERROR})'
         )
     return True
 

@@ -2,7 +2,7 @@
 MQTT ingress, with one client connection per profile, opened at start and
 reused by every event.
 
-Accepts the acct provider ``mqtt``. Install with ``pip install evbus[mqtt]``.
+Accepts the acct provider ``mqtt``. Install with ``pip install "evbus-ng[mqtt]"``.
 
 .. code-block:: yaml
 
@@ -109,7 +109,7 @@ def __virtual__(hub):
     if not HAS_LIBS:
         return False, (
             f"the mqtt ingress (acct provider mqtt) needs aiomqtt: "
-            f"pip install evbus[mqtt] ({IMPORT_ERROR})"
+            f'pip install "evbus-ng[mqtt]" ({IMPORT_ERROR})'
         )
     return True
 

@@ -2,7 +2,7 @@
 NATS ingress, core NATS or JetStream, with one connection per profile,
 opened at start and reused by every event.
 
-Accepts the acct provider ``nats``. Install with ``pip install evbus[nats]``.
+Accepts the acct provider ``nats``. Install with ``pip install "evbus-ng[nats]"``.
 
 .. code-block:: yaml
 
@@ -105,7 +105,7 @@ def __virtual__(hub):
     if not HAS_LIBS:
         return False, (
             f"the nats ingress (acct provider nats) needs nats-py: "
-            f"pip install evbus[nats] ({IMPORT_ERROR})"
+            f'pip install "evbus-ng[nats]" ({IMPORT_ERROR})'
         )
     return True
 

@@ -3,7 +3,7 @@ RabbitMQ (AMQP 0-9-1) ingress, with one connection and one confirming channel
 per profile, opened at start and reused by every event.
 
 Accepts the acct providers ``pika``, ``amqp`` and ``rabbitmq``. Install with
-``pip install evbus[pika]``.
+``pip install "evbus-ng[pika]"``.
 
 .. code-block:: yaml
 
@@ -85,7 +85,7 @@ def __virtual__(hub):
     if not HAS_LIBS:
         return False, (
             f"the pika ingress (acct providers pika, amqp, rabbitmq) needs aio-pika: "
-            f"pip install evbus[pika] ({IMPORT_ERROR})"
+            f'pip install "evbus-ng[pika]" ({IMPORT_ERROR})'
         )
     return True
 

@@ -2,7 +2,7 @@
 Redis ingress, to a stream (XADD) or a pub/sub channel (PUBLISH), with one
 client per profile, connected at start and reused by every event.
 
-Accepts the acct provider ``redis``. Install with ``pip install evbus[redis]``.
+Accepts the acct provider ``redis``. Install with ``pip install "evbus-ng[redis]"``.
 
 .. code-block:: yaml
 
@@ -48,6 +48,7 @@ it off by default); the two cannot be mixed.
 """
 import asyncio
 import contextlib
+import inspect
 import json
 import math
 import ssl
@@ -61,6 +62,9 @@ try:
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.asyncio.retry import Retry
 
+    # redis-py before 5.3 wants a command name for a connection of the pool; later ones warn about it
+    _COMMAND = inspect.signature(redis.asyncio.ConnectionPool.get_connection).parameters.get("command_name")
+    _NAMES_A_COMMAND = _COMMAND is not None and _COMMAND.default is inspect.Parameter.empty
     HAS_LIBS = True
     IMPORT_ERROR = ""
 except ImportError as e:  # missing, or a version older than the extra's floor
@@ -86,11 +90,18 @@ class NoKeyError(EvbusError, ValueError):
     retriable = False
 
 
+async def _take_connection(pool):
+    """:return: A connection of the pool, asked for as the installed redis-py wants"""
+    if _NAMES_A_COMMAND:
+        return await pool.get_connection("PING")
+    return await pool.get_connection()
+
+
 def __virtual__(hub):
     if not HAS_LIBS:
         return False, (
             f"the redis ingress (acct provider redis) needs redis-py: "
-            f"pip install evbus[redis] ({IMPORT_ERROR})"
+            f'pip install "evbus-ng[redis]" ({IMPORT_ERROR})'
         )
     return True
 
@@ -160,7 +171,7 @@ class Writer:
             client = _client(kwargs, self.tls_block)
             try:
                 await client.ping()
-                self.connection = await client.connection_pool.get_connection()
+                self.connection = await _take_connection(client.connection_pool)
             except BaseException as e:
                 await client.aclose()
                 refusal = _refusal(e, self.where)

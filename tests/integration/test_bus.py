@@ -79,6 +79,28 @@ async def test_profile_patterns_fan_out(hub, running):
     assert await take_json(await hub.ingress.internal.get("c"), 2) == ["for-default", "for-idem"]
 
 
+# idem's profiles across brokers that are not there: evbus.testing captures what each would get
+IDEM_PROFILES = {
+    "kafka": {"idem-state": {"topics": ["states"], "connection": {"bootstrap_servers": "127.0.0.1:1"}}},
+    "pika": {"idem-*": {"routing_key": "idem", "connection": {"url": "amqp://127.0.0.1:1/"}}},
+    "internal": {"logger": {"routing_key": "logs"}},
+}
+
+
+@pytest.mark.parametrize("evbus_profiles", [IDEM_PROFILES])
+async def test_idem_event_profiles_reach_their_destinations(hub, evbus_capture):
+    for profile in ("idem-run", "idem-state", "idem-status", "logger", "other"):
+        hub.evbus.broker.put_nowait(profile=profile, body={"p": profile})
+    await evbus_capture.settle()
+    assert [(e.routing_key, e.data) for e in evbus_capture.events(plugin="kafka")] == [(None, {"p": "idem-state"})]
+    assert [e.profile for e in evbus_capture.events(plugin="pika", routing_key="idem")] == [
+        "idem-run", "idem-state", "idem-status",
+    ]
+    assert evbus_capture.bodies(plugin="internal", routing_key="logs") == [{"p": "logger"}]
+    assert evbus_capture.events(profile="other") == []
+    assert hub.evbus.broker.stats()["unrouted"] == 1
+
+
 async def test_regex_match_plugin_from_contexts(hub):
     contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"idem-(run|state)": {"routing_key": "r"}}})
     contexts["match_plugin"] = "regex"

@@ -5,7 +5,6 @@ import logging.handlers
 import pytest
 
 from tests.conftest import add_ingress
-from tests.conftest import take_json
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -25,10 +24,11 @@ def root_queue_handler(hub):
     root.setLevel(old_level)
 
 
-async def test_log_records_become_events(hub, running, root_queue_handler):
-    await running({"internal": {"logger": {"routing_key": "logs"}}})
+@pytest.mark.parametrize("evbus_profiles", [{"internal": {"logger": {"routing_key": "logs"}}}])
+async def test_log_records_become_events(evbus_capture, root_queue_handler):
     logging.getLogger("my.module").warning("disk %s is full", "/var")
-    [event] = await take_json(await hub.ingress.internal.get("logs"), 1)
+    await evbus_capture.settle()
+    [event] = evbus_capture.bodies(profile="logger", routing_key="logs")
     assert set(event) == {"message", "module", "level", "timestamp"}
     assert "disk /var is full" in event["message"]
     assert event["level"] == "WARNING"

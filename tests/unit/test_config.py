@@ -1,11 +1,14 @@
 """Options through pop-config: command line, environment, config file; and apps that extend them."""
+import asyncio
 import subprocess
 import sys
 import textwrap
 
 import msgpack
+import pop.hub
 import pytest
 
+from evbus.evbus.settings import DEFAULTS
 from evbus.exc import ConfigError
 
 
@@ -170,3 +173,19 @@ def test_app_that_declares_evbus_options_like_idem(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["msgpack", "myapp.init.handler", repr(msgpack.packb([1]))]
+
+
+async def test_a_hub_whose_config_was_never_loaded_runs_on_the_defaults():
+    """pop answers hub.OPT with empty maps before a config is loaded (pytest-pop's hub, say)."""
+    hub = pop.hub.Hub()
+    hub.pop.sub.add(dyne_name="evbus")
+    for name, default in DEFAULTS.items():
+        assert hub.evbus.settings.get(name) == default, name
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {"routing_key": "q"}}})
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=10)
+    await hub.evbus.broker.put(body=1)
+    assert await hub.evbus.init.stop() == 0
+    await listener
+    queue = await hub.ingress.internal.get("q")
+    assert queue.get_nowait() == b"1"

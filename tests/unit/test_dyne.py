@@ -68,7 +68,7 @@ def test_broker_plugin_without_its_library_says_which_extra(tmp_path, plugin, li
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert f"pip install evbus[{extra}]" in out.stdout
+    assert f'pip install "evbus-ng[{extra}]"' in out.stdout
 
 
 def test_profiles_of_a_plugin_without_its_library_are_named_at_start(tmp_path):
@@ -90,7 +90,7 @@ def test_profiles_of_a_plugin_without_its_library_are_named_at_start(tmp_path):
     lines = out.stdout.splitlines()
     for profile in ("one", "two"):
         [line] = [line for line in lines if f"Profile '{profile}' of acct provider 'amqp'" in line]
-        assert "ingress.pika cannot load" in line and "pip install evbus[pika]" in line
+        assert "ingress.pika cannot load" in line and 'pip install "evbus-ng[pika]"' in line
     assert lines[-1] == "['internal']"
 
 
@@ -114,7 +114,7 @@ def test_profiles_of_a_plugin_whose_library_is_too_old_say_why_at_start(tmp_path
     lines = out.stdout.splitlines()
     for profile in ("one", "two"):
         [line] = [line for line in lines if f"Profile '{profile}' of acct provider 'redis'" in line]
-        assert "ingress.redis cannot load" in line and "pip install evbus[redis]" in line
+        assert "ingress.redis cannot load" in line and 'pip install "evbus-ng[redis]"' in line
         assert "cannot import name 'ExponentialWithJitterBackoff'" in line
     assert lines[-1] == "['internal']"
 

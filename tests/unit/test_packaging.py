@@ -34,7 +34,7 @@ def test_wheel_ships_every_plugin(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    [wheel] = tmp_path.glob("evbus-*.whl")
+    [wheel] = tmp_path.glob("evbus_ng-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     sources = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert sources and sources <= shipped, sources - shipped

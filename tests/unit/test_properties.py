@@ -117,7 +117,10 @@ def test_listener_survives_any_profile_names(patterns, profiles, match):
         try:
             await hub.evbus.init.join(timeout=5)
         except ConfigError:
-            return  # a pattern the match plugin rejects: a clear error at start
+            # a pattern the match plugin rejects: a clear error at start, which the listener raised
+            with pytest.raises(ConfigError):
+                await listener
+            return
         for n, profile in enumerate(profiles):
             await hub.evbus.broker.put(body=n, profile=profile)
         await hub.evbus.init.stop(timeout=5)
