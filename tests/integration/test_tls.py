@@ -223,7 +223,7 @@ class Mqtt(ServerBroker):
             )
             return [binary, "-c", str(conf)]
 
-        self.server = ServerProcess("mosquitto", argv)
+        self.server = ServerProcess("mosquitto", argv, also=(self.plain,))
         await _in_thread(self.server.start)
         self.port = self.server.port
         self.topic = unique("evbus-test/tls")
