@@ -142,6 +142,7 @@ class Redis(ServerBroker):
                 "--tls-cert-file", pair.cert, "--tls-key-file", pair.key, "--tls-ca-cert-file", ca,
                 "--tls-auth-clients", "yes" if require_client else "no", "--save", "", "--dir", str(self.tmp_path),
             ],
+            also=(self.plain,),
         )
         await _in_thread(self.server.start)
         self.port = self.server.port
