@@ -50,7 +50,7 @@ CONFIG = {
         "default": "json",
         "type": str,
         "os": "EVBUS_SERIALIZE_PLUGIN",
-        "help": "The serialize plugin that turns event bodies into bytes: json or msgpack",
+        "help": "The serialize plugin that turns event bodies into bytes: json, msgpack or str",
     },
     "serial_plugin": {
         "default": None,

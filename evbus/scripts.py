@@ -4,6 +4,9 @@ The ``evbus`` console script.
 import signal
 import sys
 
+from evbus.distribution import conflict
+from evbus.exc import DistributionConflictError
+
 
 def start():
     """Make a hub, load evbus and run its command line."""
@@ -11,6 +14,11 @@ def start():
     # with 130 / 143 (while pop and the client libraries are imported, say)
     signal.signal(signal.SIGTERM, _terminated)
     try:
+        # Before pop looks for the dyne: after pop-evbus's uninstall deleted
+        # files the two share, there may be no dyne left to load
+        message = conflict()
+        if message is not None:
+            _fail(message)
         import pop.hub
 
         hub = pop.hub.Hub()
@@ -18,6 +26,14 @@ def start():
         hub.evbus.init.cli()
     except KeyboardInterrupt:
         sys.exit(130)
+    except DistributionConflictError as e:
+        _fail(str(e))
+
+
+def _fail(message: str):
+    """A command that cannot run: what is wrong on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def _terminated(signum, frame):

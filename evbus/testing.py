@@ -75,13 +75,15 @@ class Captured:
 
     @property
     def data(self) -> Any:
-        """The body decoded: JSON and msgpack bodies as Python data, anything else as bytes."""
+        """The body decoded: JSON and msgpack bodies as Python data, text (``str``) as str, anything else as bytes."""
         if self.content_type == "application/json":
             return json.loads(self.body)
         if self.content_type == "application/msgpack":
             import msgpack
 
             return msgpack.unpackb(self.body, raw=False, strict_map_key=False)
+        if self.content_type.startswith("text/plain"):
+            return self.body.decode()
         return self.body
 
 

@@ -2,6 +2,7 @@
 Profiles: read acct data into the contexts that ``start()`` routes by.
 """
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -47,10 +48,9 @@ async def profiles(
         try:
             acct_data = await hub.acct.init.profiles(acct_file, acct_key, **kwargs)
         except Exception as e:
-            hint = (
-                " (is the acct key right?)" if acct_key
-                else " (an encrypted acct file needs its key: --acct-key or ACCT_KEY)"
-            )
+            if not os.path.isfile(acct_file):
+                raise ConfigError(f"Cannot read the acct file '{acct_file}': there is no such file") from None
+            hint = " (is the acct key right?)" if acct_key else _keyless_hint(acct_file)
             raise ConfigError(
                 f"Cannot read the acct file '{acct_file}': {hub.evbus.MASK.exception(e)}{hint}"
             ) from None
@@ -146,3 +146,16 @@ async def _process(hub, provider: str, name: str, info: Mapping) -> Any:
         return None
     hub.evbus.MASK.learn(result)
     return data.NamespaceDict(result)
+
+
+def _keyless_hint(acct_file: str) -> str:
+    """:return: The hint for an acct file read without a key that failed: a key, where the file looks encrypted"""
+    try:
+        with open(acct_file, "rb") as stream:
+            start = stream.read(16).lstrip()
+    except OSError:
+        return ""
+    # A Fernet token, as acct writes an encrypted file, starts with its version byte 0x80: "gA" in base64
+    if start.startswith(b"gA"):
+        return " (an encrypted acct file needs its key: --acct-key or ACCT_KEY)"
+    return ""

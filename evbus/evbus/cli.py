@@ -139,6 +139,8 @@ def run(hub) -> int:
     if hub.SUBPARSER not in ("publish", "replay", "profiles", "listen"):
         hub.args.PARSER.print_help(sys.stderr)
         return 2
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_no_plaintext_warning)
     try:
         hub.evbus.settings.apply()
         if hub.SUBPARSER == "replay":
@@ -422,7 +424,7 @@ async def listen(hub) -> int:
     messages or ``--timeout`` seconds without one; with no configuration,
     the internal ingress. A summary goes to stderr at the end, Ctrl-C included.
 
-    :return: 0
+    :return: 0; 1 when fewer than ``--count`` messages came
     :raises ListenError: The destination cannot be listened on, or was lost;
         it names the plugin, the profile and the address
     :raises ConfigError: No such profile, or its plugin cannot listen
@@ -467,6 +469,10 @@ async def listen(hub) -> int:
         reason = str(e) if isinstance(e, EvbusError) else error_text(e)
         raise ListenError(f"cannot listen on {source}{where}: {reason}") from None
     _listened(seen, source)
+    if count and seen < count:
+        why = f"none for {timeout:g} s: --timeout" if timeout else "the destination ended"
+        print(f"evbus: {count} message(s) asked for, {seen} came ({why})", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -477,6 +483,11 @@ async def _next(messages, timeout: float | None) -> tuple[str, bytes] | None:
             return await messages.__anext__()
     except (TimeoutError, StopAsyncIteration):
         return None
+
+
+def _no_plaintext_warning(record: logging.LogRecord) -> bool:
+    """Leaves out acct's warning on every plain-text acct file read without a key (the commands' usual case)."""
+    return not str(record.msg).startswith("No acct_key provided")
 
 
 class _LibrariesQuiet(logging.Filter):

@@ -405,9 +405,9 @@ def _listen(tmp_path, acct: pathlib.Path, *args: str) -> subprocess.CompletedPro
 
 
 def _error_line(stderr: str) -> str:
-    """The one line of a failed command: no traceback, nothing but a plaintext acct file's warning besides."""
+    """The one line of a failed command: no traceback, nothing besides."""
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if not line.startswith("[WARNING ] No acct_key provided")]
+    lines = stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("evbus: "), stderr
     return lines[0]
 
@@ -599,3 +599,41 @@ def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("evbus: cannot load the configuration:")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_plain_text_acct_file_is_read_without_a_warning(tmp_path):
+    acct = tmp_path / "acct.yml"
+    acct.write_text(yaml.safe_dump({"internal": {"mine": {}}}))
+    out = evbus("publish", "--acct-file", str(acct), "--profile", "mine", '{"n": 1}', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout) == [{"routing_key": None, "body": {"n": 1}}]
+    assert "acct_key" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "there is no such file"),
+        ("internal: [unclosed\n", "acct.yml"),
+        ("gAAAAABm" + "x" * 40 + "\n", "an encrypted acct file needs its key: --acct-key or ACCT_KEY"),
+    ],
+    ids=["missing", "not-yaml", "encrypted"],
+)
+def test_an_acct_file_that_cannot_be_read_is_one_line(tmp_path, content, expected):
+    acct = tmp_path / "acct.yml"
+    if content is not None:
+        acct.write_text(content)
+    out = evbus("publish", "--acct-file", str(acct), '{"n": 1}', cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    line = _error_line(out.stderr)
+    assert line.startswith(f"evbus: Cannot read the acct file '{acct}'") and expected in line, line
+    if content is None or not content.startswith("gA"):
+        assert "encrypted" not in line, line
+
+
+def test_listen_count_that_does_not_come_is_exit_1(tmp_path):
+    """--count 2 on an internal profile that gets nothing: the summary says what came, exit status 1."""
+    out = evbus("listen", "--profile", "quiet", "--count", "2", "--timeout", "0.5", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stdout == ""
+    assert "evbus: 2 message(s) asked for, 0 came (none for 0.5 s: --timeout)" in out.stderr, out.stderr

@@ -88,6 +88,14 @@ class Env:
             assert program == "pip", command
             self.pip(*args)
 
+    def command(self) -> str:
+        """:return: The error text of an ``evbus`` command that must fail: one message, no traceback"""
+        done = run(str(self.path / "bin" / "evbus"), "profiles", cwd=self.path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("evbus cannot load:"), done.stderr
+        return done.stderr
+
     def loads(self):
         done = self.load()
         assert done.returncode == 0, done.stderr
@@ -110,6 +118,7 @@ def test_pop_evbus_installed_after_evbus(env):
     assert message.rstrip().endswith(
         "pip uninstall -y pop-evbus && pip install --force-reinstall --no-deps evbus-ng"
     )
+    assert env.command() == message
     env.repair(message)
     env.loads()
 
@@ -129,8 +138,15 @@ def test_uninstalling_pop_evbus_alone_is_repaired_by_a_reinstall(env):
     env.pip("install", "pop-evbus==7.0.1")
     env.pip("install", "evbus-ng")
     env.pip("uninstall", "-y", "pop-evbus")
-    assert env.load().returncode != 0
-    env.pip("install", "--force-reinstall", "--no-deps", "evbus-ng")
+    assert env.load().returncode != 0  # no evbus/conf.py: pop finds no evbus dyne
+    # The evbus command says what happened, and how to repair it
+    message = env.command()
+    assert message.startswith("evbus cannot load: files of evbus-ng 1.0.0 were replaced or removed")
+    assert "evbus/conf.py" in message
+    assert message.rstrip().endswith(
+        "Reinstall evbus, then load evbus again: pip install --force-reinstall --no-deps evbus-ng"
+    )
+    env.repair(message)
     env.loads()
 
 

@@ -1,4 +1,4 @@
-"""The json and msgpack serializers, and errors for bodies they cannot encode."""
+"""The json, msgpack and str serializers, and errors for bodies they cannot encode."""
 import json
 import math
 
@@ -103,3 +103,14 @@ def test_unknown_serializer_is_a_config_error(hub):
     hub.evbus.SERIAL_PLUGIN = "json"
     hub.evbus.broker.put_nowait(body={})
     assert hub.evbus.BUS.qsize() == 1
+
+
+def test_str_sends_the_body_as_text(hub):
+    """pop-serial's str, which idem offers for --serialize-plugin: str(body), UTF-8."""
+    hub.evbus.SERIAL_PLUGIN = "str"
+    hub.evbus.broker.put_nowait(body={"a": "ü", "n": 1})
+    hub.evbus.broker.put_nowait(body=Thing())
+    first, second = hub.evbus.BUS.get_nowait(), hub.evbus.BUS.get_nowait()
+    assert first.body == "{'a': 'ü', 'n': 1}".encode()
+    assert first.content_type == "text/plain; charset=utf-8"
+    assert second.body == b"<Thing>"

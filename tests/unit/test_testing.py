@@ -67,6 +67,13 @@ async def test_msgpack_bodies_are_decoded(evbus_hub, evbus_capture):
     assert event.content_type == "application/msgpack" and event.data == {"k": [1, 2]}
 
 
+async def test_str_bodies_are_text(evbus_hub, evbus_capture):
+    evbus_hub.evbus.SERIAL_PLUGIN = "str"
+    await evbus_hub.evbus.broker.put(body={"k": 1}, profile="p")
+    await evbus_capture.settle()
+    assert evbus_capture.bodies() == ["{'k': 1}"]
+
+
 async def test_puts_from_another_thread_are_captured_after_settle(evbus_hub, evbus_capture):
     def fire():
         for n in range(50):
