@@ -31,6 +31,8 @@ LOAD = (
     "print(hub.evbus.route.router.ref)\n"
 )
 REPAIR = "then load evbus again: "
+# A project's own test run, with evbus's pytest plugin
+PYTEST = ("pytest>=8", "pytest-asyncio>=0.23")
 
 
 def run(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess:
@@ -48,7 +50,7 @@ def wheelhouse(tmp_path_factory) -> pathlib.Path:
         else:
             shutil.copy2(path, source / name)
     house = tmp_path_factory.mktemp("wheels")
-    done = run(sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(house), str(source), *FOREIGN)
+    done = run(sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(house), str(source), *FOREIGN, *PYTEST)
     assert done.returncode == 0, done.stderr
     return house
 
@@ -174,3 +176,22 @@ def test_evbus_pika_alone(env):
     )
     env.repair(message)
     env.loads()
+
+
+def test_the_pytest_plugin_in_a_project_that_turns_warnings_into_errors(env, tmp_path):
+    """Installed from its wheel, evbus's pytest plugin warns of nothing, and its fixtures work."""
+    env.pip("install", "evbus-ng", *PYTEST)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\nfilterwarnings =\n    error\n"
+    )
+    (project / "test_events.py").write_text(
+        "async def test_an_event(evbus_hub, evbus_capture):\n"
+        "    await evbus_hub.evbus.broker.put(profile='p', body={'n': 1})\n"
+        "    await evbus_capture.settle()\n"
+        "    assert evbus_capture.bodies(profile='p') == [{'n': 1}]\n"
+    )
+    done = run(env.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout and "warning" not in done.stdout.lower(), done.stdout
