@@ -232,12 +232,14 @@ class ServerProcess:
 
     :param name: For messages
     :param argv: ``argv(port)`` -> the command line
+    :param also: Other ports of the server (listeners of its own) that start waits for too
     """
 
-    def __init__(self, name: str, argv):
+    def __init__(self, name: str, argv, also: tuple[int, ...] = ()):
         self.name = name
         self.argv = argv
         self.port = _free_port()
+        self.also = also
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0):
@@ -245,15 +247,19 @@ class ServerProcess:
             self.argv(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout
+        waiting = [self.port, *self.also]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.2).close()
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not listen on 127.0.0.1:{self.port} within {timeout} s")
+                continue
+            waiting.pop(0)
+            if not waiting:
+                return
+        raise RuntimeError(f"{self.name} did not listen on 127.0.0.1:{waiting[0]} within {timeout} s")
 
     def stop(self, timeout: float = 30.0):
         """Stop the server as its service would (SIGTERM: it saves its data); kill it after ``timeout``."""

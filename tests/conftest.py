@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import pathlib
 import sqlite3
 import sys
@@ -41,6 +42,17 @@ class StrayErrors(logging.Handler):
 
 
 STRAY_ERRORS = StrayErrors()
+
+# Tests of their own sessions (noxfile.py), not collected by the plain test command:
+# idem's needs idem installed beside evbus (nox -s idem), the mixed installs
+# build throwaway environments (nox -s mixed)
+collect_ignore = []
+try:
+    import idem  # noqa: F401
+except ImportError:
+    collect_ignore.append("idem")
+if os.environ.get("EVBUS_MIXED") != "1":
+    collect_ignore.append("mixed")
 
 
 def pytest_addoption(parser):

@@ -142,6 +142,7 @@ class Redis(ServerBroker):
                 "--tls-cert-file", pair.cert, "--tls-key-file", pair.key, "--tls-ca-cert-file", ca,
                 "--tls-auth-clients", "yes" if require_client else "no", "--save", "", "--dir", str(self.tmp_path),
             ],
+            also=(self.plain,),
         )
         await _in_thread(self.server.start)
         self.port = self.server.port
@@ -223,7 +224,7 @@ class Mqtt(ServerBroker):
             )
             return [binary, "-c", str(conf)]
 
-        self.server = ServerProcess("mosquitto", argv)
+        self.server = ServerProcess("mosquitto", argv, also=(self.plain,))
         await _in_thread(self.server.start)
         self.port = self.server.port
         self.topic = unique("evbus-test/tls")
