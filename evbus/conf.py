@@ -143,13 +143,13 @@ CONFIG = {
         "default": None,
         "type": str,
         "os": "EVBUS_SPOOL",
-        "help": "A SQLite file: put() returns once the event is stored there, and start() re-delivers what a crash left (default: no spool)",
+        "help": "A local log file: put() returns once the event is written there, and start() re-delivers what a crash left (default: no spool)",
     },
     "spool_sync": {
         "default": "normal",
         "type": str,
         "os": "EVBUS_SPOOL_SYNC",
-        "help": "How the spool writes: normal (a crash loses nothing), full (a power loss loses nothing either), off (fastest; a power loss may corrupt the spool)",
+        "help": "When the spool reaches the disk: normal (synced every second: a crash loses nothing, a power loss the last second at most), full (before put() returns: a power loss loses nothing), off (never: fastest; a power loss may lose or corrupt the spool)",
     },
     "acct_file": {
         "default": None,

@@ -122,3 +122,7 @@ class DistributionConflictError(EvbusError, RuntimeError):
     evbus-kafka, evbus-pika), or files of evbus that another replaced; the
     text names what to uninstall and how to restore evbus.
     """
+
+
+class SpoolError(EvbusError, OSError):
+    """The durable spool could not write or sync an event."""

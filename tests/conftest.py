@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pathlib
+import sqlite3
 import sys
 
 import pop.hub
@@ -255,3 +256,32 @@ def otel(hub):
     hub.evbus.METER_PROVIDER = providers.meter_provider
     yield providers
     providers.shutdown()
+
+
+# The SQLite spool of evbus before the log (migrated at open)
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    routing_key TEXT,
+    content_type TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    body BLOB NOT NULL
+)
+"""
+
+
+def sqlite_spool(path, rows: list[tuple]) -> sqlite3.Connection:
+    """
+    A spool in the SQLite format of older evbus (WAL mode), left open.
+
+    :param rows: (id, profile, routing_key, content_type, timestamp, body) of its events
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(OLD_SCHEMA)
+    db.executemany(
+        "INSERT INTO events (id, profile, routing_key, content_type, timestamp, body) VALUES (?, ?, ?, ?, ?, ?)", rows
+    )
+    return db

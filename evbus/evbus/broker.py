@@ -382,7 +382,9 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
 
     The body is serialized and checked when ``put`` is called; the awaitable
     it returns finishes once the event is on the broker queue, which waits for
-    room when the queue is bounded (config ``queue_size``) and full.
+    room when the queue is bounded (config ``queue_size``) and full, and, with
+    the spool on (config ``spool``), once the event is stored there (with
+    ``spool_sync`` full: synced to the disk, one sync for every put waiting).
 
     :param routing_key: The routing key; None to use the matched profile's routing_key
     :param body: The message body, serialized here by the configured serialize plugin
@@ -402,7 +404,9 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
                 pass
             else:
                 if state.spool is not None:
-                    state.spool.add(new_event)
+                    synced = state.spool.add(new_event, awaited=True)
+                    if synced is not None:
+                        return _synced(synced)
                 return _queued()
         # Full: wait for room (backpressure)
         return _put_waiting(state, bus, new_event)
@@ -420,7 +424,14 @@ async def _put_waiting(state: BrokerState, bus: asyncio.Queue, new_event: Event)
     """Queue an event once there is room; spool it before the listener can take it."""
     await bus.put(new_event)
     if state.spool is not None:
-        state.spool.add(new_event)
+        synced = state.spool.add(new_event, awaited=True)
+        if synced is not None:
+            await synced
+
+
+async def _synced(synced: asyncio.Future):
+    """What ``put`` returns with ``spool_sync`` full: done once the spool has synced the event."""
+    await synced
 
 
 async def propagate(hub, contexts: dict[str, Any], event: Event, wait: bool = True):

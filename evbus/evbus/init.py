@@ -91,6 +91,13 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
         if spool is not None:
             # What a crashed process left in the spool goes first
+            dropped = spool.dropped()
+            if dropped:
+                hub.log.warning(
+                    f"The spool {spool.path} ended in a record cut short (a crash as it was written): "
+                    f"{dropped} byte(s) dropped",
+                    extra={"evbus_internal": True},
+                )
             left_over = spool.left_over()
             if left_over:
                 hub.log.warning(

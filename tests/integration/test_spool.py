@@ -12,6 +12,7 @@ import pytest
 
 from tests.brokers import URL
 from tests.conftest import add_ingress
+from tests.conftest import sqlite_spool
 from tests.conftest import take_json
 
 pytestmark = pytest.mark.integration
@@ -76,6 +77,54 @@ async def test_a_spool_in_use_is_a_clear_error(hub, monkeypatch, tmp_path):
         assert "spool.db" in str(info.value)
     finally:
         holder.close()
+
+
+async def test_an_old_sqlite_spool_is_delivered_by_the_next_start(hub, running, monkeypatch, tmp_path):
+    """A spool an older evbus (SQLite) left: migrated at open, its events re-delivered first, in order."""
+    path = tmp_path / "spool.db"
+    rows = [(f"old-{n}", "default", None, "application/json", 1.0 + n, json.dumps(n).encode()) for n in range(5)]
+    sqlite_spool(path, rows).close()
+    use_spool(hub, monkeypatch, path)
+    await running({"internal": {"default": {}}})
+    await hub.evbus.broker.put(body="new")
+    assert await take_json(await hub.ingress.internal.get(), 6) == [0, 1, 2, 3, 4, "new"]
+    await hub.evbus.init.stop()
+    stats = hub.evbus.broker.stats()
+    assert stats["redelivered"] == 5 and stats["spool_depth"] == 0
+
+
+async def test_a_record_cut_short_is_logged_at_start(hub, running, monkeypatch, tmp_path, caplog):
+    from evbus.spool import Spool
+    from evbus.types import Event
+
+    path = tmp_path / "spool.db"
+    left = Spool(str(path))
+    left.add(Event(body=b'"kept"'))
+    left.close()
+    with open(path, "ab") as file:
+        file.write(b"\x40\x00\x00\x00torn")
+    use_spool(hub, monkeypatch, path)
+    await running({"internal": {"default": {}}})
+    assert await take_json(await hub.ingress.internal.get(), 1) == ["kept"]
+    assert "ended in a record cut short" in caplog.text and "8 byte(s) dropped" in caplog.text
+
+
+async def test_full_put_returns_once_synced_and_puts_together_share_syncs(hub, running, monkeypatch, tmp_path):
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    monkeypatch.setenv("EVBUS_SPOOL_SYNC", "full")
+    use_spool(hub, monkeypatch, tmp_path / "spool.db")
+    await running({"internal": {"default": {}}})
+    put = hub.evbus.broker.put
+    for n in range(10):
+        before = len(synced)
+        await put(body=n)
+        assert len(synced) > before
+    before = len(synced)
+    await asyncio.gather(*(put(body=n) for n in range(10, 60)))
+    assert len(synced) - before < 50
+    assert await take_json(await hub.ingress.internal.get(), 60) == list(range(60))
 
 
 async def test_sigkill_mid_stream_loses_nothing_put_returned_for(tmp_path, amqp):

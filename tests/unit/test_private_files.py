@@ -1,8 +1,8 @@
 """
 Files that hold event bodies are private: the dead-letter store and the
-spool (with SQLite's -wal and -shm) are 0600, in directories evbus makes
-0700, whatever the umask lets through; wider files are tightened, existing
-directories left alone.
+spool (and the file a compaction writes) are 0600, in directories evbus
+makes 0700, whatever the umask lets through; wider files are tightened,
+existing directories left alone.
 """
 import os
 import stat
@@ -14,9 +14,9 @@ import pytest
 from evbus.deadletter import DeadLetterStore
 from evbus.deadletter import to_record
 from evbus.exc import ConfigError
-from evbus.spool import SCHEMA
 from evbus.spool import Spool
 from evbus.types import Event
+from tests.conftest import OLD_SCHEMA
 
 
 def mode(path) -> int:
@@ -63,22 +63,48 @@ def test_a_wider_dead_letter_file_is_tightened_and_its_directory_left_alone(tmp_
     assert len(store.read()) == 1
 
 
-def test_the_spool_and_its_wal_are_private_in_the_directories_made(tmp_path):
+def test_the_spool_is_private_in_the_directories_made(tmp_path, monkeypatch):
     path = tmp_path / "var" / "evbus" / "spool.db"
     spool = Spool(str(path))
     try:
-        spool.add(Event(body=b"secret body"))
-        assert os.path.exists(f"{path}-wal")
+        events = [Event(body=b"secret body %d" % n) for n in range(10)]
+        for event in events:
+            spool.add(event)
         assert mode(tmp_path / "var") == 0o700 and mode(tmp_path / "var" / "evbus") == 0o700
-        files = sorted(os.listdir(path.parent))
-        assert files[:2] == ["spool.db", "spool.db-wal"]
-        assert {name: mode(path.parent / name) for name in files} == dict.fromkeys(files, 0o600)
+        assert os.listdir(path.parent) == ["spool.db"]
+        assert mode(path) == 0o600
+
+        # A compaction writes the live events to spool.db.new and renames it over the spool
+        made = []
+        real_replace = os.replace
+        monkeypatch.setattr(os, "replace", lambda src, dst: made.append(mode(src)) or real_replace(src, dst))
+        for event in events[:8]:
+            spool.routed(event, 1)
+            spool.settled(event)
+        spool._compact()
+        assert made == [0o600]
+        assert os.listdir(path.parent) == ["spool.db"]
+        assert mode(path) == 0o600
     finally:
         spool.close()
 
 
-def test_a_wider_spool_left_by_a_crash_is_tightened(tmp_path):
-    """A spool, -wal and -shm at 0644 (a process died holding them): all three become 0600, nothing lost."""
+def test_a_wider_spool_is_tightened(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    path = shared / "spool.db"
+    Spool(str(path)).close()
+    os.chmod(path, 0o644)
+    Spool(str(path)).close()
+    assert mode(path) == 0o600
+    assert mode(shared) == 0o755
+
+
+def test_a_wider_sqlite_spool_left_by_a_crash_is_migrated_private(tmp_path):
+    """
+    A spool of the SQLite format, its -wal and -shm at 0644 (an older evbus died
+    holding them): migrated to a 0600 log with its events; -wal and -shm are gone.
+    """
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
     path = shared / "spool.db"
@@ -91,14 +117,15 @@ def test_a_wider_spool_left_by_a_crash_is_tightened(tmp_path):
         "           \" VALUES ('e1', 'p', 't', 1, x'00')\")\n"
         "os._exit(0)\n"
     )
-    subprocess.run([sys.executable, "-c", crash, str(path), SCHEMA], check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", crash, str(path), OLD_SCHEMA], check=True, timeout=30)
     left = {name: mode(shared / name) for name in ("spool.db", "spool.db-wal", "spool.db-shm")}
     assert left == dict.fromkeys(left, 0o644)
 
     spool = Spool(str(path))
     try:
-        assert {name: mode(shared / name) for name in left} == dict.fromkeys(left, 0o600)
-        assert [event.id for event in spool.left_over()] == ["e1"]
+        assert os.listdir(shared) == ["spool.db"]
+        assert mode(path) == 0o600
+        assert [(event.id, event.body) for event in spool.left_over()] == [("e1", b"\x00")]
         assert mode(shared) == 0o755
     finally:
         spool.close()
