@@ -23,6 +23,8 @@ EVENTS = {
     "restored id": Event(profile="p", body=b"1", id=" an id\r\nInjected: yes ", timestamp=1700000000.5),
     "empty body": Event(profile="p", body=b""),
 }
+# nats-py 2.16 writes a CR or LF of a header value as a space (evbus does too); before, as it is
+NATS_PY_KEEPS_VALUES_ON_THEIR_LINE = hasattr(nats_client, "_HEADER_VALUE_NEWLINES")
 ROUTES = {"core": (False, None), "jetstream": (True, None), "jetstream with stream": (True, "EVENTS")}
 
 
@@ -66,6 +68,8 @@ async def test_the_command_is_nats_py_s_for_the_same_headers(route, event):
     jetstream, stream = ROUTES[route]
     headers = ingress.Headers(jetstream, stream)
     event = EVENTS[event]
+    if "\n" in event.id and not NATS_PY_KEEPS_VALUES_ON_THEIR_LINE:
+        pytest.skip("this nats-py lets a line feed in a header value end its line")
     reply = "_INBOX.abc.7" if jetstream else ""
     mapping = headers.mapping(event)
     if jetstream:
