@@ -13,16 +13,20 @@ raw client library in the same run.
 - NATS JetStream (127.0.0.1:4222): evbus's nats ingress (``jetstream: true``,
   every event acknowledged by the stream) next to nats-py on one connection,
   ``publish_async()`` for all (nats-py keeps at most 4,000 in flight), then
-  all awaited; both publish to subjects of one stream (memory storage),
-  without naming it.
+  all awaited; all publish to subjects of one stream (memory storage),
+  without naming it. nats-py runs twice per round: with the body alone, and
+  with the headers evbus sends (``Evbus-Id``, ``Evbus-Timestamp``,
+  ``Content-Type``, ``Nats-Msg-Id``: a dict per message, as a program using
+  nats-py would pass them); the second is the fair comparison.
 - Redis streams (127.0.0.1:6379): evbus's redis ingress (XADD, each reply
   awaited) next to redis-py on one connection, XADD in pipelines of 1,000.
 - MQTT QoS 1 (Mosquitto, 127.0.0.1:1883): evbus's mqtt ingress (every event
   acknowledged by PUBACK) next to aiomqtt on one connection with up to 500
   ``publish()`` calls in flight.
 
-The raw clients send the body alone; evbus adds the event's id, time and
-content type (headers, stream fields or, MQTT 3.1.1, nothing).
+The raw clients send the body alone (and, for NATS, also with evbus's
+headers); evbus adds the event's id, time and content type (headers, stream
+fields or, MQTT 3.1.1, nothing).
 
 Each round runs every pair back to back; the ratio is taken within the round
 and the median of the ratios is printed (the machine's noise hits both sides
@@ -152,14 +156,33 @@ async def raw_kafka(bootstrap: str, topic: str, events: int) -> float:
     return events / elapsed
 
 
-async def raw_nats(subject: str, events: int) -> float:
-    """nats-py JetStream: publish_async() for all, then await all."""
+async def raw_nats(subject: str, events: int, headers: bool = False) -> float:
+    """
+    nats-py JetStream: publish_async() for all, then await all.
+
+    :param headers: Send evbus's headers with each message: a unique id (also
+        the ``Nats-Msg-Id``), the time and the content type
+    """
     import nats
 
     client = await nats.connect(NATS_URL)
     js = client.jetstream()
+    prefix = uuid.uuid4().hex[:12]  # ids unique across runs, as evbus's are: no copy is dropped
     started = time.perf_counter()
-    futures = [await js.publish_async(subject, json.dumps(body(n)).encode()) for n in range(events)]
+    futures = []
+    for n in range(events):
+        payload = json.dumps(body(n)).encode()
+        if headers:
+            event_id = f"{prefix}-{n:x}"
+            sent = {
+                "Evbus-Id": event_id,
+                "Evbus-Timestamp": repr(time.time()),
+                "Content-Type": "application/json",
+                "Nats-Msg-Id": event_id,
+            }
+            futures.append(await js.publish_async(subject, payload, headers=sent))
+        else:
+            futures.append(await js.publish_async(subject, payload))
     await asyncio.gather(*futures)
     elapsed = time.perf_counter() - started
     await client.close()
@@ -232,7 +255,11 @@ async def kafka_pair(bootstrap: str, events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def nats_pair(events: int) -> tuple[float, float]:
+async def nats_pair(events: int, round_: int = 0) -> tuple[float, float, float]:
+    """
+    :return: events/s of evbus, of nats-py with the body alone, and of nats-py
+        with evbus's headers; the order of the three runs turns with the round
+    """
     import nats
     from nats.js.api import StorageType
 
@@ -242,26 +269,32 @@ async def nats_pair(events: int) -> tuple[float, float]:
     js = admin.jetstream()
     # Memory storage: the figures then tell the clients apart, not the disk's moods
     await js.add_stream(name=name, subjects=[f"{subject}.*"], storage=StorageType.MEMORY)
+    acct = {
+        "nats": {
+            "default": {
+                "connection": {"servers": NATS_URL},
+                "subject": f"{subject}.evbus",
+                # no "stream": its Nats-Expected-Stream header costs the server a check
+                # per message that the raw client does not ask for
+                "jetstream": True,
+            }
+        }
+    }
+    runs = {
+        "evbus": lambda: evbus_run(acct, events),
+        "raw": lambda: raw_nats(f"{subject}.raw", events),
+        "headers": lambda: raw_nats(f"{subject}.headers", events, headers=True),
+    }
+    order = list(runs)
+    order = order[round_ % len(order) :] + order[: round_ % len(order)]
+    rates = {}
     try:
-        raw = await raw_nats(f"{subject}.raw", events)
-        mine = await evbus_run(
-            {
-                "nats": {
-                    "default": {
-                        "connection": {"servers": NATS_URL},
-                        "subject": f"{subject}.evbus",
-                        # no "stream": its Nats-Expected-Stream header costs the server a check
-                        # per message that the raw client does not ask for
-                        "jetstream": True,
-                    }
-                }
-            },
-            events,
-        )
+        for run in order:
+            rates[run] = await runs[run]()
     finally:
         await js.delete_stream(name)
         await admin.close()
-    return mine, raw
+    return rates["evbus"], rates["raw"], rates["headers"]
 
 
 async def redis_pair(events: int) -> tuple[float, float]:
@@ -287,7 +320,7 @@ async def mqtt_pair(events: int) -> tuple[float, float]:
     return mine, raw
 
 
-PAIRS = {"rabbitmq": rabbitmq_pair, "nats": nats_pair, "redis": redis_pair, "mqtt": mqtt_pair}
+PAIRS = {"rabbitmq": rabbitmq_pair, "redis": redis_pair, "mqtt": mqtt_pair}
 
 
 def main():
@@ -311,11 +344,16 @@ def main():
             for name in brokers:
                 if name == "kafka":
                     pair = asyncio.run(kafka_pair(tansu.bootstrap, args.events))
+                elif name == "nats":
+                    pair = asyncio.run(nats_pair(args.events, round_))
                 else:
                     pair = asyncio.run(PAIRS[name](args.events))
                 results.setdefault(name, []).append(pair)
-                mine, raw = pair
-                print(f"round {round_ + 1} {name}: evbus {mine:,.0f}/s raw {raw:,.0f}/s", file=sys.stderr)
+                mine, raw, *headers = pair
+                line = f"round {round_ + 1} {name}: evbus {mine:,.0f}/s raw {raw:,.0f}/s"
+                if headers:
+                    line += f" raw with evbus's headers {headers[0]:,.0f}/s"
+                print(line, file=sys.stderr)
     finally:
         if tansu is not None:
             tansu.kill()
@@ -330,10 +368,14 @@ def main():
         "mqtt": ">= 0.7x",
     }
     for name, pairs in results.items():
-        mine = statistics.median(m for m, _ in pairs)
-        raw = statistics.median(r for _, r in pairs)
-        ratio = statistics.median(m / r for m, r in pairs)
+        mine = statistics.median(pair[0] for pair in pairs)
+        raw = statistics.median(pair[1] for pair in pairs)
+        ratio = statistics.median(pair[0] / pair[1] for pair in pairs)
         print(f"{name:10} {mine:>10,.0f} {raw:>10,.0f} {ratio:>6.2f}x  {targets[name]}")
+        if len(pairs[0]) > 2:  # the raw client also ran with evbus's headers
+            raw = statistics.median(pair[2] for pair in pairs)
+            ratio = statistics.median(pair[0] / pair[2] for pair in pairs)
+            print(f"{'  headers':10} {mine:>10,.0f} {raw:>10,.0f} {ratio:>6.2f}x  >= 1.0x (raw with evbus's headers)")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,20 @@ that a retry sent again within its duplicate window. With tracing on, also
 ``ce-specversion``, ``ce-id``, ... (values percent-encoded).
 
 A JetStream publish counts as published when the stream acknowledged it
-(PubAck). Core NATS acknowledges nothing: events are written to the
+(PubAck): each message names a reply subject of its own under one inbox of
+the connection, and the stream's answer there settles that event alone (a
+PubAck; an error of the stream; "no responders" when no stream took the
+message). Core NATS acknowledges nothing: events are written to the
 connection as they come, and one PING after a batch of them confirms the
 whole batch once its PONG is back, so a publish counts as published when the
 server read it (not when a subscriber got it: core NATS is at most once).
+
+The header block of a route's messages is written once per lane but for
+the event's id and time, byte for byte as nats-py would write the same
+headers (:class:`Headers`); the message goes to nats-py's write buffer as
+one protocol command, as ``Client.publish`` puts it there (or through
+``Client.publish`` itself, with the headers as a dict, on a nats-py whose
+buffer is not where this module looks for it).
 
 The lanes retry and reconnect: unless the profile sets ``allow_reconnect:
 true`` (nats-py then reconnects and buffers on its own), a lost connection
@@ -56,12 +66,18 @@ nats-py's defaults (verified too). A certificate that is not trusted or
 not for the host fails at once, saying so.
 """
 import asyncio
+import dataclasses
+import itertools
+import json
+import re
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 try:
     import nats
     import nats.errors
+    import nats.js.api
     import nats.js.errors
 
     HAS_LIBS = True
@@ -85,6 +101,19 @@ from evbus.exc import RefusedError
 # connection attempt per server (nats-py would otherwise try each server 60
 # times, 2 s apart), and no reconnect of its own (the lane retries).
 QUICK_CONNECT = {"max_reconnect_attempts": 1, "reconnect_time_wait": 0}
+
+# The header block of a NATS message, as nats-py writes it: keys are RFC 7230
+# tokens, a CR or LF in a value becomes a space (it would end the line)
+_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+# What nats-py refuses in a subject it publishes to: it could end the protocol line
+_SUBJECT_INVALID = re.compile(r"[ \t\r\n]")
+# The reply of a server that found no subscriber (no stream) for a request
+NO_RESPONDERS = "503"
+# What of nats-py's client Client.publish uses to put a command in its write buffer
+_BUFFER = ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size")
+# Reply subjects kept before those of abandoned publishes (timed out, cancelled) are swept
+SWEEP_AT = 4096
 
 
 class NoSubjectError(EvbusError, ValueError):
@@ -118,17 +147,254 @@ def __init__(hub):
     hub.ingress.nats.BY_CTX = PerCtx()
 
 
+def _header_block(headers: Mapping[str, str]) -> bytes:
+    """
+    The header block of a message with these headers, byte for byte as
+    nats-py's ``Client.publish`` writes it: ``NATS/1.0``, a ``Key: value``
+    line per header (key and value stripped, a CR or LF in a value made a
+    space, a header with an empty key left out), and an empty line.
+
+    :raises BadHeaderError: for a key that is not an RFC 7230 token (nats-py's error)
+    """
+    lines = ["NATS/1.0\r\n"]
+    for key, value in headers.items():
+        key = key.strip()
+        if not key:
+            continue
+        if not _HEADER_KEY.fullmatch(key):
+            raise _bad_header(key)
+        lines.append(f"{key}: {value.strip().translate(_VALUE_NEWLINES)}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode()
+
+
+def _bad_header(key: str) -> Exception:
+    error = getattr(nats.errors, "BadHeaderError", None)  # nats-py 2.16 and later
+    return error(key) if error is not None else nats.errors.Error(f"nats: invalid header key {key!r}")
+
+
+class Headers:
+    """
+    The headers of a route's messages: ``Evbus-Id``, ``Evbus-Timestamp``,
+    ``Content-Type``, the event's own (trace context, CloudEvents
+    attributes), and on JetStream ``Nats-Msg-Id`` and, when the profile
+    names a stream, ``Nats-Expected-Stream``.
+
+    The block of an event without headers of its own is made of parts built
+    once per content type, the event's id and time between them.
+    """
+
+    def __init__(self, jetstream: bool, stream: str | None):
+        self.jetstream = jetstream
+        self.stream = stream if jetstream else None
+        # content type -> the block from the end of the timestamp's value on, less the id
+        self._tails: dict[str, tuple[str, str]] = {}
+
+    def mapping(self, event) -> dict[str, str]:
+        """:return: The headers of an event's message, in their order on the wire"""
+        headers = {
+            "Evbus-Id": event.id,
+            "Evbus-Timestamp": repr(event.timestamp),
+            "Content-Type": event.content_type,
+        }
+        if event.headers:  # trace context, CloudEvents attributes
+            headers.update(event.headers)
+        if self.jetstream:
+            headers["Nats-Msg-Id"] = event.id
+            if self.stream:
+                headers["Nats-Expected-Stream"] = self.stream  # as nats-py's publish(stream=) adds it
+        return headers
+
+    def block(self, event) -> bytes:
+        """:return: The header block of an event's message (:func:`_header_block` of :meth:`mapping`)"""
+        if event.headers:
+            return _header_block(self.mapping(event))
+        tail = self._tails.get(event.content_type)
+        if tail is None:
+            tail = self._tail(event.content_type)
+        event_id = event.id
+        if not (event_id.isprintable() and " " not in event_id):  # (what strip() or translate() would change)
+            event_id = event_id.strip().translate(_VALUE_NEWLINES)
+        middle, end = tail
+        block = f"NATS/1.0\r\nEvbus-Id: {event_id}\r\nEvbus-Timestamp: {event.timestamp!r}{middle}"
+        if self.jetstream:  # the id again, in Nats-Msg-Id
+            block = f"{block}{event_id}{end}"
+        return block.encode()
+
+    def _tail(self, content_type: str) -> tuple[str, str]:
+        value = content_type.strip().translate(_VALUE_NEWLINES)
+        if self.jetstream:
+            end = "\r\n"
+            if self.stream:
+                end += f"Nats-Expected-Stream: {self.stream.strip().translate(_VALUE_NEWLINES)}\r\n"
+            tail = (f"\r\nContent-Type: {value}\r\nNats-Msg-Id: ", end + "\r\n")
+        else:
+            tail = (f"\r\nContent-Type: {value}\r\n\r\n", "")
+        if len(self._tails) < 16:
+            self._tails[content_type] = tail
+        return tail
+
+
+class Acks:
+    """
+    The PubAcks a connection waits for: one inbox subscription, a reply
+    subject per message under it, and the future of each by its reply
+    subject. A reply that matches no future (one given up on, or one
+    already settled) is ignored.
+    """
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.prefix = client.new_inbox() + "."
+        self.futures: dict[str, asyncio.Future] = {}
+        self._next = itertools.count(1).__next__
+        self._sweep_at = SWEEP_AT
+        self._loop = asyncio.get_running_loop()
+
+    async def start(self):
+        """Subscribe to the inbox."""
+        if _SUBJECT_INVALID.search(self.prefix):
+            raise nats.errors.BadSubjectError
+        await self.client.subscribe(self.prefix + "*", cb=self.on_reply)
+
+    def expect(self) -> tuple[str, asyncio.Future]:
+        """:return: A new reply subject, and the future of the PubAck that comes there"""
+        futures = self.futures
+        if len(futures) >= self._sweep_at:
+            self.sweep()
+        reply = f"{self.prefix}{self._next()}"
+        future = futures[reply] = self._loop.create_future()
+        return reply, future
+
+    def sweep(self):
+        """Forget the futures that are settled (given up on) but got no reply."""
+        futures = self.futures
+        for reply in [reply for reply, future in futures.items() if future.done()]:
+            del futures[reply]
+        self._sweep_at = max(SWEEP_AT, 2 * len(futures))
+
+    def forget(self, reply: str):
+        """Forget a reply subject whose message was not written."""
+        future = self.futures.pop(reply, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    async def on_reply(self, message: Any):
+        """Settle the future of a reply: a PubAck, the stream's error, or no responders."""
+        future = self.futures.pop(message.subject, None)
+        if future is None or future.done():
+            return
+        headers = message.headers
+        if headers and headers.get("Status") == NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            response = json.loads(message.data)
+            error = response.get("error")
+            if error is not None:
+                future.set_exception(_api_error(error))
+                return
+            future.set_result(_pub_ack(response))
+        except Exception as e:  # not a PubAck: a retry may get one
+            future.set_exception(
+                nats.js.errors.APIError(
+                    description=f"unexpected reply to a JetStream publish: {message.data[:200]!r} ({e})"
+                )
+            )
+
+    def fail(self, error: BaseException):
+        """Fail every future still waiting (the connection is gone)."""
+        futures, self.futures = self.futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+def _api_error(error: dict) -> Exception:
+    """:return: The error of a stream's error reply, as nats-py makes it (``APIError`` and its kinds)"""
+    try:
+        nats.js.errors.APIError.from_error(error)  # raises what it makes
+    except nats.js.errors.APIError as e:
+        return e
+    except Exception:  # a reply nats-py cannot read
+        pass
+    return nats.js.errors.APIError(code=error.get("code"), description=str(error.get("description", error)))
+
+
+# The fields of nats-py's PubAck: a reply's other fields are left out, as its from_response does
+_PUB_ACK_FIELDS = frozenset(f.name for f in dataclasses.fields(nats.js.api.PubAck)) if HAS_LIBS else frozenset()
+
+
+def _pub_ack(response: dict) -> Any:
+    """:return: The PubAck of a response, as nats-py's ``PubAck.from_response`` makes it"""
+    return nats.js.api.PubAck(**{key: value for key, value in response.items() if key in _PUB_ACK_FIELDS})
+
+
 class Session:
     """
     One client of a profile's connection, and what it was handed and has not
-    confirmed yet: the core NATS batches waiting for their PONG, and (in
-    nats-py's JetStream context) the publishes waiting for their PubAck.
+    confirmed yet: the core NATS batches waiting for their PONG, and the
+    JetStream publishes waiting for their PubAck.
     """
 
     def __init__(self):
         self.client: Any = None
         self.js: Any = None
+        self.acks: Acks | None = None
         self.flushes: dict[asyncio.Future, asyncio.Task] = {}
+        # The subjects checked for what nats-py refuses in a subject
+        self.subjects: set[str] = set()
+        self._buffered = False
+
+    def attach(self, client: Any):
+        """Take the connected client; find nats-py's write buffer (see :meth:`write`)."""
+        self.client = client
+        self._buffered = all(hasattr(client, name) for name in _BUFFER)
+
+    async def write(self, subject: str, reply: str, headers: "Headers", event: Any):
+        """
+        Write one message: its HPUB command goes to nats-py's write buffer,
+        with the checks and counts of ``Client.publish``; on a nats-py whose
+        buffer is not where this looks, through ``Client.publish`` itself.
+
+        :raises MaxPayloadError: for a body over the server's max_payload
+        """
+        client = self.client
+        if subject not in self.subjects:
+            self._check_subject(subject)
+        if not self._buffered:
+            await client.publish(subject, event.body, reply=reply, headers=headers.mapping(event))
+            return
+        if client.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if client.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        body = event.body
+        size = len(body)
+        if not client.is_connected:
+            # Reconnecting: buffered up to its limit, as nats-py does
+            if client._max_pending_size <= 0 or size + client.pending_data_size > client._max_pending_size:
+                raise nats.errors.OutboundBufferLimitError
+        if size > client.max_payload:
+            raise nats.errors.MaxPayloadError
+        block = headers.block(event)
+        length = len(block)
+        stats = client.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        await client._send_command(
+            b"".join((f"HPUB {subject} {reply} {length} {length + size}\r\n".encode(), block, body, b"\r\n"))
+        )
+        if client._flush_queue is not None and client._flush_queue.empty():
+            await client._flush_pending()
+
+    def _check_subject(self, subject: str):
+        if not self.client.options.get("skip_subject_validation"):
+            if not subject or _SUBJECT_INVALID.search(subject):
+                raise nats.errors.BadSubjectError
+        if len(self.subjects) >= SWEEP_AT:
+            self.subjects.clear()
+        self.subjects.add(subject)
 
     async def fail(self):
         """
@@ -139,9 +405,8 @@ class Session:
         pending = list(self.flushes)
         for task in self.flushes.values():
             task.cancel()  # their PONG will not come
-        if self.js is not None:
-            # nats-py keeps the futures of publish_async() by reply token
-            pending.extend(getattr(self.js, "_publish_async_futures", {}).values())
+        if self.acks is not None:
+            self.acks.fail(error)
         for future in pending:
             if not future.done():
                 future.set_exception(error)
@@ -187,8 +452,6 @@ class Connection:
         self.stream = stream
         self.where = where
         self.session = Session()
-        # JetStream: publish_async(subject, body, headers=, stream=) -> future of the PubAck
-        self.publish_async: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # Serializes open(): lanes of profiles that share this connection open it at once
         self.lock = LoopLock()
@@ -207,7 +470,10 @@ class Connection:
         return client is not None and self.loop is asyncio.get_running_loop() and not client.is_closed
 
     async def open(self):
-        """Connect; with JetStream and a ``stream``, check that the stream exists."""
+        """
+        Connect; with JetStream, check that the profile's ``stream`` (when it
+        names one) exists, and subscribe to the inbox of the PubAcks.
+        """
         async with self.lock.get():
             if self.ready:
                 return
@@ -233,21 +499,22 @@ class Connection:
                 if _login_refused(e):
                     raise self._refused(e) from None
                 raise
-            session.client = client
+            session.attach(client)
             if self.jetstream:
                 js = session.js = client.jetstream()
-                if self.stream:
-                    try:
+                try:
+                    if self.stream:
                         await js.stream_info(self.stream)
-                    except BaseException as e:
-                        await client.close()
-                        if isinstance(e, nats.js.errors.NotFoundError):
-                            raise NoStreamError(
-                                f"JetStream stream '{self.stream}' does not exist on {self.where}: "
-                                f"create it, or name an existing stream in the profile"
-                            ) from None
-                        raise
-                self.publish_async = getattr(js, "publish_async", None) or self._publish_task
+                    session.acks = Acks(client)
+                    await session.acks.start()
+                except BaseException as e:
+                    await client.close()
+                    if isinstance(e, nats.js.errors.NotFoundError):
+                        raise NoStreamError(
+                            f"JetStream stream '{self.stream}' does not exist on {self.where}: "
+                            f"create it, or name an existing stream in the profile"
+                        ) from None
+                    raise
             self.session, self.loop = session, asyncio.get_running_loop()
 
     def _refused(self, error: BaseException) -> LoginRefusedError:
@@ -278,15 +545,8 @@ class Connection:
             )
         self.covered.add(subject)
 
-    async def _publish_task(
-        self, subject: str, body: bytes, headers: dict, stream: str | None
-    ) -> asyncio.Task:
-        """For a nats-py without ``publish_async``: the PubAck of ``publish`` in a task of its own."""
-        return self.loop.create_task(self.session.js.publish(subject, body, headers=headers, stream=stream))
-
     async def close(self):
         session, self.session = self.session, Session()
-        self.publish_async = None
         client = session.client
         if client is not None and not client.is_closed:
             try:
@@ -307,6 +567,8 @@ class Route:
         self.connection = connection
         self.subject = subject
         self.stream = stream
+        # The headers of its messages, their constant parts built once
+        self.headers = Headers(connection.jetstream, stream)
         # Core NATS: the confirmation shared by the events published since the last PING
         self.batch: asyncio.Future | None = None
 
@@ -477,21 +739,23 @@ async def send(hub, ctx, routing_key: str, event):
     subject = routing_key or route.subject
     if not subject:
         raise NoSubjectError("no NATS subject: the event has no routing key and the profile names no subject")
-    headers = {
-        "Evbus-Id": event.id,
-        "Evbus-Timestamp": repr(event.timestamp),
-        "Content-Type": event.content_type,
-    }
-    if event.headers:  # trace context, CloudEvents attributes
-        headers.update(event.headers)
+    session = connection.session
     try:
-        if connection.publish_async is not None:
+        if connection.jetstream:
             if subject not in connection.covered:
                 await connection.check_subject(subject, route.stream)
-            headers["Nats-Msg-Id"] = event.id
-            return await connection.publish_async(subject, event.body, headers=headers, stream=route.stream)
-        session = connection.session
-        await session.client.publish(subject, event.body, headers=headers)
+                session = connection.session
+            acks = session.acks
+            if acks is None:  # the connection was closed while the subject was checked
+                raise nats.errors.ConnectionClosedError
+            reply, ack = acks.expect()
+            try:
+                await session.write(subject, reply, route.headers, event)
+            except BaseException:
+                acks.forget(reply)
+                raise
+            return ack
+        await session.write(subject, "", route.headers, event)
     except nats.errors.MaxPayloadError:
         raise MessageTooLargeError(
             f"the event of {len(event.body)} bytes is larger than the max_payload of "

@@ -50,6 +50,8 @@ class Receiver:
     """A consumer of the test's own for one broker's destination."""
 
     provider = ""
+    # The test id, where the provider is not enough
+    name = ""
     # The broker fixtures it uses
     fixtures: tuple[str, ...] = ()
 
@@ -146,6 +148,22 @@ class NatsReceiver(Receiver):
         return http.from_http_event(http.HTTPMessage(headers=message.headers, body=message.body))
 
 
+class NatsJetStreamReceiver(NatsReceiver):
+    """NATS JetStream: the messages as the stream holds them."""
+
+    name = "nats-jetstream"
+
+    async def start(self):
+        self.stream, subject = await self.nats_consumer.stream()
+        return {"connection": {"servers": NATS_URL}, "subject": subject, "jetstream": True, "stream": self.stream}
+
+    async def take(self, count):
+        return [
+            Received(dict(m.headers or {}), (m.headers or {}).get("Content-Type"), m.data, m)
+            for m in await self.nats_consumer.messages(self.stream, count)
+        ]
+
+
 class MqttReceiver(Receiver):
     provider = "mqtt"
     fixtures = ("mqtt_broker",)
@@ -207,10 +225,10 @@ class RedisReceiver(Receiver):
         return kafka.from_kafka_event(kafka.KafkaMessage(headers, None, message.body))
 
 
-RECEIVERS = [KafkaReceiver, RabbitReceiver, NatsReceiver, MqttReceiver, RedisReceiver]
+RECEIVERS = [KafkaReceiver, RabbitReceiver, NatsReceiver, NatsJetStreamReceiver, MqttReceiver, RedisReceiver]
 
 
-@pytest.fixture(params=RECEIVERS, ids=[receiver.provider for receiver in RECEIVERS])
+@pytest.fixture(params=RECEIVERS, ids=[receiver.name or receiver.provider for receiver in RECEIVERS])
 def broker(request) -> Receiver:
     return request.param(request)
 
