@@ -561,10 +561,11 @@ async def close_mqtt_subscriber(subscriber: MqttSubscriber):
         await subscriber.reader
     except (asyncio.CancelledError, Exception):
         pass
-    try:
-        await subscriber.client.__aexit__(None, None, None)
-    except Exception:
-        pass
+    from evbus.ingress.mqtt import disconnect
+
+    # As evbus closes its own clients: the socket closed and aiomqtt's task ended
+    # before the test's loop closes (uvloop runs that task's cancel later than asyncio)
+    await disconnect(subscriber.client)
 
 
 @pytest.fixture

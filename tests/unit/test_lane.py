@@ -216,19 +216,19 @@ class Pipe:
         if event.body in self.poison:
             loop.call_soon(self._close_channel, event.body)
         else:
-            loop.call_later(0.005, self._confirm_oldest)
+            # Each its own confirmation, in the order sent (timers of one delay run in order)
+            loop.call_later(0.005, self._confirm, event.body, future)
         return future
 
-    def _confirm_oldest(self):
-        if self.in_flight:
-            body, future = self.in_flight.pop(0)
-            if future.done():
-                return
-            if body in self.refuse_at_confirm:
-                future.set_exception(RefusedError(f"{body!r} was returned"))
-            else:
-                self.confirmed.append(body)
-                future.set_result(None)
+    def _confirm(self, body: bytes, future: asyncio.Future):
+        if future.done():  # failed with the channel
+            return
+        self.in_flight.remove((body, future))
+        if body in self.refuse_at_confirm:
+            future.set_exception(RefusedError(f"{body!r} was returned"))
+        else:
+            self.confirmed.append(body)
+            future.set_result(None)
 
     def _close_channel(self, body: bytes):
         error = MessageTooLargeError(f"the broker closed the channel: {body!r} is too large")
