@@ -118,3 +118,15 @@ def test_pip_check_reports_only_the_pop_evbus_requirement():
     )
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("idem 25.0.1 requires pop-evbus"), done.stdout
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "str"])
+def test_every_serializer_idem_offers_runs(tmp_path, serializer):
+    """idem offers pop-serial's plugins for --serialize-plugin; evbus serves each of them."""
+    done = subprocess.run(
+        [_idem(), "exec", "test.ping", "--serialize-plugin", serializer, "--output", "json"],
+        cwd=tmp_path, env=dict(os.environ, HOME=str(tmp_path)), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["result"] is True
