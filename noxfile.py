@@ -145,9 +145,10 @@ def idem(session):
     """idem 25.0.1 on evbus: an ``idem state`` run, its events, uvloop, and ``pip check``."""
     session.install("--no-deps", IDEM)
     session.install(*idem_requirements(session))
-    session.install("pytest>=8,<9.2", "pytest-timeout>=2.3")
-    # Forced: a reused environment holds a wheel of the same version, built from older sources
-    session.install("--force-reinstall", "--no-deps", wheel(session))
+    built = wheel(session)
+    session.install(built, "pytest>=8,<9.2", "pytest-timeout>=2.3")
+    # Again, forced: a reused environment holds a wheel of the same version, built from older sources
+    session.install("--force-reinstall", "--no-deps", built)
     # --noconftest: the suite's conftest needs evbus's test requirements, which an idem environment lacks
     session.run(
         *PYTEST, "--noconftest", "-W", "ignore::pytest.PytestConfigWarning", "tests/idem", *session.posargs
