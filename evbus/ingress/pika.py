@@ -190,19 +190,23 @@ class Confirmation(asyncio.Future):
         returned = getattr(result, "delivery", None)
         if isinstance(returned, spec.Basic.Return):
             # what aiormq hands over for a basic.return when the channel does not raise on returns
-            text = _returned_text(returned, self.outbox.exchange, self.routing_key)
-            _SET_EXCEPTION(self, MessageReturned(text))
+            self._fail(MessageReturned(_returned_text(returned, self.outbox.exchange, self.routing_key)))
         elif isinstance(result, spec.Basic.Ack):
             _SET_RESULT(self, result)
         else:
-            text = f"RabbitMQ did not accept the message ({type(result).__name__})"
-            _SET_EXCEPTION(self, PublishNacked(text))
+            self._fail(PublishNacked(f"RabbitMQ did not accept the message ({type(result).__name__})"))
 
     def set_exception(self, exception: Any):
         if self.done():
             return
         self._forget()
+        self._fail(exception)
+
+    def _fail(self, exception: BaseException):
         _SET_EXCEPTION(self, exception)
+        # Retrieved once, as aiormq does for its own futures: a confirmation that no lane
+        # awaits any more (the connection closed under it) is not logged when collected
+        self.exception()
 
     def cancel(self, msg: Any = None) -> bool:
         self._forget()

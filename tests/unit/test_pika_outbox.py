@@ -5,6 +5,7 @@ code, returns, the profile's timeout, a full write queue, a closed channel.
 """
 import asyncio
 import collections
+import gc
 import types
 
 import pytest
@@ -258,3 +259,22 @@ async def test_a_cleanly_closed_channel_is_a_connection_error():
     await asyncio.wait([confirmation], timeout=5)
     assert isinstance(confirmation.exception(), ConnectionError)
     assert "amqp://127.0.0.1:5672/" in str(confirmation.exception())
+
+
+async def test_confirmations_no_one_awaits_any_more_leave_no_stray_error(caplog):
+    """Failed by a timeout or a closed channel and never read: asyncio logs nothing when they go."""
+
+    async def abandon():
+        channel = FakeChannel()
+        outbox = pika.Outbox(channel, "", "amqp://127.0.0.1:5672/")
+        timed = [outbox.publish("q", event, 1, True, 0.01) for event in events(2)]
+        await asyncio.wait(timed, timeout=5)
+        for event in events(3):
+            outbox.publish("q", event, 1, True, None)
+        channel.closing.set_exception(ConnectionResetError("connection lost"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    await abandon()
+    gc.collect()
+    assert "never retrieved" not in caplog.text
