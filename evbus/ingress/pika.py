@@ -28,6 +28,14 @@ RabbitMQ acknowledged it. Its AMQP properties carry the event id
 ``tracestate``, and in CloudEvents binary mode the attributes
 ``cloudEvents_specversion``, ``cloudEvents_id``, ....
 
+How a publish goes out (:class:`Outbox`): the lane hands events off up to
+its ``max_in_flight`` window; each takes the channel's next delivery tag,
+its frames are encoded with what the profile's messages share encoded
+once (:mod:`evbus.amqp`), and the publishes of one turn of the loop go to
+the socket in one write. RabbitMQ's basic.ack, basic.nack and basic.return
+find the event's confirmation by its delivery tag (by its message id for a
+return) in aiormq's own map: no task, lock or timer per message.
+
 Events are published with the ``mandatory`` flag: a message that no queue
 is bound to take (the routing key on the exchange) comes back (basic.return)
 and is a failed publish, not retried: it is dead-lettered with the exchange
@@ -48,13 +56,16 @@ cannot be mixed. A certificate that is not trusted or not for the host
 fails at once, saying so.
 """
 import asyncio
-import datetime
+import collections
 from typing import Any
 
 try:
     import aio_pika
     import aiormq.exceptions
     from aiormq import spec
+    from aiormq.abc import ChannelFrame
+
+    from evbus import amqp
 
     HAS_LIBS = True
     IMPORT_ERROR = ""
@@ -94,7 +105,7 @@ def __init__(hub):
     hub.ingress.pika.ACCT = ["pika", "amqp", "rabbitmq"]
     # connection key -> Publisher
     hub.ingress.pika.PUBLISHERS = {}
-    # id(ctx) -> (ctx, Publisher): the lookup of every send, without rebuilding the key
+    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
     hub.ingress.pika.BY_CTX = PerCtx()
 
 
@@ -109,6 +120,8 @@ class Publisher:
         self.connection: Any = None
         self.channel: Any = None
         self.raw_channel: Any = None
+        # The publishes on the open channel
+        self.outbox: Outbox | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # Serializes open(): lanes of profiles that share this connection open it once
         self.lock = LoopLock()
@@ -116,7 +129,7 @@ class Publisher:
     @property
     def ready(self) -> bool:
         return (
-            self.raw_channel is not None
+            self.outbox is not None
             and self.loop is asyncio.get_running_loop()
             and not self.connection.is_closed
             and not self.raw_channel.is_closed
@@ -144,18 +157,249 @@ class Publisher:
                     # Fails early, with a clear 404 from the broker, when the exchange does not exist
                     await self.channel.get_exchange(self.exchange_name, ensure=True)
                 self.raw_channel = await self.channel.get_underlay_channel()
+                self.outbox = Outbox(self.raw_channel, self.exchange_name, self.where)
             except BaseException:
                 await self.close()
                 raise
 
     async def close(self):
         connection, self.connection = self.connection, None
-        self.channel = self.raw_channel = None
+        self.channel = self.raw_channel = self.outbox = None
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
             except Exception:  # closing a broken connection may fail; it is gone either way
                 pass
+
+
+class Confirmation(asyncio.Future):
+    """
+    RabbitMQ's answer to one publish. aiormq's channel resolves it from its
+    map of delivery tags (``channel.confirmations``): basic.ack resolves it;
+    basic.nack fails it (aiormq's ``DeliveryError``), and so do a basic.return
+    (:class:`MessageReturned`), the channel closing (its reason) and the
+    profile's ``timeout`` (``TimeoutError``).
+    """
+
+    __slots__ = ("outbox", "tag", "routing_key", "message_id")
+
+    def set_result(self, result: Any):
+        if self.done():  # an answer after the timeout, or to a receipt the lane let go of
+            return
+        self._forget()
+        returned = getattr(result, "delivery", None)
+        if isinstance(returned, spec.Basic.Return):
+            # what aiormq hands over for a basic.return when the channel does not raise on returns
+            self._fail(MessageReturned(_returned_text(returned, self.outbox.exchange, self.routing_key)))
+        elif isinstance(result, spec.Basic.Ack):
+            _SET_RESULT(self, result)
+        else:
+            self._fail(PublishNacked(f"RabbitMQ did not accept the message ({type(result).__name__})"))
+
+    def set_exception(self, exception: Any):
+        if self.done():
+            return
+        self._forget()
+        self._fail(exception)
+
+    def _fail(self, exception: BaseException):
+        _SET_EXCEPTION(self, exception)
+        # Retrieved once, as aiormq does for its own futures: a confirmation that no lane
+        # awaits any more (the connection closed under it) is not logged when collected
+        self.exception()
+
+    def cancel(self, msg: Any = None) -> bool:
+        self._forget()
+        return _CANCEL(self, msg)
+
+    def _forget(self):
+        """Drop the message id that let aiormq find this publish when RabbitMQ returns it."""
+        message_id = self.message_id
+        if message_id is not None:
+            self.message_id = None
+            ids = self.outbox.message_ids
+            if ids.get(message_id) == self.tag:
+                del ids[message_id]
+
+
+_SET_RESULT = asyncio.Future.set_result
+_SET_EXCEPTION = asyncio.Future.set_exception
+_CANCEL = asyncio.Future.cancel
+# Bytes of frames after which the outbox hands them to the connection without waiting for the loop's turn
+_FLUSH_BYTES = 1 << 20
+
+
+class Outbox:
+    """
+    The publishes on one confirming channel, without a task or a lock per message.
+
+    Each publish takes the channel's next delivery tag and puts its
+    :class:`Confirmation` in aiormq's map of delivery tags (and, for a
+    mandatory message, its message id where aiormq looks up a returned
+    message), so that aiormq's channel resolves it as it resolves its own.
+    The frames (:class:`evbus.amqp.Frames`) of the publishes made in one turn
+    of the loop go to aiormq's connection writer as one piece: in the order
+    of their delivery tags, on one socket write.
+
+    Nothing else publishes on this channel: its delivery tags are evbus's alone.
+
+    :param channel: The aiormq channel, open, with publisher confirms
+    :param exchange: The exchange ("" for the default exchange)
+    :param where: The broker's address, for messages
+    """
+
+    def __init__(self, channel: Any, exchange: str, where: str):
+        self.channel = channel
+        self.exchange = exchange
+        self.where = where
+        self.loop = asyncio.get_running_loop()
+        self.frames = amqp.Frames(channel.number, exchange, channel.max_content_size)
+        self.confirmations = channel.confirmations
+        self.message_ids = channel.message_id_delivery_tag
+        self.write_queue = channel.write_queue
+        # Frames not yet handed to the connection's writer
+        self.buffer = bytearray()
+        self.flush_scheduled = False
+        # Hands frames over while the connection's write queue is full, else None
+        self.writer: asyncio.Task | None = None
+        # Per profile timeout: (deadline, confirmation) in the order of publishing
+        self.deadlines: dict[float, collections.deque] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        channel.closing.add_done_callback(self._closed)
+
+    def publish(
+        self, routing_key: str, event: Any, delivery_mode: int, mandatory: bool, timeout: float | None
+    ) -> Confirmation:
+        """
+        Publish one event, in order; never waits.
+
+        :return: Its confirmation
+        :raises ValueError: for a routing key longer than 255 characters
+        :raises TypeError: for a routing key or property that AMQP cannot carry
+        """
+        message_id = event.id
+        self.frames.write(
+            self.buffer, routing_key, mandatory, event.body, event.content_type,
+            delivery_mode, message_id, event.timestamp, event.headers,
+        )
+        channel = self.channel
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmation = Confirmation(loop=self.loop)
+        confirmation.outbox = self
+        confirmation.tag = tag
+        confirmation.routing_key = routing_key
+        self.confirmations[tag] = confirmation
+        if mandatory and message_id:
+            self.message_ids[message_id] = tag
+            confirmation.message_id = message_id
+        else:
+            confirmation.message_id = None
+        if timeout:
+            self._watch(confirmation, timeout)
+        if len(self.buffer) >= _FLUSH_BYTES:
+            self.flush()
+        elif not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        return confirmation
+
+    def flush(self):
+        """Hand the frames written so far to the connection's writer."""
+        self.flush_scheduled = False
+        if self.writer is not None or not self.buffer:
+            return  # (the writer takes them when there is room)
+        if self.channel.is_closed:
+            self.buffer.clear()  # their confirmations fail with the channel's reason
+            return
+        frames = self._take()
+        try:
+            self.write_queue.put_nowait(frames)
+        except asyncio.QueueFull:  # the writer is behind: wait for room, keeping the order
+            self.writer = self.loop.create_task(self._write_when_room(frames))
+
+    def _take(self) -> Any:
+        payload, self.buffer = self.buffer, bytearray()
+        return ChannelFrame(payload=payload, should_close=False)
+
+    async def _write_when_room(self, frames: Any):
+        try:
+            while True:
+                await self.write_queue.put(frames)
+                if not self.buffer or self.channel.is_closed:
+                    return
+                frames = self._take()
+        finally:
+            self.writer = None
+
+    def _watch(self, confirmation: Confirmation, timeout: float):
+        """Fail ``confirmation`` with TimeoutError when no answer came within ``timeout`` seconds."""
+        deadline = self.loop.time() + timeout
+        queue = self.deadlines.get(timeout)
+        if queue is None:
+            queue = self.deadlines[timeout] = collections.deque()
+        while queue and queue[0][1].done():
+            queue.popleft()
+        queue.append((deadline, confirmation))
+        timer = self.timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self):
+        self.timer = None
+        now = self.loop.time()
+        soonest = None
+        for queue in self.deadlines.values():
+            while queue:
+                deadline, confirmation = queue[0]
+                if not confirmation.done():
+                    if deadline > now:
+                        break
+                    self._time_out(confirmation)
+                queue.popleft()
+            if queue and (soonest is None or queue[0][0] < soonest):
+                soonest = queue[0][0]
+        if soonest is not None:
+            self.timer = self.loop.call_at(soonest, self._expire)
+
+    def _time_out(self, confirmation: Confirmation):
+        # A late answer then finds a cancelled confirmation, which aiormq ignores quietly
+        if self.confirmations.get(confirmation.tag) is confirmation:
+            ignored = self.loop.create_future()
+            ignored.cancel()
+            self.confirmations[confirmation.tag] = ignored
+        confirmation.set_exception(TimeoutError())
+
+    def _closed(self, closing: asyncio.Future):
+        """The channel closed: every confirmation still awaited fails with the reason."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines.clear()
+        if self.writer is not None:
+            self.writer.cancel()
+        self.buffer.clear()
+        reason = None if closing.cancelled() else closing.exception()
+        if reason is None or isinstance(reason, asyncio.CancelledError):
+            reason = ConnectionError(f"the channel to RabbitMQ at {self.where} closed")
+        for confirmation in list(self.confirmations.values()):
+            if isinstance(confirmation, Confirmation) and not confirmation.done():
+                if isinstance(reason, aiormq.exceptions.ChannelAccessRefused):
+                    error = _publish_refused(reason, self.where)
+                    error.__cause__ = reason
+                    confirmation.set_exception(error)
+                else:
+                    confirmation.set_exception(reason)
+
+
+def _publish_refused(error: Exception, where: str) -> LoginRefusedError:
+    """The refused write permission of a publish, saying what to fix."""
+    return LoginRefusedError(
+        f"RabbitMQ at {where} refused the publish ({error.args[0] if error.args else error}): "
+        f"give the profile's user write permission on the exchange, or use another login"
+    )
 
 
 def _login_refused(error: Exception, where: str) -> LoginRefusedError:
@@ -241,8 +485,23 @@ def _key(ctx) -> tuple:
     return (connection, _exchange(ctx), tls.key(ctx.acct))
 
 
-def _publisher(hub, ctx) -> Publisher:
-    """The publisher of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+class Route:
+    """
+    What a lane's sends need of its profile: the publisher and the settings of
+    every message, read once per lane.
+    """
+
+    __slots__ = ("publisher", "delivery_mode", "mandatory", "timeout")
+
+    def __init__(self, publisher: Publisher, delivery_mode: int, mandatory: bool, timeout: float | None):
+        self.publisher = publisher
+        self.delivery_mode = delivery_mode
+        self.mandatory = mandatory
+        self.timeout = timeout
+
+
+def _route(hub, ctx) -> Route:
+    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
     cached = hub.ingress.pika.BY_CTX.get(ctx)
     if cached is not None:
         return cached
@@ -253,7 +512,14 @@ def _publisher(hub, ctx) -> Publisher:
         publisher = publishers[key] = Publisher(
             _connection_kwargs(ctx), _exchange(ctx), hub.ingress.pika.describe(ctx), tls_block=_tls_block(ctx)
         )
-    return hub.ingress.pika.BY_CTX.put(ctx, publisher)
+    timeout = ctx.acct.get("timeout")
+    route = Route(
+        publisher,
+        delivery_mode=2 if ctx.acct.get("persistent") else 1,
+        mandatory=_mandatory(ctx),
+        timeout=float(timeout) if timeout else None,
+    )
+    return hub.ingress.pika.BY_CTX.put(ctx, route)
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -333,7 +599,7 @@ async def open(hub, ctx):
     Connect the profile's publisher now, so that a broker that cannot be
     reached is reported when the bus starts.
     """
-    await _publisher(hub, ctx).open()
+    await _route(hub, ctx).publisher.open()
 
 
 async def close(hub, ctx):
@@ -342,58 +608,26 @@ async def close(hub, ctx):
     confirmation.
     """
     publisher = hub.ingress.pika.PUBLISHERS.pop(_key(ctx), None)
-    hub.ingress.pika.BY_CTX.forget(ctx, lambda cached: cached is publisher)
+    hub.ingress.pika.BY_CTX.forget(ctx, lambda route: route.publisher is publisher)
     if publisher is not None:
         await publisher.close()
 
 
 async def send(hub, ctx, routing_key: str, event):
     """
-    Hand one event to RabbitMQ, in order; the returned task completes when
-    RabbitMQ confirmed it (and raises when it nacked or returned it).
+    Hand one event to RabbitMQ, in order; the returned future completes when
+    RabbitMQ confirmed it (and fails when it nacked or returned it).
 
     :param routing_key: The AMQP routing key
     :param event: The event
     """
-    publisher = _publisher(hub, ctx)
+    route = _route(hub, ctx)
+    publisher = route.publisher
     if not publisher.ready:
         await publisher.open()
-    properties = spec.Basic.Properties(
-        content_type=event.content_type,
-        message_id=event.id,
-        timestamp=datetime.datetime.fromtimestamp(int(event.timestamp), tz=datetime.timezone.utc),
-        delivery_mode=2 if ctx.acct.get("persistent") else 1,
-        # trace context, CloudEvents attributes
-        headers=dict(event.headers) if event.headers else None,
+    return publisher.outbox.publish(
+        routing_key or "", event, route.delivery_mode, route.mandatory, route.timeout
     )
-    return publisher.loop.create_task(
-        _confirm(publisher, publisher.raw_channel, routing_key or "", event.body, properties, ctx)
-    )
-
-
-async def _confirm(publisher: Publisher, channel, routing_key: str, body: bytes, properties, ctx):
-    exchange = publisher.exchange_name
-    try:
-        confirmation = await channel.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=_mandatory(ctx),
-            timeout=ctx.acct.get("timeout"),
-            wait=False,
-        )
-    except aiormq.exceptions.ChannelAccessRefused as e:
-        raise LoginRefusedError(
-            f"RabbitMQ at {publisher.where} refused the publish ({e.args[0] if e.args else e}): "
-            f"give the profile's user write permission on the exchange, or use another login"
-        ) from e
-    # A returned message (basic.return) resolves the confirmation: the channel does not raise on returns
-    returned = getattr(confirmation, "delivery", None)
-    if isinstance(returned, spec.Basic.Return):
-        raise MessageReturned(_returned_text(returned, exchange, routing_key))
-    if confirmation is not None and not isinstance(confirmation, spec.Basic.Ack):
-        raise PublishNacked(f"RabbitMQ did not accept the message ({type(confirmation).__name__})")
 
 
 def _returned_text(frame, exchange: str, routing_key: str) -> str:

@@ -309,3 +309,116 @@ def test_retriable_says_no_to_refusals(hub):
     )
     assert retriable(aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED - broker forced connection closure"))
     assert retriable(ConnectionResetError("reset"))
+
+
+def _properties_before(event, persistent: bool):
+    """The AMQP properties the plugin gave aiormq's basic_publish before it wrote the frames itself."""
+    import datetime
+
+    from aiormq import spec
+
+    return spec.Basic.Properties(
+        content_type=event.content_type,
+        message_id=event.id,
+        timestamp=datetime.datetime.fromtimestamp(int(event.timestamp), tz=datetime.timezone.utc),
+        delivery_mode=2 if persistent else 1,
+        headers=dict(event.headers) if event.headers else None,
+    )
+
+
+async def _get(channel, queue: str, count: int) -> list:
+    """``count`` messages of a queue as aiormq delivers them (raw properties), in order."""
+    from aiormq import spec
+
+    messages = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while len(messages) < count:
+        message = await channel.basic_get(queue, no_ack=True)
+        if isinstance(message.delivery, spec.Basic.GetEmpty):
+            assert loop.time() < deadline, f"only {len(messages)} of {count} messages arrived in {queue}"
+            await asyncio.sleep(0.01)
+            continue
+        messages.append(message)
+    return messages
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+async def test_messages_on_the_wire_are_those_aiormq_wrote(hub, amqp, persistent):
+    """
+    Events sent through the plugin and the same events published with aiormq's
+    basic_publish and the properties the plugin built before: a consumer
+    decodes the same properties, routing and body.
+    """
+    from dict_tools import data
+
+    from evbus.types import Event
+
+    queue = await amqp.queue()
+    ctx = data.NamespaceDict(
+        acct=data.NamespaceDict({"connection": {"url": URL}, "routing_key": queue, "persistent": persistent})
+    )
+    trace = (
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("tracestate", "k=v"),
+    )
+    cloudevents = (
+        ("cloudEvents_specversion", "1.0"),
+        ("cloudEvents_id", "e-1"),
+        ("cloudEvents_source", "/ünï"),
+    )
+    events = [
+        Event(routing_key=queue, body=b'{"n": 1}'),
+        Event(routing_key=queue, body=msgpack.packb({"n": 2}), content_type="application/msgpack"),
+        Event(routing_key=queue, body=b'{"n": 3}', headers=trace),
+        Event(routing_key=queue, body=b'{"n": 4}', headers=trace + cloudevents, timestamp=1764650000.999),
+        Event(routing_key=queue, body=b""),
+        Event(routing_key=queue, body=bytes(range(256)) * 2000),  # several body frames
+    ]
+    try:
+        receipts = [await hub.ingress.pika.send(ctx, queue, event) for event in events]
+        await asyncio.wait_for(asyncio.gather(*receipts), 20)
+    finally:
+        await hub.ingress.pika.close(ctx)
+    raw = await amqp.channel.get_underlay_channel()
+    for event in events:
+        await raw.basic_publish(
+            event.body, routing_key=queue, properties=_properties_before(event, persistent), mandatory=True
+        )
+    got = await _get(raw, queue, 2 * len(events))
+    mine, before = got[: len(events)], got[len(events):]
+    for event, message, expected in zip(events, mine, before):
+        assert message.header.properties == expected.header.properties
+        assert message.header.properties.message_id == event.id
+        assert message.body == expected.body == event.body
+        assert (message.delivery.exchange, message.delivery.routing_key) == ("", queue)
+
+
+async def test_a_nacked_event_mid_window_fails_alone(hub, running, amqp, error_sink, monkeypatch):
+    """
+    RabbitMQ nacks the message that would overflow a reject-publish queue: that
+    event fails (one attempt allowed), the events before and after it in the
+    same window are confirmed and delivered, in order.
+    """
+    import aiormq.exceptions
+
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "1")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    queue = unique("reject-publish")
+    await amqp.channel.declare_queue(
+        queue, auto_delete=False, arguments={"x-max-length-bytes": 1000, "x-overflow": "reject-publish"}
+    )
+    amqp.kept.append(queue)
+    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue}}})
+    big = "x" * 2000
+    for body in [0, 1, 2, 3, 4, big, 5, 6, 7, 8, 9]:
+        await hub.evbus.broker.put(body=body)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert json.loads(error["body"]) == big and error["attempts"] == 1
+    assert isinstance(error["exception"], aiormq.exceptions.DeliveryError)
+    lane = hub.evbus.broker.stats()["lanes"][0]
+    assert (lane["published"], lane["failed"]) == (10, 1)
+    # The events behind the nacked one may have been sent again (at least once)
+    delivered = [json.loads(m.body) for m in await amqp.take(queue, await amqp.ready(queue))]
+    assert list(dict.fromkeys(delivered)) == list(range(10))
