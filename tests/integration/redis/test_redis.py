@@ -1,4 +1,5 @@
 """The redis ingress against a real Redis, checked with an independent redis-py client."""
+import asyncio
 import json
 import time
 
