@@ -120,8 +120,8 @@ async def evbus_run(acct_data: dict, events: int, backlog: bool = False, one_at_
     else:
         for n in range(events):
             await hub.evbus.broker.put(body=body(n), profile="default")
-    while lane.published + lane.failed < events:
-        await asyncio.sleep(0.001)
+    # returns once the lane has published (or failed) its events-th event, as the raw side's last await
+    await lane.settled(events)
     elapsed = time.perf_counter() - started
     await hub.evbus.init.stop()
     await listener
