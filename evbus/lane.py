@@ -534,10 +534,15 @@ class Lane:
     def _harvest_confirmed(self):
         """Count the in-flight events at the front whose confirmation has arrived."""
         pending, in_flight = self._pending, self._in_flight
-        while in_flight and isinstance(in_flight[0], asyncio.Future) and in_flight[0].done():
+        confirmed = None  # (a confirmation that several events share is looked at once)
+        while in_flight:
             receipt = in_flight[0]
-            if receipt.cancelled() or receipt.exception() is not None:
-                break
+            if receipt is not confirmed:
+                if not isinstance(receipt, asyncio.Future) or not receipt.done():
+                    break
+                if receipt.cancelled() or receipt.exception() is not None:
+                    break
+                confirmed = receipt
             in_flight.popleft()
             done = pending.popleft()
             self.published += 1
