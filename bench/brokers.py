@@ -3,7 +3,7 @@ Publisher-side figures of the broker ingresses: events/s from the first put
 until every event is confirmed by the broker, through evbus and through the
 raw client library in the same run.
 
-    python bench/brokers.py [--events 20000] [--rounds 3] [--only rabbitmq|kafka|nats|redis|mqtt]
+    python bench/brokers.py [--events 20000] [--rounds 4] [--only rabbitmq|kafka|nats|redis|mqtt]
 
 - RabbitMQ (127.0.0.1:5672): evbus's pika ingress (publisher confirms) next to
   aio-pika on one connection with confirms and up to 500 publishes in flight.
@@ -30,9 +30,10 @@ The raw clients send the body alone; evbus adds the event's id, time and
 content type (headers, stream fields or, MQTT 3.1.1, nothing).
 
 Each round runs every pair back to back (every other round the evbus side
-first), each side's clock started on a collected heap; the ratio is taken
-within the pair and the median of the ratios is printed, with their range
-(the machine's noise hits both sides of a pair alike).
+first: an even number of rounds gives both orders the same weight), each
+side's clock started on a collected heap; the ratio is taken within the pair
+and the median of the ratios is printed, with their range (the machine's
+noise hits both sides of a pair alike).
 """
 import argparse
 import asyncio
@@ -336,7 +337,7 @@ PAIRS = {"rabbitmq": rabbitmq_pair, "nats": nats_pair, "redis": redis_pair, "mqt
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--only", choices=BROKERS)
     args = parser.parse_args()
 
