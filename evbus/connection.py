@@ -64,8 +64,15 @@ class PerCtx:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def forget(self, ctx, uses: Callable[[Any], bool]):
-        """Drop the entry of ``ctx`` and every entry whose value ``uses`` says belongs to a closed connection."""
+    def forget(self, ctx, uses: Callable[[Any], bool]) -> list[Any]:
+        """
+        Drop the entry of ``ctx`` and every entry whose value ``uses`` says belongs to a closed connection.
+
+        :return: The values dropped
+        """
+        dropped = []
         for key, (_, value) in list(self._entries.items()):
             if key == id(ctx) or uses(value):
                 del self._entries[key]
+                dropped.append(value)
+        return dropped

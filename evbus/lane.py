@@ -20,7 +20,10 @@ Every lane has the same delivery machinery, whatever the plugin:
 - a plugin that can pipeline (:class:`Destination` with ``pipelined``) gets up
   to ``window`` events handed off before the oldest is confirmed; when one
   fails, the lane goes back to the oldest unconfirmed event and hands them all
-  off again, in order (at-least-once: a retry may repeat an event). A failure
+  off again, in order (at-least-once: a retry may repeat an event). A plugin
+  that also takes several events at once (``send_many``) gets every event
+  that waits, up to the window, in one call; a lone event goes alone, at
+  once. Each event keeps its own confirmation, so the rest is the same. A failure
   is charged to the event it belongs to: a hand-off that fails behind events
   in flight waits for them first, and when several events in flight fail
   with one error that a retry cannot help, they are handed off one at a time
@@ -117,6 +120,13 @@ class Destination:
         published already). Pipelined: a coroutine that hands the event off
         in order and returns an awaitable of its confirmation.
     :param pipelined: Whether ``send`` hands off and confirms separately
+    :param send_many: Pipelined plugins only, optional: ``send_many(ctx, items)``, a
+        coroutine that hands off several events at once, in order; ``items`` is a list
+        of ``(routing_key, event)``. It returns the awaitables of their confirmations,
+        one per event in order, for all of them or for the first ones: when it
+        cannot hand off an event, it stops there, and raises when that is the first.
+        The lane hands the rest off at its next step (one at a time when
+        ``send_many`` stopped for an event's own error, which then raises again)
     :param inline: ``send`` never waits: an event that finds the lane empty is
         published by :meth:`Lane.put` at once, without the hop through the task
     :param open: ``open(ctx)`` -> awaitable; connects early, or None
@@ -128,6 +138,7 @@ class Destination:
 
     send: Callable[[Any, str | None, Event], Any]
     pipelined: bool = False
+    send_many: Callable[[Any, list[tuple[str | None, Event]]], Awaitable[list]] | None = None
     inline: bool = False
     open: Callable[[Any], Awaitable] | None = None
     close: Callable[[Any], Awaitable] | None = None
@@ -189,8 +200,11 @@ class Lane:
         self._room: list[asyncio.Future] = []
         self.telemetry = telemetry
         self._send = destination.send
+        self._send_many = destination.send_many if destination.pipelined else None
         if envelope is not None or telemetry is not None:
             self._send = _wired(destination.send, envelope, telemetry)
+            if self._send_many is not None:
+                self._send_many = _wired_many(self._send_many, envelope, telemetry)
         self._inline = destination.inline
         self._on_failure = on_failure
         self._log = log or (lambda message: None)
@@ -299,6 +313,8 @@ class Lane:
         pending = self._pending
         in_flight = self._in_flight
         send = self._send
+        send_many = self._send_many
+        lane_routing_key = self.routing_key
         ctx = self.ctx
         policy = self.policy
         pipelined = self.destination.pipelined
@@ -332,8 +348,32 @@ class Lane:
                     # a failure that several events shared)
                     window = 1 if self._one_by_one else self.window
                     while deferred is None and len(in_flight) < window and len(in_flight) < len(pending):
-                        event = pending[len(in_flight)]
-                        routing_key = event.routing_key if event.routing_key is not None else self.routing_key
+                        handed = len(in_flight)
+                        if send_many is not None and min(window, len(pending)) - handed > 1:
+                            # Several events wait: hand them off in one call
+                            events = list(itertools.islice(pending, handed, min(window, len(pending))))
+                            try:
+                                receipts = await send_many(
+                                    ctx,
+                                    [
+                                        (e.routing_key if e.routing_key is not None else lane_routing_key, e)
+                                        for e in events
+                                    ],
+                                )
+                                if not receipts or len(receipts) > len(events):
+                                    raise RuntimeError(
+                                        f"send_many of ingress.{self.plugin} returned {len(receipts)} "
+                                        f"confirmations for {len(events)} events"
+                                    )
+                            except Exception as e:
+                                if not in_flight:
+                                    raise
+                                deferred = (events[0], e)
+                                break
+                            in_flight.extend(receipts)
+                            continue
+                        event = pending[handed]
+                        routing_key = event.routing_key if event.routing_key is not None else lane_routing_key
                         try:
                             receipt = send(ctx, routing_key, event)
                             if pipelined:
@@ -494,10 +534,15 @@ class Lane:
     def _harvest_confirmed(self):
         """Count the in-flight events at the front whose confirmation has arrived."""
         pending, in_flight = self._pending, self._in_flight
-        while in_flight and isinstance(in_flight[0], asyncio.Future) and in_flight[0].done():
+        confirmed = None  # (a confirmation that several events share is looked at once)
+        while in_flight:
             receipt = in_flight[0]
-            if receipt.cancelled() or receipt.exception() is not None:
-                break
+            if receipt is not confirmed:
+                if not isinstance(receipt, asyncio.Future) or not receipt.done():
+                    break
+                if receipt.cancelled() or receipt.exception() is not None:
+                    break
+                confirmed = receipt
             in_flight.popleft()
             done = pending.popleft()
             self.published += 1
@@ -715,6 +760,29 @@ def _wired(
         return send(ctx, routing_key, wire)
 
     return send_wired
+
+
+def _wired_many(
+    send_many: Callable[[Any, list[tuple[str | None, Event]]], Awaitable[list]],
+    envelope: Callable[[Event], Event] | None,
+    telemetry: Any,
+) -> Callable[[Any, list[tuple[str | None, Event]]], Awaitable[list]]:
+    """
+    A lane's ``send_many`` that hands the plugin what goes on the wire: each
+    event in its envelope, with the trace context of its span (as
+    :func:`_wired` does for one).
+    """
+
+    def send_many_wired(ctx: Any, items: list[tuple[str | None, Event]]) -> Awaitable[list]:
+        wired = []
+        for routing_key, event in items:
+            wire = event if envelope is None else envelope(event)
+            if telemetry is not None:
+                wire = telemetry.sending(event, wire, routing_key)
+            wired.append((routing_key, wire))
+        return send_many(ctx, wired)
+
+    return send_many_wired
 
 
 async def end_task(task: asyncio.Task, grace: float) -> bool:

@@ -39,9 +39,23 @@ _get_ident = threading.get_ident
 _running_loop = asyncio._get_running_loop
 
 
+# put() lets the loop run once every this many events waiting on the broker queue
+YIELD_EVERY = 64
+
+
 async def _queued():
     """What ``put`` returns when the event is already on the queue: a coroutine
     (not a bare awaitable), so that ``asyncio.create_task(put(...))`` works too."""
+
+
+async def _queued_let_run():
+    """
+    What ``put`` returns when the event is on the queue behind ``YIELD_EVERY``
+    others (and every multiple of it): the loop runs once before it returns,
+    so that the listener and the lanes deliver while a producer puts in a
+    tight loop, instead of after its last ``put``.
+    """
+    await asyncio.sleep(0)
 
 
 class BrokerState:
@@ -407,7 +421,9 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
                     synced = state.spool.add(new_event, awaited=True)
                     if synced is not None:
                         return _synced(synced)
-                return _queued()
+                if bus.qsize() % YIELD_EVERY:
+                    return _queued()
+                return _queued_let_run()
         # Full: wait for room (backpressure)
         return _put_waiting(state, bus, new_event)
     return _put_binding(hub, state, new_event)

@@ -409,7 +409,9 @@ def destination(hub, plugin_name: str) -> Destination:
 
     - ``send(ctx, routing_key, event)``: a coroutine that hands the event to
       the broker client in order and returns an awaitable of its confirmation
-      (pipelined; the plugins of evbus's brokers);
+      (pipelined; the plugins of evbus's brokers); with it, optionally,
+      ``send_many(ctx, events)``, that hands off several ``(routing_key,
+      event)`` at once (see :class:`~evbus.lane.Destination`);
     - ``publish_nowait(ctx, routing_key, body)``: never waits (in-process queues);
     - ``publish(ctx, routing_key, body)``: the ingress contract;
     - ``publish(ctx, body)`` of pop-evbus 6.x and later (routing key in
@@ -430,6 +432,9 @@ def destination(hub, plugin_name: str) -> Destination:
 
     send = getattr(plugin, "send", None)
     if send is not None and _params(send) == ["ctx", "routing_key", "event"]:
+        send_many = getattr(plugin, "send_many", None)
+        if send_many is not None and _params(send_many) == ["ctx", "events"]:
+            hooks["send_many"] = direct(send_many)
         return Destination(send=direct(send), pipelined=True, **hooks)
 
     nowait = getattr(plugin, "publish_nowait", None)

@@ -34,6 +34,19 @@ Kafka keeps order within a partition: a lane's events stay in order at the
 consumer when they share a partition, so give the profile a ``key`` (or a
 ``partition``), or put events with a routing key.
 
+Messages go to the producer in batches, one per topic and partition
+(aiokafka's ``create_batch()`` and ``send_batch()``): what a lane hands off
+while the loop runs on (the events that wait, in one ``send_many``) is
+appended to the open batch of its partition, which is handed to the
+producer as soon as the lane waits; a lone event goes at once, alone. A
+batch that is full is handed off and a new one started. An event with a key
+goes to the partition the producer's partitioner picks for that key, so
+events of one key keep their order; events without one go, batch by batch,
+to a partition the partitioner picks. Each event is confirmed when its batch
+is (per ``acks``); when a batch fails, each of its events fails, and the
+lane retries them (or, for an error a retry cannot help, sends them one at
+a time to find whose it is).
+
 Each message carries the headers ``id``, ``timestamp`` (seconds since the
 epoch) and ``content-type`` of its event, and the event's time as the Kafka
 timestamp; with tracing on, ``traceparent`` and ``tracestate``; in CloudEvents
@@ -58,6 +71,8 @@ certificate that is not trusted or not for the host, or a client
 certificate the broker requires and did not get, fails at once, saying so.
 """
 import asyncio
+import collections
+import functools
 import ssl
 from typing import Any
 
@@ -65,6 +80,8 @@ try:
     import aiokafka
     import aiokafka.conn
     import aiokafka.errors
+    import aiokafka.partitioner
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
     # Errors of a SASL login the broker refused
     LOGIN_REFUSED = (
@@ -105,6 +122,8 @@ from evbus.exc import TlsConfigError
 
 # evbus listen: milliseconds without a record after which the listener checks that a broker still answers
 LISTEN_PROBE_MS = 5000
+# aiokafka's default max_request_size
+MAX_REQUEST_SIZE = 1048576
 
 
 class NoTopicError(EvbusError, ValueError):
@@ -126,7 +145,7 @@ def __init__(hub):
     hub.ingress.kafka.ACCT = ["kafka"]
     # connection key -> Producer
     hub.ingress.kafka.PRODUCERS = {}
-    # id(ctx) -> (ctx, Producer): the lookup of every send, without rebuilding the key
+    # id(ctx) -> (ctx, Outbox): the lookup of every send, without rebuilding the key
     hub.ingress.kafka.BY_CTX = PerCtx()
 
 
@@ -186,6 +205,9 @@ class Producer:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Serializes open(): lanes of profiles that share this connection open it once
         self.lock = LoopLock()
+        # The producer's partitioner and max_request_size (its options, or aiokafka's defaults)
+        self.partitioner: Any = None
+        self.max_request_size = MAX_REQUEST_SIZE
 
     @property
     def ready(self) -> bool:
@@ -209,12 +231,204 @@ class Producer:
                     if refusal is not None:
                         raise refusal from e
                 raise
+            self.partitioner = kwargs.get("partitioner") or aiokafka.partitioner.DefaultPartitioner()
+            self.max_request_size = kwargs.get("max_request_size", MAX_REQUEST_SIZE)
             self.producer, self.loop = producer, asyncio.get_running_loop()
 
     async def close(self):
         producer, self.producer = self.producer, None
         if producer is not None:
             await producer.stop()  # flushes what it holds
+
+
+class Outbox:
+    """
+    One lane's messages on their way to its producer.
+
+    Each event is appended to the open batch (aiokafka's ``BatchBuilder``)
+    of its topic and partition and gets that batch's confirmation. One task
+    hands the batches to the producer (``send_batch``) in the order they
+    were started, as soon as the lane lets the loop run; a batch that is
+    full is closed and handed off, and a new one started. A batch whose
+    confirmation the lane dropped (it hands those events off again) is not
+    sent. When a hand-off fails, every batch not yet handed off fails with
+    it, so that nothing overtakes the events the lane sends again.
+
+    :param producer: The profile's producer
+    :param ctx: The lane's ctx; ``ctx.acct`` is the profile
+    :param where: The brokers, for messages
+    """
+
+    def __init__(self, producer: Producer, ctx, where: str):
+        self.producer = producer
+        self.acct = ctx.acct
+        self.where = where
+        partition = ctx.acct.get("partition")
+        self.partition: int | None = None if partition in (None, "") else partition
+        # routing key -> (topics, message key)
+        self.routes: dict[str | None, tuple[list[str], Any]] = {}
+        # topic -> (all partitions, available partitions, {key: partition} or None), learned
+        # again for the events after each hand-off: a partition is kept for a key meanwhile
+        self.partitions: dict[str, tuple[list[int], list[int], dict | None]] = {}
+        # content type -> its header value
+        self.content_types: dict[str, bytes] = {}
+        # (topic, partition) -> [open batch, its confirmation]
+        self.open: dict[tuple[str, int], list] = {}
+        # (topic, partition, batch, confirmation) closed and not yet handed off, in order
+        self.closed: collections.deque[tuple[str, int, Any, asyncio.Future]] = collections.deque()
+        self.task: asyncio.Task | None = None
+
+    def route(self, routing_key: str | None) -> tuple[list[str], Any]:
+        """
+        :return: The topics and the message key of an event with this routing key
+        :raises NoTopicError: when the profile names no topic and the routing key is empty
+        """
+        found = self.routes.get(routing_key)
+        if found is not None:
+            return found
+        topics = _topics_of(self.acct, routing_key)
+        if not topics:
+            raise NoTopicError("no Kafka topic: the profile names no topics and the event has no routing key")
+        key = self.acct.get("key") or routing_key
+        if isinstance(key, str):
+            key = key.encode()
+        found = self.routes[routing_key] = (topics, key)
+        return found
+
+    async def learn(self, topics: list[str]):
+        """Learn the partitions of the topics that the outbox does not know (now)."""
+        producer = self.producer
+        # (again when the partitions learned were forgotten while the metadata of another was awaited)
+        while missing := [topic for topic in topics if topic not in self.partitions]:
+            for topic in missing:
+                # aiokafka's own wait for the topic's metadata, bounded by its request timeout
+                every = list(await producer.producer.partitions_for(topic))
+                available = list(producer.producer.client.cluster.available_partitions_for_topic(topic) or ())
+                # aiokafka's partitioner hashes a key to one partition: kept per key, and one
+                # partition for the events without a key until the partitions are learned again
+                sticky = type(producer.partitioner) is aiokafka.partitioner.DefaultPartitioner
+                self.partitions[topic] = (every, available, {} if sticky else None)
+
+    def add(self, route: tuple[list[str], Any], event) -> asyncio.Future:
+        """
+        Append one event to the open batch of its partition, in each topic.
+        The partitions of the topics must be learned.
+
+        :return: Its confirmation
+        :raises MessageTooLargeError: when the message exceeds ``max_request_size``
+        """
+        topics, key = route
+        content_type = self.content_types.get(event.content_type)
+        if content_type is None:
+            content_type = self.content_types[event.content_type] = event.content_type.encode()
+        headers = [
+            ("id", event.id.encode()),
+            ("timestamp", repr(event.timestamp).encode()),
+            ("content-type", content_type),
+        ]
+        if event.headers:  # trace context, CloudEvents attributes
+            headers += [(name, value.encode()) for name, value in event.headers]
+        value = event.body
+        limit = self.producer.max_request_size
+        # aiokafka's size check of send(), made where the body is not far below the limit
+        if len(value) > limit >> 1:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+            if size > limit:
+                raise MessageTooLargeError(
+                    f"The message is {size} bytes when serialized which is larger than the maximum request "
+                    f"size you have configured with the max_request_size configuration (to {self.where}): "
+                    f"send smaller events, or raise max_request_size in the profile's connection (and the "
+                    f"broker's message.max.bytes)"
+                )
+        timestamp_ms = int(event.timestamp * 1000)
+        if len(topics) == 1:
+            return self._append(topics[0], key, value, headers, timestamp_ms)
+        return asyncio.gather(*(self._append(topic, key, value, headers, timestamp_ms) for topic in topics))
+
+    def _append(self, topic: str, key: Any, value: bytes, headers: list, timestamp_ms: int) -> asyncio.Future:
+        partition = self.partition
+        if partition is None:
+            every, available, by_key = self.partitions[topic]
+            if by_key is None:
+                partition = self.producer.partitioner(key, every, available)
+            else:
+                partition = by_key.get(key)
+                if partition is None:
+                    partition = by_key[key] = self.producer.partitioner(key, every, available)
+        tp = (topic, partition)
+        entry = self.open.get(tp)
+        if entry is None or entry[1].done():  # (done: dropped by the lane, which hands its events off again)
+            entry = self.open[tp] = [self.producer.producer.create_batch(), asyncio.get_running_loop().create_future()]
+        if entry[0].append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+            # Full: it goes as it is, the event starts the next one
+            self.closed.append((topic, partition, entry[0], entry[1]))
+            entry = self.open[tp] = [self.producer.producer.create_batch(), asyncio.get_running_loop().create_future()]
+            entry[0].append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._hand_off())
+        return entry[1]
+
+    async def _hand_off(self):
+        """Hand the batches to the producer, in order, until none is left."""
+        try:
+            while True:
+                if not self.closed:
+                    if not self.open:
+                        return
+                    for (topic, partition), (batch, confirmation) in self.open.items():
+                        self.closed.append((topic, partition, batch, confirmation))
+                    self.open.clear()
+                    self.partitions.clear()
+                topic, partition, batch, confirmation = self.closed.popleft()
+                if confirmation.done():  # dropped by the lane
+                    continue
+                batch.close()
+                client = self.producer.producer
+                try:
+                    if client is None:
+                        raise aiokafka.errors.KafkaConnectionError(f"the producer to {self.where} was closed")
+                    sent = await client.send_batch(batch, topic, partition=partition)
+                except Exception as e:
+                    self._fail(confirmation, e)
+                    continue
+                sent.add_done_callback(functools.partial(_confirm, confirmation))
+        finally:
+            self.task = None
+
+    def _fail(self, confirmation: asyncio.Future, error: BaseException):
+        """A batch could not be handed off: it fails, and so does every batch behind it."""
+        confirmations = [confirmation] + [entry[3] for entry in self.closed] + [entry[1] for entry in self.open.values()]
+        self.closed.clear()
+        self.open.clear()
+        self.partitions.clear()
+        for waiting in confirmations:
+            if not waiting.done():
+                waiting.set_exception(error)
+
+    def close(self):
+        """Stop handing off; what is not handed off yet fails."""
+        if self.task is not None:
+            self.task.cancel()
+        confirmations = [entry[3] for entry in self.closed] + [entry[1] for entry in self.open.values()]
+        self.closed.clear()
+        self.open.clear()
+        for waiting in confirmations:
+            if not waiting.done():
+                waiting.set_exception(aiokafka.errors.KafkaConnectionError(f"the producer to {self.where} was closed"))
+
+
+def _confirm(confirmation: asyncio.Future, sent: asyncio.Future):
+    """The broker's answer to a batch: the confirmation of each of its events."""
+    if sent.cancelled():
+        error = aiokafka.errors.KafkaConnectionError("the batch was cancelled")
+    else:
+        error = sent.exception()
+    if confirmation.done():
+        return
+    if error is None:
+        confirmation.set_result(None)
+    else:
+        confirmation.set_exception(error)
 
 
 async def _tls_refusal(kwargs: dict, where: str) -> Exception | None:
@@ -273,8 +487,8 @@ def _refused_login(error: Exception, where: str) -> LoginRefusedError:
     )
 
 
-def _producer(hub, ctx) -> Producer:
-    """The producer of a profile: found by the lane's ctx (once per lane, then from a cache)."""
+def _outbox(hub, ctx) -> Outbox:
+    """The outbox of a lane, on its profile's producer: found by the lane's ctx (once per lane, then from a cache)."""
     cached = hub.ingress.kafka.BY_CTX.get(ctx)
     if cached is not None:
         return cached
@@ -283,7 +497,7 @@ def _producer(hub, ctx) -> Producer:
     producer = producers.get(key)
     if producer is None:
         producer = producers[key] = Producer()
-    return hub.ingress.kafka.BY_CTX.put(ctx, producer)
+    return hub.ingress.kafka.BY_CTX.put(ctx, Outbox(producer, ctx, hub.ingress.kafka.describe(ctx)))
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -329,7 +543,11 @@ def messaging(hub, ctx, routing_key: str | None) -> dict:
 
 def _topics(ctx, routing_key: str | None) -> list[str]:
     """:return: The topics of a message: the profile's, else the routing key"""
-    topics = ctx.acct.get("topics") or ([routing_key] if routing_key else [])
+    return _topics_of(ctx.acct, routing_key)
+
+
+def _topics_of(acct, routing_key: str | None) -> list[str]:
+    topics = acct.get("topics") or ([routing_key] if routing_key else [])
     if isinstance(topics, str):
         topics = [topics]
     return [str(topic) for topic in topics]
@@ -358,7 +576,7 @@ async def open(hub, ctx):
     Start the profile's producer now, so that a broker that cannot be reached
     is reported when the bus starts.
     """
-    await _producer(hub, ctx).open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
+    await _outbox(hub, ctx).producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
 
 
 async def close(hub, ctx):
@@ -366,7 +584,8 @@ async def close(hub, ctx):
     Flush and stop the profile's producer.
     """
     producer = hub.ingress.kafka.PRODUCERS.pop(_key(ctx), None)
-    hub.ingress.kafka.BY_CTX.forget(ctx, lambda cached: cached is producer)
+    for outbox in hub.ingress.kafka.BY_CTX.forget(ctx, lambda cached: cached.producer is producer):
+        outbox.close()
     if producer is not None:
         await producer.close()
 
@@ -379,42 +598,48 @@ async def send(hub, ctx, routing_key: str, event):
     :param routing_key: The topic when the profile names none; the message key when it names no key
     :param event: The event
     """
-    producer = _producer(hub, ctx)
-    if not producer.ready:
-        await producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
-    acct = ctx.acct
-    topics = _topics(ctx, routing_key)
-    if not topics:
-        raise NoTopicError("no Kafka topic: the profile names no topics and the event has no routing key")
-    key = acct.get("key") or routing_key
-    if isinstance(key, str):
-        key = key.encode()
-    headers = [
-        ("id", event.id.encode()),
-        ("timestamp", repr(event.timestamp).encode()),
-        ("content-type", event.content_type.encode()),
-    ]
-    if event.headers:  # trace context, CloudEvents attributes
-        headers += [(name, value.encode()) for name, value in event.headers]
-    timestamp_ms = int(event.timestamp * 1000)
-    futures = []
-    for topic in topics:
+    outbox = hub.ingress.kafka.BY_CTX.get(ctx) or _outbox(hub, ctx)
+    if not outbox.producer.ready:
+        await outbox.producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
+    route = outbox.route(routing_key)
+    for topic in route[0]:
+        if topic not in outbox.partitions:
+            await outbox.learn(route[0])
+            break
+    return outbox.add(route, event)
+
+
+async def send_many(hub, ctx, events: list):
+    """
+    Hand several events to the producer at once, in order: each is appended
+    to the batch of its topic and partition, and the batches go to the
+    producer together. A batch that is full goes as it is and a new one is
+    started.
+
+    :param events: ``(routing_key, event)`` of each event
+    :return: The confirmation of each event (a future that completes when
+        Kafka acknowledged its batch), in order; for the events before the
+        first one that cannot go (no topic, too large), which is left out
+    :raises Exception: What the first event cannot go for
+    """
+    outbox = hub.ingress.kafka.BY_CTX.get(ctx) or _outbox(hub, ctx)
+    if not outbox.producer.ready:
+        await outbox.producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
+    confirmations = []
+    partitions = outbox.partitions
+    for routing_key, event in events:
         try:
-            future = await producer.producer.send(
-                topic,
-                value=event.body,
-                key=key,
-                partition=acct.get("partition"),
-                headers=headers,
-                timestamp_ms=timestamp_ms,
-            )
-        except aiokafka.errors.MessageSizeTooLargeError as e:
-            raise MessageTooLargeError(
-                f"{e} (to {hub.ingress.kafka.describe(ctx)}): send smaller events, or raise max_request_size "
-                f"in the profile's connection (and the broker's message.max.bytes)"
-            ) from e
-        futures.append(future)
-    return futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+            route = outbox.route(routing_key)
+            for topic in route[0]:
+                if topic not in partitions:
+                    await outbox.learn(route[0])
+                    break
+            confirmations.append(outbox.add(route, event))
+        except Exception:
+            if not confirmations:
+                raise
+            break  # the lane hands this event off again, alone, and learns why
+    return confirmations
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):

@@ -126,6 +126,22 @@ async def test_stop_delivers_everything_put_before_it(hub, running):
     assert [json.loads(body) for _, body in hub.ingress.slow.SEEN] == list(range(200))
 
 
+async def test_a_producer_putting_in_a_tight_loop_lets_the_lanes_deliver_meanwhile(hub, running):
+    """put() lets the loop run once every YIELD_EVERY events queued: delivery starts before the last put."""
+    from evbus.evbus.broker import YIELD_EVERY
+
+    await running({"internal": {"default": {"routing_key": "tight"}}})
+    queue = await hub.ingress.internal.get("tight")
+    delivered_meanwhile = []
+    for n in range(3 * YIELD_EVERY):
+        await hub.evbus.broker.put(body=n)
+        delivered_meanwhile.append(queue.qsize())
+    assert delivered_meanwhile[YIELD_EVERY - 2] == 0
+    assert delivered_meanwhile[YIELD_EVERY - 1] == YIELD_EVERY
+    assert delivered_meanwhile[-1] == 3 * YIELD_EVERY
+    assert await take_json(queue, 3 * YIELD_EVERY) == list(range(3 * YIELD_EVERY))
+
+
 async def test_put_after_stop_is_an_error_until_started_again(hub, running):
     contexts = await running({"internal": {"default": {}}})
     await hub.evbus.init.stop()

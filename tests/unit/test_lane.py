@@ -305,3 +305,155 @@ async def test_inline_failure_counts_one_attempt():
     finally:
         await stop(lane)
     assert [(b, a) for b, _, a in recorder.given_up] == [(b"1", 1)]
+
+
+class Batches:
+    """
+    A pipelined destination that also takes several events at once
+    (``send_many``), as the Kafka plugin does: the events of one hand-off
+    share one confirmation, which the "broker" gives a moment later, in order.
+
+    :param too_large: Bodies that cannot be handed off (MessageTooLargeError)
+    :param poison: Bodies that fail their whole batch with one shared error a retry cannot help
+    :param flaky: How many batches fail first with an error a retry can help
+    """
+
+    def __init__(self, too_large=(), poison=(), flaky=0):
+        self.too_large = set(too_large)
+        self.poison = set(poison)
+        self.flaky = flaky
+        # ("send" or "send_many", [bodies]) of each hand-off
+        self.hand_offs: list[tuple[str, list[bytes]]] = []
+        self.confirmed: list[bytes] = []
+        self.outstanding = 0
+        self.most_outstanding = 0
+
+    async def send(self, ctx, routing_key, event):
+        if event.body in self.too_large:
+            raise MessageTooLargeError(f"{event.body!r} is too large")
+        return self._hand_off("send", [event])[0]
+
+    async def send_many(self, ctx, events):
+        assert len(events) > 1  # a lone event goes to send
+        handed = []
+        for _, event in events:
+            if event.body in self.too_large:
+                if not handed:
+                    raise MessageTooLargeError(f"{event.body!r} is too large")
+                break
+            handed.append(event)
+        return self._hand_off("send_many", handed)
+
+    def _hand_off(self, how: str, events: list) -> list:
+        loop = asyncio.get_running_loop()
+        self.hand_offs.append((how, [event.body for event in events]))
+        self.outstanding += len(events)
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        future = loop.create_future()
+        loop.call_later(0.005, self._confirm, future, [event.body for event in events])
+        return [future] * len(events)
+
+    def _confirm(self, future: asyncio.Future, bodies: list[bytes]):
+        self.outstanding -= len(bodies)
+        if future.done():
+            return
+        if self.poison.intersection(bodies):
+            future.set_exception(MessageTooLargeError("the broker refused the batch"))
+        elif self.flaky:
+            self.flaky -= 1
+            future.set_exception(ConnectionResetError("connection lost"))
+        else:
+            self.confirmed += bodies
+            future.set_result(None)
+
+    def destination(self) -> Destination:
+        return Destination(send=self.send, send_many=self.send_many, pipelined=True)
+
+
+def bodies(count: int) -> list[bytes]:
+    return [str(n).encode() for n in range(count)]
+
+
+async def test_events_that_wait_go_in_one_hand_off_and_a_lone_one_alone():
+    batches = Batches()
+    recorder = Recorder()
+    lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
+    try:
+        lane.put(Event(body=b"lone"))
+        await asyncio.wait_for(lane.drained(), 10)
+        for body in bodies(50):
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert batches.hand_offs == [("send", [b"lone"]), ("send_many", bodies(50))]
+    assert batches.confirmed == [b"lone"] + bodies(50)
+    assert (lane.published, lane.failed, lane.retried) == (51, 0, 0)
+
+
+async def test_hand_offs_of_several_keep_to_the_window():
+    batches = Batches()
+    recorder = Recorder()
+    lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=10)
+    try:
+        for body in bodies(95):
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert batches.confirmed == bodies(95)
+    assert batches.most_outstanding == 10
+    assert batches.hand_offs[0] == ("send_many", bodies(10))
+
+
+async def test_event_that_cannot_be_handed_off_in_a_batch_fails_alone():
+    batches = Batches(too_large={b"big"})
+    recorder = Recorder()
+    lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
+    sent = [b"0", b"1", b"big", b"3", b"4"]
+    try:
+        for body in sent:
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert [(b, type(e), a) for b, e, a in recorder.given_up] == [(b"big", MessageTooLargeError, 1)]
+    assert batches.confirmed == [b"0", b"1", b"3", b"4"]
+    # the events before it went together, and so did those after it, once it was given up
+    assert batches.hand_offs == [("send_many", [b"0", b"1"]), ("send_many", [b"3", b"4"])]
+    assert (lane.published, lane.failed, lane.retried) == (4, 1, 0)
+
+
+async def test_batch_refused_for_one_event_is_sorted_out_one_at_a_time():
+    batches = Batches(poison={b"poison"})
+    recorder = Recorder()
+    lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
+    sent = [b"0", b"1", b"poison", b"3", b"4"]
+    try:
+        for body in sent:
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert [(b, a) for b, _, a in recorder.given_up] == [(b"poison", 1)]
+    assert batches.confirmed == [b"0", b"1", b"3", b"4"]
+    # all five failed with the batch; then each was sent on its own
+    assert batches.hand_offs == [("send_many", sent)] + [("send", [body]) for body in sent]
+    assert (lane.published, lane.failed) == (4, 1)
+
+
+async def test_batch_lost_with_the_connection_is_sent_again_in_order(monkeypatch):
+    jitter(monkeypatch, 0.01)
+    batches = Batches(flaky=1)
+    recorder = Recorder()
+    lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
+    try:
+        for body in bodies(20):
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+    assert recorder.given_up == []
+    assert batches.confirmed == bodies(20)
+    assert batches.hand_offs == [("send_many", bodies(20)), ("send_many", bodies(20))]
+    assert (lane.published, lane.failed, lane.retried) == (20, 0, 1)

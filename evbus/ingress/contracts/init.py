@@ -18,6 +18,18 @@ exactly and would reject one of the two generations. evbus checks the ACCT
 list and the publish function when the bus starts
 (:func:`evbus.evbus.route.ingress_plugins`).
 
+A plugin whose client pipelines (evbus's broker plugins) offers ``async def
+send(hub, ctx, routing_key, event)``: it hands the event to the client in
+order and returns an awaitable of its confirmation; lanes then call it
+instead of ``publish``, with up to ``max_in_flight`` events unconfirmed. It
+may also offer ``async def send_many(hub, ctx, events)``: ``events`` is a
+list of ``(routing_key, event)`` that it hands off at once, in order (one
+batch per partition, say), returning one awaitable per event (for the first
+ones only when it had to stop at an event; it raises when it could hand off
+none). A lane calls it when more than one event waits, so that each event
+is still confirmed, retried or dead-lettered on its own
+(:class:`evbus.lane.Destination`).
+
 A plugin whose publish can never wait (an in-process queue) may also offer
 ``def publish_nowait(hub, ctx, routing_key, body)``; lanes then call it
 instead of ``publish`` and save a coroutine per event.
