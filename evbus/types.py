@@ -84,15 +84,20 @@ def make_event(
     Equivalent to ``Event(profile, routing_key, body, content_type,
     trace_context=trace_context)``, without the frozen ``__setattr__``.
     """
-    return _Draft(
-        profile, routing_key, body, content_type, f"{_ID_PREFIX}-{next(_ID_COUNTER):x}", time.time(), trace_context, ()
-    )
+    event_id = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+    return _Draft(profile, routing_key, body, content_type, event_id, time.time(), trace_context, ())
+
+
+# The fields of a record that the listener and the lanes read, by position
+RECORD_PROFILE, RECORD_ROUTING_KEY, RECORD_BODY = 0, 1, 2
 
 
 def make_record(profile: str, routing_key: str | None, body: bytes, content_type: str) -> tuple:
     """
     A new event's fields as a plain tuple: what ``put`` queues when neither
-    the spool nor tracing needs the Event at once (see :func:`event_of`).
+    the spool nor tracing needs the Event at once. The Event is made where
+    it is needed (:func:`event_of`); a lane that publishes in line needs only
+    the record's routing key and body.
 
     Its id (a number until the Event is made) and time are taken now.
     """
@@ -115,5 +120,6 @@ def wire_copy(event: Event, body: bytes, content_type: str, headers: tuple[tuple
     envelope, the trace context of its span).
     """
     return _Draft(
-        event.profile, event.routing_key, body, content_type, event.id, event.timestamp, event.trace_context, headers
+        event.profile, event.routing_key, body, content_type,
+        event.id, event.timestamp, event.trace_context, headers,
     )

@@ -56,8 +56,8 @@ class BrokerState:
     """
 
     __slots__ = (
-        "hub", "evbus", "serialize", "opt", "lock", "loop", "loop_thread", "closed", "put_count", "serializer",
-        "maxsize", "reserved", "handoff", "handoff_scheduled", "spool", "make_event",
+        "hub", "evbus", "serialize", "opt", "lock", "loop", "loop_thread", "closed", "put_count",
+        "serializer", "maxsize", "reserved", "handoff", "handoff_scheduled", "spool", "make_event",
     )
 
     def __init__(self, hub):
@@ -95,16 +95,21 @@ class BusQueue(asyncio.Queue):
     events.
 
     ``put`` queues a new event as a plain tuple of its fields when nothing
-    needs the Event yet (:func:`~evbus.types.make_record`); it becomes its
-    Event when it is taken. Python's garbage collector stops tracking a
-    tuple of strings, bytes and numbers, so a backlog of events on the queue
-    costs it nothing, where every Event would be traversed by each full
-    collection. What is taken is always an Event (or the listener's stop).
+    needs the Event yet (:func:`~evbus.types.make_record`). Python's garbage
+    collector stops tracking a tuple of strings, bytes and numbers, so a
+    backlog of events on the queue costs it nothing, where every Event would
+    be traversed by each full collection. ``get()`` and ``get_nowait()``
+    return the Event of a record (or what else was queued: an Event, the
+    listener's stop); the listener takes records as they are
+    (:meth:`take_nowait`) and leaves making the Event to the lanes that need it.
     """
 
-    def _get(self):
-        item = self._queue.popleft()
+    def get_nowait(self) -> Event:
+        item = super().get_nowait()
         return event_of(item) if item.__class__ is tuple else item
+
+    #: The next item as it was queued: a record, an Event or the listener's stop
+    take_nowait = asyncio.Queue.get_nowait
 
 
 class ThreadBusQueue(queue.Queue):

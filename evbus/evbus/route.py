@@ -439,7 +439,7 @@ def destination(hub, plugin_name: str) -> Destination:
         def send_nowait(ctx, routing_key, event):
             call_nowait(ctx, routing_key, event.body)
 
-        return Destination(send=send_nowait, inline=True, **hooks)
+        return Destination(send=send_nowait, inline=True, publish_nowait=call_nowait, **hooks)
 
     publish = plugin.publish
     params = _params(publish)
