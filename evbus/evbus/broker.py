@@ -360,13 +360,18 @@ class HubFunction(functools.partial):
         fast.__wrapped__ = func
         return fast
 
+    def __repr__(self):
+        return f"<HubFunction {self.ref}.{self.__name__}>" if self.ref else f"<HubFunction {self.__name__}>"
 
-def direct(hub, contracted) -> Any:
+
+def direct(hub, contracted, implementation=None, *bound) -> Any:
     """
     :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
+    :param implementation: What to call instead, with ``bound`` before the caller's
+        arguments, e.g. a function that takes its plugin's state instead of the hub
     :return: It as a :class:`HubFunction` where pop's wrapper has nothing to do, else itself
     """
-    return HubFunction.of(hub, contracted)
+    return HubFunction.of(hub, contracted, implementation, *bound)
 
 
 def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
