@@ -104,6 +104,18 @@ class BusQueue(asyncio.Queue):
     (:meth:`take_nowait`) and leaves making the Event to the lanes that need it.
     """
 
+    def __init__(self, maxsize: int = 0, state: BrokerState | None = None):
+        super().__init__(maxsize)
+        # Whose reservations count: the places other threads' puts reserved (see put_nowait)
+        self._state = state
+
+    def full(self) -> bool:
+        """
+        Whether a put must wait: the events queued and the places reserved for
+        puts from other threads fill the bound.
+        """
+        return 0 < self.maxsize <= self.qsize() + (self._state.reserved if self._state is not None else 0)
+
     def get_nowait(self) -> Event:
         item = super().get_nowait()
         return event_of(item) if item.__class__ is tuple else item
@@ -155,7 +167,7 @@ def _bind(hub, state: BrokerState) -> asyncio.Queue:
     with state.lock:
         # Events other threads put for a loop that is gone come after what its queue holds
         handed_off = _take_handoff(state)
-        new_bus = _moved(hub.evbus.BUS, BusQueue, state.maxsize, handed_off)
+        new_bus = _moved(hub.evbus.BUS, functools.partial(BusQueue, state=state), state.maxsize, handed_off)
         hub.evbus.BUS = new_bus
         state.loop = loop
         state.loop_thread = _get_ident()
@@ -173,8 +185,8 @@ def _take_handoff(state: BrokerState) -> list:
 
 def _moved(old, kind, maxsize: int, more: list = ()):
     """
-    A new queue of ``kind`` holding the events of ``old``, then ``more``, in order;
-    never smaller than they need.
+    A new queue, ``kind(maxsize)``, holding the events of ``old``, then ``more``,
+    in order; never smaller than they need.
     """
     items = []
     while not old.empty():
@@ -216,7 +228,7 @@ def resize(hub, size: int):
         if isinstance(bus, queue.Queue):
             hub.evbus.BUS = _moved(bus, ThreadBusQueue, size)
         elif state.loop is None or state.loop_thread == _get_ident():
-            hub.evbus.BUS = _moved(bus, BusQueue, size)
+            hub.evbus.BUS = _moved(bus, functools.partial(BusQueue, state=state), size)
         # else: the loop's queue is rebound with the new size by the next init() in its loop
 
 
@@ -394,24 +406,29 @@ def _put_nowait(
     state: BrokerState, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"
 ):
     new_event = _accept(state, routing_key, body, profile)
-    if state.loop_thread == _get_ident():
-        # The loop's own thread: nothing can swap the queue under us
-        bus = state.evbus.BUS
-        if state.reserved and _no_room(bus, state):
-            raise _full(state)
-        try:
-            bus.put_nowait(new_event)
-        except (asyncio.QueueFull, queue.Full):
-            raise _full(state) from None
-        if state.spool is not None:
-            state.spool.add(new_event)
-        state.put_count += 1
+    if state.loop_thread != _get_ident():
+        _put_from_thread(state, new_event)
         return
+    # The loop's own thread: nothing can swap the queue under us
+    try:
+        state.evbus.BUS.put_nowait(new_event)
+    except (asyncio.QueueFull, queue.Full):
+        raise _full(state) from None
+    if state.spool is not None:
+        state.spool.add(new_event)
+    state.put_count += 1
+
+
+def _put_from_thread(state: BrokerState, new_event):
+    """
+    ``put_nowait`` from another thread than the loop's (or before any loop): the
+    event takes a place reserved for it in the queue, and waits with the others
+    that threads put until the loop queues them all at once.
+    """
     spool = state.spool
     with state.lock:
         bus = state.evbus.BUS
-        loop = state.loop
-        if loop is None:
+        if state.loop is None:
             try:
                 bus.put_nowait(new_event)
             except (asyncio.QueueFull, queue.Full):
@@ -420,32 +437,24 @@ def _put_nowait(
                 spool.add(new_event)
             state.put_count += 1
             return
-        if state.maxsize and _no_room(bus, state):
+        if bus.full():
             raise _full(state)
-        # Another thread than the loop's: the event takes a place reserved for it in the
-        # queue, and waits with the others that threads put until the loop queues them
         state.reserved += 1
         state.put_count += 1
         if spool is None:
-            schedule = _hand_off(state, new_event)
+            loop = _hand_off(state, new_event)
     if spool is not None:
         # Stored before the loop can take it from the queue
         spool.add(new_event)
         with state.lock:
-            schedule = _hand_off(state, new_event)
-    if schedule:
+            loop = _hand_off(state, new_event)
+    if loop is not None:
         try:
             loop.call_soon_threadsafe(_hand_over, state, loop)
-            return
-        except RuntimeError:  # the loop is closed
-            pass
-    elif not loop.is_closed():
-        return
-    _loop_gone(state, loop)
-
-
-def _no_room(bus, state: BrokerState) -> bool:
-    return bool(state.maxsize) and bus.qsize() + state.reserved >= state.maxsize
+        except RuntimeError:  # the loop closed meanwhile
+            with state.lock:
+                if state.loop is loop:
+                    _drop_loop(state)
 
 
 def _full(state: BrokerState) -> BusFullError:
@@ -454,17 +463,27 @@ def _full(state: BrokerState) -> BusFullError:
     )
 
 
-def _hand_off(state: BrokerState, new_event) -> bool:
+def _hand_off(state: BrokerState, new_event) -> asyncio.AbstractEventLoop | None:
     """
-    Under the lock: keep an event another thread put for the loop.
+    Under the lock: keep an event another thread put, in its reserved place,
+    until the loop queues it.
 
-    :return: Whether the loop must be asked to queue the events kept (it was not asked yet)
+    :return: The loop, when it must be asked to queue the events kept (not asked since it last did)
     """
+    loop = state.loop
+    if loop is not None and loop.is_closed():
+        _drop_loop(state)
+        loop = None
+    if loop is None:
+        # No loop (any more): the thread-safe queue takes it
+        state.reserved -= 1
+        state.evbus.BUS.put_nowait(new_event)
+        return None
     state.handoff.append(new_event)
     if state.handoff_scheduled:
-        return False
+        return None
     state.handoff_scheduled = True
-    return True
+    return loop
 
 
 def _hand_over(state: BrokerState, loop: asyncio.AbstractEventLoop):
@@ -480,12 +499,13 @@ def _hand_over(state: BrokerState, loop: asyncio.AbstractEventLoop):
                 loop.create_task(bus.put(new_event))
 
 
-def _loop_gone(state: BrokerState, loop: asyncio.AbstractEventLoop):
-    """The bus's loop is closed: its queue and the events threads put for it wait for the next loop."""
-    with state.lock:
-        if state.loop is loop:
-            state.loop = state.loop_thread = None
-            state.evbus.BUS = _requeue(state.evbus.BUS, _take_handoff(state))
+def _drop_loop(state: BrokerState):
+    """
+    Under the lock: the bus's loop is closed. Its queue and the events threads
+    put for it move to a thread-safe queue, in order, for the next loop.
+    """
+    state.loop = state.loop_thread = None
+    state.evbus.BUS = _requeue(state.evbus.BUS, _take_handoff(state))
 
 
 def _requeue(bus, events: list) -> queue.Queue:
@@ -532,19 +552,16 @@ def _put(state: BrokerState, routing_key: str | None = None, body: Any = _MISSIN
     if state.loop_thread == _get_ident() and loop.is_running():
         bus = state.evbus.BUS
         state.put_count += 1
-        if not state.reserved or not _no_room(bus, state):
-            try:
-                bus.put_nowait(new_event)
-            except asyncio.QueueFull:
-                pass
-            else:
-                if state.spool is not None:
-                    synced = state.spool.add(new_event, awaited=True)
-                    if synced is not None:
-                        return _synced(synced)
-                return _queued()
-        # Full: wait for room (backpressure)
-        return _put_waiting(state, bus, new_event)
+        try:
+            bus.put_nowait(new_event)
+        except asyncio.QueueFull:
+            # Full (or its room is reserved for puts from other threads): wait for room (backpressure)
+            return _put_waiting(state, bus, new_event)
+        if state.spool is not None:
+            synced = state.spool.add(new_event, awaited=True)
+            if synced is not None:
+                return _synced(synced)
+        return _queued()
     return _put_binding(state.hub, state, new_event)
 
 
