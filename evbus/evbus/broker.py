@@ -6,7 +6,8 @@ The path of one event, one function per hop::
     put() / put_nowait()          evbus.broker      (any thread, before or after the loop runs)
       -> serialize                serialize.<plugin>.apply   body -> bytes, at the call site
       -> Event                    evbus.types.Event          frozen: profile, routing_key, body, id, ...
-      -> broker queue             hub.evbus.BUS              queue.Queue until init(), then asyncio.Queue
+                                  (its record, a plain tuple, until a lane needs the Event)
+      -> broker queue             hub.evbus.BUS              a queue.Queue until init(), then an asyncio.Queue
       -> listener                 evbus.init.start           one task; takes events in order
       -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
@@ -17,7 +18,9 @@ A slow or failing destination only holds up its own lane.
 
 ``put`` and ``put_nowait`` are the hot path: they make no hub calls once the
 bus is set up (a hub call costs microseconds in pop); what they need is
-resolved once and kept in :class:`BrokerState`.
+resolved once and kept in :class:`BrokerState`, bound to them. A put from
+another thread than the loop's hands its event to the loop with the others
+that threads put until the loop runs again (one ``call_soon_threadsafe``).
 """
 import asyncio
 import functools
