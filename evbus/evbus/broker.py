@@ -109,6 +109,7 @@ class BusQueue(asyncio.Queue):
 
     def __init__(self, maxsize: int = 0, state: BrokerState | None = None):
         super().__init__(maxsize)
+        self._bound = maxsize
         # Whose reservations count: the places other threads' puts reserved (see put_nowait)
         self._state = state
 
@@ -117,7 +118,9 @@ class BusQueue(asyncio.Queue):
         Whether a put must wait: the events queued and the places reserved for
         puts from other threads fill the bound.
         """
-        return 0 < self.maxsize <= self.qsize() + (self._state.reserved if self._state is not None else 0)
+        if self._bound <= 0:
+            return False
+        return self.qsize() + (self._state.reserved if self._state is not None else 0) >= self._bound
 
     def get_nowait(self) -> Event:
         item = super().get_nowait()
@@ -147,8 +150,8 @@ def __init__(hub):
     # of pop's fallback through a failed module attribute lookup), and called
     # without pop's per-call wrapper where it has no contract to run, with the
     # broker's state at hand instead of looked up on the hub
-    broker.put = HubFunction.of(hub, broker._attrs["put"], _put, state)
-    broker.put_nowait = HubFunction.of(hub, broker._attrs["put_nowait"], _put_nowait, state)
+    broker.put = direct(hub, broker._attrs["put"], _put, state)
+    broker.put_nowait = direct(hub, broker._attrs["put_nowait"], _put_nowait, state)
 
 
 async def init(hub) -> asyncio.Queue:
@@ -339,54 +342,40 @@ def _resolve_serializer(hub, state: BrokerState) -> tuple[str, Any, str]:
     return name, apply, content_type
 
 
-class HubFunction(functools.partial):
+def direct(hub, contracted, implementation=None, *bound) -> Any:
     """
-    A hub function called without pop's per-call wrapper.
+    A hub function to call without pop's per-call wrapper.
 
     pop wraps every plugin function in a ``Contracted`` object whose call
     runs the contracts and resolves parameter aliases; with neither to do it
-    still costs microseconds per call. For such a function this partial
-    (``func(hub, ...)``) is used instead; it keeps the ``ref``, ``signature``
-    and ``contracted`` of the original.
-    """
+    still costs microseconds per call. For such a function a plain
+    ``functools.partial`` (``func(hub, ...)``; a subclass of it would lose its
+    fast calling convention) is used instead; it keeps the ``ref``,
+    ``signature`` and ``contracted`` of the original.
 
-    @classmethod
-    def of(cls, hub, contracted, implementation=None, *bound) -> Any:
-        """
-        :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
-        :param implementation: What to call instead of the function, with ``bound``
-            before the caller's arguments (default: the function, with ``hub``)
-        :return: A HubFunction for it, or the hub function itself when its wrapper has work to do
-        """
-        func = getattr(contracted, "func", None)
-        if (
-            func is None
-            or getattr(contracted, "_has_contracts", True)
-            or getattr(contracted, "param_aliases", None)
-            or not getattr(contracted, "implicit_hub", False)
-        ):
-            return contracted
-        fast = cls(func, hub) if implementation is None else cls(implementation, *bound)
-        fast.ref = getattr(contracted, "ref", None)
-        fast.signature = getattr(contracted, "signature", None)
-        fast.contracted = contracted
-        fast.__name__ = getattr(contracted, "__name__", func.__name__)
-        fast.__doc__ = func.__doc__
-        fast.__wrapped__ = func
-        return fast
-
-    def __repr__(self):
-        return f"<HubFunction {self.ref}.{self.__name__}>" if self.ref else f"<HubFunction {self.__name__}>"
-
-
-def direct(hub, contracted, implementation=None, *bound) -> Any:
-    """
     :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
     :param implementation: What to call instead, with ``bound`` before the caller's
         arguments, e.g. a function that takes its plugin's state instead of the hub
-    :return: It as a :class:`HubFunction` where pop's wrapper has nothing to do, else itself
+    :return: The partial, or the hub function itself when its wrapper has work to do
     """
-    return HubFunction.of(hub, contracted, implementation, *bound)
+    func = getattr(contracted, "func", None)
+    if (
+        func is None
+        or getattr(contracted, "_has_contracts", True)
+        or getattr(contracted, "param_aliases", None)
+        or not getattr(contracted, "implicit_hub", False)
+    ):
+        return contracted
+    if implementation is None:
+        implementation, bound = func, (hub,)
+    fast = functools.partial(implementation, *bound)
+    fast.ref = getattr(contracted, "ref", None)
+    fast.signature = getattr(contracted, "signature", None)
+    fast.contracted = contracted
+    fast.__name__ = getattr(contracted, "__name__", func.__name__)
+    fast.__doc__ = func.__doc__
+    fast.__wrapped__ = func
+    return fast
 
 
 def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
