@@ -431,15 +431,12 @@ def _put_from_thread(state: BrokerState, new_event):
             return
         if bus.full():
             raise _full(state)
+        if spool is not None:
+            # Stored before the loop can take it from the queue
+            spool.add(new_event)
         state.reserved += 1
         state.put_count += 1
-        if spool is None:
-            loop = _hand_off(state, new_event)
-    if spool is not None:
-        # Stored before the loop can take it from the queue
-        spool.add(new_event)
-        with state.lock:
-            loop = _hand_off(state, new_event)
+        loop = _hand_off(state, new_event)
     if loop is not None:
         try:
             loop.call_soon_threadsafe(_hand_over, state, loop)
