@@ -1,7 +1,7 @@
 """
 Every benchmark of evbus in one run, and one table of their figures and ratios.
 
-    python bench/all.py [--rounds 3] [--quick] [--skip SECTION,...]
+    python bench/all.py [--rounds 5] [--quick] [--skip SECTION,...]
     python -m bench      (the same)
 
 Sections, each in the way of its own script (which runs on its own too):
@@ -217,7 +217,7 @@ def _first_line(error: BaseException) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every measure (medians of them)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every measure (medians of them)")
     parser.add_argument("--quick", action="store_true", help="fewer events per run (a smoke run, noisier)")
     parser.add_argument(
         "--skip", default="", help=f"sections left out, comma-separated: {', '.join(SECTIONS)} (the table says so)"

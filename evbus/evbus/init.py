@@ -83,7 +83,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         hub.evbus.init.FAILED = asyncio.current_task()
         raise
     route_state = hub.evbus.route.STATE
-    match = router.match
+    match, by_profile = router.match, router.by_profile
     spool = hub.evbus.broker.STATE.spool
     stop_item = None
     hub.evbus.init.RUNNING = True
@@ -136,14 +136,15 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                 if event.__class__ is tuple:
                     # A record (evbus.types.make_record): its Event is made by the lane that needs it,
                     # or here, once, for several lanes
-                    lanes = match(event[RECORD_PROFILE])
+                    profile = event[RECORD_PROFILE]
+                    lanes = by_profile.get(profile) or match(profile)
                     if len(lanes) > 1:
                         event = event_of(event)
                 else:
                     if event.__class__ is Stop:
                         stop_item = event
                         break
-                    lanes = match(event.profile)
+                    lanes = by_profile.get(event.profile) or match(event.profile)
                     if spool is not None:
                         spool.routed(event, len(lanes))
                 if lanes:
