@@ -1,13 +1,15 @@
 """
 End-to-end figures of the internal ingress: put -> arrival on the internal queue.
 
-    python bench/internal.py [--events 100000] [--latency 2000] [--rounds 3] [--upstream] [--otel]
+    python bench/internal.py [--events 100000] [--seconds 5] [--latency 2000] [--rounds 5] [--upstream] [--otel]
 
 For each implementation, in its own process and interleaved round by round:
 
 - throughput: events/s from the first put until the last of ``--events``
   small dict events has arrived on the internal queue (a consumer task takes
-  them as they come), and the process CPU time per event over that run;
+  them as they come), and the process CPU time per event; such runs follow
+  one another until they add up to ``--seconds`` (one at least), and the
+  figures are those of all of them;
 - latency: p50/p99 put -> arrival of ``--latency`` events sent one at a time.
 
 Implementations:
@@ -26,8 +28,12 @@ Implementations:
   evbus, whose dynes would merge with it).
 
 Each measured run starts after a full garbage collection, so that collecting
-what loading the hub left behind does not fall into it. The figures are
-medians over the rounds. Ratios are paired: each round
+what loading the hub left behind does not fall into it. Every implementation
+is measured over about as long (``--seconds``; pop-evbus's one run lasts
+that long): on a machine whose other work comes and goes, a run of a
+fraction of a second would catch a busy or a quiet moment where the slow
+implementation's run sees their average. The figures are medians over the
+rounds. Ratios are paired: each round
 measures every implementation back to back, the ratio is taken within the
 round, and the median of those ratios is printed (the machine's noise hits
 both sides of a pair alike).
@@ -81,7 +87,25 @@ async def throughput(put, queue: asyncio.Queue, count: int) -> tuple[float, floa
     return count / elapsed, cpu / count * 1e6
 
 
-async def run_pop(events: int, latency: int) -> dict:
+async def measured(put, queue: asyncio.Queue, events: int, seconds: float) -> tuple[float, float]:
+    """
+    Runs of ``events`` events one after the other, until they add up to ``seconds``
+    (one run at least), each after a full garbage collection: what loading left
+    behind is not collected within a measured run.
+
+    :return: events/s over all the runs, and µs of CPU time per event
+    """
+    total_events, total_seconds, total_cpu = 0, 0.0, 0.0
+    while not total_events or total_seconds < seconds:
+        gc.collect()
+        eps, cpu_us = await throughput(put, queue, events)
+        total_events += events
+        total_seconds += events / eps
+        total_cpu += cpu_us * events
+    return total_events / total_seconds, total_cpu / total_events
+
+
+async def run_pop(events: int, latency: int, seconds: float = 0) -> dict:
     """Drive a pop-evbus style hub (evbus or upstream, whichever is installed)."""
     import pop.hub
 
@@ -97,8 +121,7 @@ async def run_pop(events: int, latency: int) -> dict:
     put = hub.evbus.broker.put
 
     await throughput(put, queue, min(2000, events))  # warm-up
-    gc.collect()  # what loading left behind is not collected within the measured run
-    eps, cpu_us = await throughput(put, queue, events)
+    eps, cpu_us = await measured(put, queue, events, seconds)
     latencies = []
     for n in range(latency):
         started = time.perf_counter()
@@ -131,7 +154,7 @@ def configure_otel():
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
-async def run_relay(events: int, latency: int) -> dict:
+async def run_relay(events: int, latency: int, seconds: float = 0) -> dict:
     """The baseline: one asyncio.Queue, one listener task, json.dumps, the consumer's queue."""
     bus: asyncio.Queue = asyncio.Queue()
     out: asyncio.Queue = asyncio.Queue()
@@ -149,8 +172,7 @@ async def run_relay(events: int, latency: int) -> dict:
     listener = asyncio.create_task(listen())
 
     await throughput(put, out, min(2000, events))
-    gc.collect()
-    eps, cpu_us = await throughput(put, out, events)
+    eps, cpu_us = await measured(put, out, events, seconds)
     latencies = []
     for n in range(latency):
         started = time.perf_counter()
@@ -173,11 +195,13 @@ def build_upstream() -> pathlib.Path:
 
 
 def measure(
-    python: str, kind: str, events: int, latency: int, cwd: pathlib.Path, timeout: float = 900
+    python: str, kind: str, events: int, latency: int, cwd: pathlib.Path, seconds: float = 0, timeout: float = 900
 ) -> dict:
     """Run one round of one implementation in a fresh process."""
+    command = [python, str(HERE / "internal.py"), "--worker", kind, "--events", str(events)]
+    command += ["--latency", str(latency), "--seconds", str(seconds)]
     out = subprocess.run(
-        [python, str(HERE / "internal.py"), "--worker", kind, "--events", str(events), "--latency", str(latency)],
+        command,
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -189,12 +213,14 @@ def measure(
 
 
 def run(
-    events: int, latency: int, rounds: int, upstream: bool = False, otel: bool = False, log=None
+    events: int, latency: int, rounds: int, upstream: bool = False, otel: bool = False, log=None,
+    seconds: float = 5.0,
 ) -> dict[str, list[dict]]:
     """
     Measure evbus and the relay (and pop-evbus, evbus with OpenTelemetry), each in
     a fresh process, interleaved round by round.
 
+    :param seconds: How long each process measures throughput at least (runs of ``events``)
     :param log: ``log(text)`` for the progress of each run
     :return: {implementation: [figures of each round]}
     """
@@ -207,7 +233,7 @@ def run(
     results: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for round_ in range(rounds):
         for kind, (python, cwd) in kinds.items():
-            results[kind].append(measure(python, kind, events, latency, cwd))
+            results[kind].append(measure(python, kind, events, latency, cwd, seconds))
             if log is not None:
                 eps, cpu_us = results[kind][-1]["eps"], results[kind][-1]["cpu_us"]
                 log(f"round {round_ + 1} {kind}: {eps:,.0f} events/s, {cpu_us:.1f} µs CPU/event")
@@ -229,6 +255,9 @@ def main():
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--latency", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="throughput runs in each process add up to this long at least"
+    )
     parser.add_argument("--upstream", action="store_true", help="also measure pop-evbus 7.0.1 (builds its venv)")
     parser.add_argument(
         "--otel", action="store_true", help="also measure evbus with OpenTelemetry tracing and metrics on"
@@ -240,13 +269,15 @@ def main():
         if args.worker == "otel":
             configure_otel()
         runner = run_relay if args.worker == "relay" else run_pop
-        print(json.dumps(asyncio.run(runner(args.events, args.latency))))
+        print(json.dumps(asyncio.run(runner(args.events, args.latency, args.seconds))))
         return
 
     progress = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    results = run(args.events, args.latency, args.rounds, args.upstream, args.otel, log=progress)
-    print(f"internal ingress, {args.events:,} events, latency over {args.latency:,} single events, "
-          f"median of {args.rounds} rounds")
+    results = run(
+        args.events, args.latency, args.rounds, args.upstream, args.otel, log=progress, seconds=args.seconds
+    )
+    print(f"internal ingress, runs of {args.events:,} events for {args.seconds:g} s at least in each process, "
+          f"latency over {args.latency:,} single events, median of {args.rounds} rounds")
     print(f"{'':10} {'events/s':>12} {'µs CPU/ev':>10} {'p50 µs':>10} {'p99 µs':>10}")
     for kind in results:
         print(
