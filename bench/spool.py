@@ -120,19 +120,74 @@ def run_worker(args) -> dict:
         return asyncio.run(measure(args.events, args.worker_shape, args.queue_size, spool, sync))
 
 
-def spawn(python: str, shape: str, mode: str, events: int, args) -> dict:
+def spawn(
+    python: str, shape: str, mode: str, events: int, queue_size: int, directory: str | None = None,
+    timeout: float = 900,
+) -> dict:
+    """
+    Measure one (shape, mode) in a fresh process of ``python``.
+
+    :param mode: A spool_sync mode, or "none" for the bus without the spool
+    :param directory: Where the spool file goes (default: the temporary directory)
+    :return: {"eps": events/s, "cpu_us": µs of CPU time per event}
+    """
     command = [
         python, str(HERE / "spool.py"), "--worker-shape", shape, "--worker-mode", mode,
-        "--events", str(events), "--queue-size", str(args.queue_size),
+        "--events", str(events), "--queue-size", str(queue_size),
     ]
-    if args.dir:
-        command += ["--dir", args.dir]
+    if directory:
+        command += ["--dir", directory]
     # Another evbus runs from outside this tree, so that it imports its own
     cwd = HERE.parent if python == sys.executable else tempfile.gettempdir()
-    out = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=1800)
+    out = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout)
     if out.returncode != 0:
-        raise SystemExit(f"{python} {shape} {mode} failed:\n{out.stderr}")
+        raise RuntimeError(f"{python} {shape} {mode} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(
+    shapes: list[str],
+    modes: list[str],
+    events: int,
+    rounds: int,
+    queue_size: int = 10_000,
+    full_events: int = 2_000,
+    directory: str | None = None,
+    pythons: dict[str, str] | None = None,
+    log=None,
+) -> dict[tuple[str, str, str, int], list[dict]]:
+    """
+    Measure the bus without the spool and with it for each mode, for each shape,
+    every run in a fresh process, round by round (every other round in reverse order).
+
+    :param modes: spool_sync modes; the bus without the spool ("none") is always measured,
+        with ``full_events`` events too when "full" is among them
+    :param pythons: {name: python} of the evbus installs to measure the spool of (default: this one)
+    :param log: ``log(text)`` for the progress of each run
+    :return: {(shape, install name, mode, events): [figures of each round]}; the bus without
+        the spool is ("this", "none")
+    """
+    pythons = pythons or {"this": sys.executable}
+    results: dict[tuple[str, str, str, int], list[dict]] = {}
+    for round_ in range(rounds):
+        for shape in shapes:
+            runs = [("this", "none", events)]
+            if "full" in modes:
+                runs.append(("this", "none", full_events))  # full's baseline: as many events
+            runs += [
+                (name, mode, full_events if mode == "full" else events)
+                for name in pythons for mode in modes if mode != "none"
+            ]
+            # Every other round in reverse: a machine that slows down or speeds up favours no side
+            for name, mode, count in runs if round_ % 2 == 0 else reversed(runs):
+                figures = spawn(pythons[name], shape, mode, count, queue_size, directory)
+                results.setdefault((shape, name, mode, count), []).append(figures)
+                if log is not None:
+                    log(
+                        f"round {round_ + 1} {shape:4} {name:7} {mode:6} {count:>7,}: "
+                        f"{figures['eps']:>9,.0f} events/s {figures['cpu_us']:6.1f} µs CPU/event"
+                    )
+    return results
 
 
 def main():
@@ -154,31 +209,14 @@ def main():
         return
 
     shapes = args.shapes.split(",")
-    modes = args.modes.split(",")
+    modes = [mode for mode in args.modes.split(",") if mode != "none"]
     pythons = {"this": sys.executable}
     if args.compare:
         pythons["compare"] = args.compare
-    # (shape, implementation, mode, events) -> figures, round by round
-    results: dict[tuple[str, str, str, int], list[dict]] = {}
-
-    def measure_one(shape: str, name: str, mode: str, events: int):
-        figures = spawn(pythons[name], shape, mode, events, args)
-        results.setdefault((shape, name, mode, events), []).append(figures)
-        print(
-            f"round {round_ + 1} {shape:4} {name:7} {mode:6} {events:>7,}: {figures['eps']:>9,.0f} events/s "
-            f"{figures['cpu_us']:6.1f} µs CPU/event",
-            file=sys.stderr,
-        )
-
-    for round_ in range(args.rounds):
-        for shape in shapes:
-            runs = [("this", "none", args.events)]
-            if "full" in modes:
-                runs.append(("this", "none", args.full_events))  # full's baseline: as many events
-            runs += [(name, mode, args.full_events if mode == "full" else args.events) for name in pythons for mode in modes]
-            # Every other round in reverse: a machine that slows down or speeds up favours no side
-            for name, mode, events in runs if round_ % 2 == 0 else reversed(runs):
-                measure_one(shape, name, mode, events)
+    results = run(
+        shapes, modes, args.events, args.rounds, args.queue_size, args.full_events, args.dir, pythons,
+        log=lambda text: print(text, file=sys.stderr),
+    )
 
     print(f"spool on vs off, internal ingress, queue_size {args.queue_size:,}, median of {args.rounds} rounds "
           f"(one: 1 task awaiting each put; many: {TASKS} tasks + {THREADS} threads)")

@@ -40,7 +40,10 @@ from collections.abc import Callable
 from typing import Any
 
 from evbus.exc import LaneFullError
+from evbus.types import RECORD_BODY
+from evbus.types import RECORD_ROUTING_KEY
 from evbus.types import Event
+from evbus.types import event_of
 
 # Seconds a closing lane's task gets to end, and its plugin to flush and disconnect
 CLOSE_GRACE = 3.0
@@ -129,6 +132,9 @@ class Destination:
         ``send_many`` stopped for an event's own error, which then raises again)
     :param inline: ``send`` never waits: an event that finds the lane empty is
         published by :meth:`Lane.put` at once, without the hop through the task
+    :param publish_nowait: ``publish_nowait(ctx, routing_key, body)``: what an inline
+        ``send`` calls with the event's body, for a record that needs no Event
+        (:func:`~evbus.types.make_record`); or None
     :param open: ``open(ctx)`` -> awaitable; connects early, or None
     :param close: ``close(ctx)`` -> awaitable; flushes and disconnects, or None
     :param describe: ``describe(ctx)`` -> str; where the destination is (host and port), for messages
@@ -140,6 +146,7 @@ class Destination:
     pipelined: bool = False
     send_many: Callable[[Any, list[tuple[str | None, Event]]], Awaitable[list]] | None = None
     inline: bool = False
+    publish_nowait: Callable[[Any, str | None, bytes], None] | None = None
     open: Callable[[Any], Awaitable] | None = None
     close: Callable[[Any], Awaitable] | None = None
     describe: Callable[[Any], str] | None = None
@@ -206,6 +213,13 @@ class Lane:
             if self._send_many is not None:
                 self._send_many = _wired_many(self._send_many, envelope, telemetry)
         self._inline = destination.inline
+        # Records are published in line with the plugin's publish_nowait where nothing
+        # else needs their Event: no envelope, no telemetry, no spool to tell
+        self._publish_record = (
+            destination.publish_nowait
+            if destination.inline and envelope is None and telemetry is None and on_settled is None
+            else None
+        )
         self._on_failure = on_failure
         self._log = log or (lambda message: None)
         # Events not yet settled: the first ones are in flight (handed off, unconfirmed)
@@ -221,8 +235,9 @@ class Lane:
         self._task: asyncio.Task | None = None
         # Set by close(): the task ends at its next step instead of waiting for events
         self._closing = False
-        # Set once a stop's deadline passed: the listener no longer waits for room
-        self._unbounded = False
+        # The depth at which the listener waits for room; 0: it never does (no limit, the
+        # lane drops instead, or a stop's deadline passed)
+        self._wait_at = limit if when_full == "wait" else 0
         # Set when an event used up its retry budget; cleared by the next success
         self.down = False
         # The error of the last failed publish, until one succeeds
@@ -263,14 +278,33 @@ class Lane:
                 self._run(), name=f"evbus lane ingress.{self.plugin}:{self.profile}"
             )
 
-    def put(self, event: Event) -> int:
+    def put(self, event: Event | tuple) -> int:
         """
         Queue an event on this lane; never waits.
 
-        :param event: The event to publish
+        :param event: The event to publish, or its record (:func:`~evbus.types.make_record`),
+            which becomes its Event here unless it is published in line as it is
         :return: Its sequence number on this lane, for :meth:`settled`
         """
         self.queued += 1
+        if event.__class__ is tuple:
+            publish = self._publish_record
+            if publish is None or self._pending or self._to_report:
+                event = event_of(event)
+            else:
+                routing_key = event[RECORD_ROUTING_KEY]
+                if routing_key is None:
+                    routing_key = self.routing_key
+                try:
+                    publish(self.ctx, routing_key, event[RECORD_BODY])
+                except Exception as e:  # reported by the lane's task, which can await the error callback
+                    self._to_report.append((event_of(event), e))
+                    self._notify()
+                else:
+                    self.published += 1
+                    if self._settle_waiters:
+                        self._wake_settled()
+                return self.queued
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.queued(event)
@@ -300,12 +334,16 @@ class Lane:
                         (oldest, LaneFullError(f"dropped: the lane to {self.where} held {self.limit} events"))
                     )
             pending.append(event)
+        self._notify()
+        return self.queued
+
+    def _notify(self):
+        """Start the lane's task, or wake it: it has events to publish or failures to report."""
         if self._task is None:
             self.start()
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
-        return self.queued
 
     async def _run(self):
         if self.destination.open is not None:
@@ -596,19 +634,14 @@ class Lane:
     @property
     def full(self) -> bool:
         """Whether the lane holds ``limit`` events and makes the listener wait for room."""
-        return (
-            bool(self.limit)
-            and self.when_full == "wait"
-            and not self._unbounded
-            and len(self._pending) >= self.limit
-        )
+        return 0 < self._wait_at <= len(self._pending)
 
     def unbound(self):
         """
         Stop making the listener wait for room (a stop's deadline passed): the
         events still coming are taken, and given up when the lane closes.
         """
-        self._unbounded = True
+        self._wait_at = 0
         self._wake_room()
 
     async def room(self):

@@ -6,7 +6,8 @@ The path of one event, one function per hop::
     put() / put_nowait()          evbus.broker      (any thread, before or after the loop runs)
       -> serialize                serialize.<plugin>.apply   body -> bytes, at the call site
       -> Event                    evbus.types.Event          frozen: profile, routing_key, body, id, ...
-      -> broker queue             hub.evbus.BUS              queue.Queue until init(), then asyncio.Queue
+                                  (its record, a plain tuple, until a lane needs the Event)
+      -> broker queue             hub.evbus.BUS              a queue.Queue until init(), then an asyncio.Queue
       -> listener                 evbus.init.start           one task; takes events in order
       -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
@@ -17,7 +18,9 @@ A slow or failing destination only holds up its own lane.
 
 ``put`` and ``put_nowait`` are the hot path: they make no hub calls once the
 bus is set up (a hub call costs microseconds in pop); what they need is
-resolved once and kept in :class:`BrokerState`.
+resolved once and kept in :class:`BrokerState`, bound to them. A put from
+another thread than the loop's hands its event to the loop with the others
+that threads put until the loop runs again (one ``call_soon_threadsafe``).
 """
 import asyncio
 import functools
@@ -30,13 +33,16 @@ from evbus.exc import BusFullError
 from evbus.exc import SerializeError
 from evbus.spool import Spool
 from evbus.types import Event
+from evbus.types import event_of
 from evbus.types import make_event
+from evbus.types import make_record
 
 # Marks a missing ``body`` argument: ``None`` is a legitimate body.
 _MISSING = object()
+# The hub.OPT of a serializer not resolved yet
+_UNRESOLVED = object()
 
 _get_ident = threading.get_ident
-_running_loop = asyncio._get_running_loop
 
 
 # put() lets the loop run once every this many events waiting on the broker queue
@@ -62,19 +68,31 @@ class BrokerState:
     """
     What the broker keeps between calls: the loop the bus is bound to, the
     lock that makes the hand-over from ``queue.Queue`` to ``asyncio.Queue``
-    safe, and the serializer in use.
+    safe, the serializer in use, and the events other threads put that wait
+    for the loop.
     """
 
     __slots__ = (
-        "lock", "loop", "loop_thread", "closed", "put_count", "serializer", "maxsize", "reserved", "spool",
-        "make_event",
+        "hub", "evbus", "serialize", "opt", "lock", "loop", "loop_thread", "closed", "put_count",
+        "serializer", "maxsize", "reserved", "handoff", "handoff_scheduled", "spool", "make_event",
     )
 
-    def __init__(self):
+    def __init__(self, hub):
+        self.hub = hub
+        # The subs put reads on every call (BUS and SERIAL_PLUGIN; PLUGIN): an attribute
+        # of a sub costs less than a path from the hub. serialize is set with the serializer
+        self.evbus = hub.evbus
+        self.serialize = None
+        # The hub.OPT the serializer was resolved under: another one is a config (re)load
+        self.opt = _UNRESOLVED
         self.lock = threading.Lock()
         # config queue_size (0: no bound), and the places other threads' puts have reserved
         self.maxsize = 0
         self.reserved = 0
+        # Events other threads put, in order, until the loop queues them; whether the loop
+        # was asked to (one call_soon_threadsafe for many events, not one each)
+        self.handoff: list = []
+        self.handoff_scheduled = False
         # The durable spool (config spool), or None
         self.spool = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -88,19 +106,66 @@ class BrokerState:
         self.make_event = make_event
 
 
+class BusQueue(asyncio.Queue):
+    """
+    The broker queue once the bus is bound to a loop: an ``asyncio.Queue`` of
+    events.
+
+    ``put`` queues a new event as a plain tuple of its fields when nothing
+    needs the Event yet (:func:`~evbus.types.make_record`). Python's garbage
+    collector stops tracking a tuple of strings, bytes and numbers, so a
+    backlog of events on the queue costs it nothing, where every Event would
+    be traversed by each full collection. ``get()`` and ``get_nowait()``
+    return the Event of a record (or what else was queued: an Event, the
+    listener's stop); the listener takes records as they are
+    (:meth:`take_nowait`) and leaves making the Event to the lanes that need it.
+    """
+
+    def __init__(self, maxsize: int = 0, state: BrokerState | None = None):
+        super().__init__(maxsize)
+        self._bound = maxsize
+        # Whose reservations count: the places other threads' puts reserved (see put_nowait)
+        self._state = state
+
+    def full(self) -> bool:
+        """
+        Whether a put must wait: the events queued and the places reserved for
+        puts from other threads fill the bound.
+        """
+        if self._bound <= 0:
+            return False
+        return self.qsize() + (self._state.reserved if self._state is not None else 0) >= self._bound
+
+    def get_nowait(self) -> Event:
+        item = super().get_nowait()
+        return event_of(item) if item.__class__ is tuple else item
+
+    #: The next item as it was queued: a record, an Event or the listener's stop
+    take_nowait = asyncio.Queue.get_nowait
+
+
+class ThreadBusQueue(queue.Queue):
+    """The broker queue before the bus is bound to a loop: a thread-safe :class:`BusQueue`."""
+
+    def _get(self):
+        item = self.queue.popleft()
+        return event_of(item) if item.__class__ is tuple else item
+
+
 def __init__(hub):
     # Start with a thread-safe queue; init() moves its events into an asyncio.Queue
-    hub.evbus.BUS = queue.Queue()
+    hub.evbus.BUS = ThreadBusQueue()
     hub.evbus.SERIAL_PLUGIN = "json"
     broker = hub.evbus.broker
-    broker.STATE = BrokerState()
+    state = broker.STATE = BrokerState(hub)
     # Classes are not put on the hub; expose the Event dataclass as upstream did
     broker.Event = Event
     # The hot functions: kept in the module's own namespace (a dict hit instead
     # of pop's fallback through a failed module attribute lookup), and called
-    # without pop's per-call wrapper where it has no contract to run
-    for name in ("put", "put_nowait"):
-        setattr(broker, name, HubFunction.of(hub, broker._attrs[name]))
+    # without pop's per-call wrapper where it has no contract to run, with the
+    # broker's state at hand instead of looked up on the hub
+    broker.put = direct(hub, broker._attrs["put"], _put, state)
+    broker.put_nowait = direct(hub, broker._attrs["put_nowait"], _put_nowait, state)
 
 
 async def init(hub) -> asyncio.Queue:
@@ -117,20 +182,36 @@ async def init(hub) -> asyncio.Queue:
 def _bind(hub, state: BrokerState) -> asyncio.Queue:
     loop = asyncio.get_running_loop()
     if state.loop is loop:
+        state.loop_thread = _get_ident()
         return hub.evbus.BUS
     with state.lock:
-        new_bus = _moved(hub.evbus.BUS, asyncio.Queue, state.maxsize)
+        # Events other threads put for a loop that is gone come after what its queue holds
+        handed_off = _take_handoff(state)
+        new_bus = _moved(hub.evbus.BUS, functools.partial(BusQueue, state=state), state.maxsize, handed_off)
         hub.evbus.BUS = new_bus
         state.loop = loop
         state.loop_thread = _get_ident()
     return new_bus
 
 
-def _moved(old, kind, maxsize: int):
-    """A new queue of ``kind`` holding the events of ``old`` in order; never smaller than they need."""
+def _take_handoff(state: BrokerState) -> list:
+    """Under the lock: the events other threads put, which leave their reserved places."""
+    events = state.handoff
+    state.handoff = []
+    state.handoff_scheduled = False
+    state.reserved -= len(events)
+    return events
+
+
+def _moved(old, kind, maxsize: int, more: list = ()):
+    """
+    A new queue, ``kind(maxsize)``, holding the events of ``old``, then ``more``,
+    in order; never smaller than they need.
+    """
     items = []
     while not old.empty():
         items.append(old.get_nowait())
+    items.extend(more)
     new = kind(maxsize=maxsize if not maxsize or maxsize >= len(items) else len(items))
     for item in items:
         new.put_nowait(item)
@@ -165,9 +246,9 @@ def resize(hub, size: int):
         state.maxsize = size
         bus = hub.evbus.BUS
         if isinstance(bus, queue.Queue):
-            hub.evbus.BUS = _moved(bus, queue.Queue, size)
+            hub.evbus.BUS = _moved(bus, ThreadBusQueue, size)
         elif state.loop is None or state.loop_thread == _get_ident():
-            hub.evbus.BUS = _moved(bus, asyncio.Queue, size)
+            hub.evbus.BUS = _moved(bus, functools.partial(BusQueue, state=state), size)
         # else: the loop's queue is rebound with the new size by the next init() in its loop
 
 
@@ -189,21 +270,30 @@ def event(hub, routing_key: str | None = None, body: Any = _MISSING, profile: st
     :raises TypeError: when an argument has the wrong type
     :raises SerializeError: when the serializer cannot encode the body
     """
-    return _new_event(hub, hub.evbus.broker.STATE, routing_key, body, profile)
+    return _accept(hub.evbus.broker.STATE, routing_key, body, profile, put=False)
 
 
-def _new_event(hub, state: BrokerState, routing_key, body, profile) -> Event:
+def _accept(state: BrokerState, routing_key, body, profile, put: bool = True) -> Event | tuple:
+    """
+    Check the arguments of a put, serialize its body and make its event.
+
+    :param put: For a put: refused once the bus is stopped, and a record (see
+        :class:`BusQueue`) unless the spool or tracing needs the Event now;
+        else the Event
+    """
     if body is _MISSING:
         raise TypeError("put() needs a body: put(routing_key=..., body=..., profile=...)")
     if profile.__class__ is not str and not isinstance(profile, str):
         raise TypeError(f"profile must be a str, not {type(profile).__name__}")
     if routing_key is not None and not isinstance(routing_key, str):
         raise TypeError(f"routing_key must be a str or None, not {type(routing_key).__name__}")
-    if hub.evbus.settings.APPLIED is not hub.OPT:
-        hub.evbus.settings.apply()
     serial, legacy, name, apply, content_type = state.serializer
-    if apply is None or serial != hub.evbus.SERIAL_PLUGIN or legacy != hub.serialize.PLUGIN:
-        name, apply, content_type = _resolve_serializer(hub, state)
+    if (
+        state.opt is not state.hub.OPT
+        or serial != state.evbus.SERIAL_PLUGIN
+        or legacy != state.serialize.PLUGIN
+    ):
+        name, apply, content_type = _current_serializer(state)
     try:
         data = apply(body)
     except RecursionError as e:
@@ -212,15 +302,27 @@ def _new_event(hub, state: BrokerState, routing_key, body, profile) -> Event:
         raise SerializeError(name, type(body).__name__, str(e)) from None
     if data.__class__ is not bytes:
         data = data.encode() if isinstance(data, str) else bytes(data)
+    if put:
+        if state.closed:
+            raise BusClosedError("The event bus was stopped; start() it again before putting events")
+        if state.spool is None and state.make_event is make_event:
+            return make_record(profile, routing_key, data, content_type)
     return state.make_event(profile, routing_key, data, content_type)
 
 
-def _accept(hub, state: BrokerState, routing_key, body, profile) -> Event:
-    """The event of a put, once the bus takes events."""
-    new_event = _new_event(hub, state, routing_key, body, profile)
-    if state.closed:
-        raise BusClosedError("The event bus was stopped; start() it again before putting events")
-    return new_event
+def _current_serializer(state: BrokerState) -> tuple[str, Any, str]:
+    """
+    The serializer of a put after the config was (re)loaded or the program
+    named another serialize plugin: the config applied first.
+    """
+    hub = state.hub
+    opt = hub.OPT
+    if hub.evbus.settings.APPLIED is not opt:
+        hub.evbus.settings.apply()
+    state.serialize = hub.serialize
+    found = serializer(hub)
+    state.opt = opt
+    return found
 
 
 def serializer(hub) -> tuple[str, Any, str]:
@@ -254,47 +356,40 @@ def _resolve_serializer(hub, state: BrokerState) -> tuple[str, Any, str]:
     return name, apply, content_type
 
 
-class HubFunction(functools.partial):
+def direct(hub, contracted, implementation=None, *bound) -> Any:
     """
-    A hub function called without pop's per-call wrapper.
+    A hub function to call without pop's per-call wrapper.
 
     pop wraps every plugin function in a ``Contracted`` object whose call
     runs the contracts and resolves parameter aliases; with neither to do it
-    still costs microseconds per call. For such a function this partial
-    (``func(hub, ...)``) is used instead; it keeps the ``ref``, ``signature``
-    and ``contracted`` of the original.
-    """
+    still costs microseconds per call. For such a function a plain
+    ``functools.partial`` (``func(hub, ...)``; a subclass of it would lose its
+    fast calling convention) is used instead; it keeps the ``ref``,
+    ``signature`` and ``contracted`` of the original.
 
-    @classmethod
-    def of(cls, hub, contracted) -> Any:
-        """
-        :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
-        :return: A HubFunction for it, or the hub function itself when its wrapper has work to do
-        """
-        func = getattr(contracted, "func", None)
-        if (
-            func is None
-            or getattr(contracted, "_has_contracts", True)
-            or getattr(contracted, "param_aliases", None)
-            or not getattr(contracted, "implicit_hub", False)
-        ):
-            return contracted
-        fast = cls(func, hub)
-        fast.ref = getattr(contracted, "ref", None)
-        fast.signature = getattr(contracted, "signature", None)
-        fast.contracted = contracted
-        fast.__name__ = getattr(contracted, "__name__", func.__name__)
-        fast.__doc__ = func.__doc__
-        fast.__wrapped__ = func
-        return fast
-
-
-def direct(hub, contracted) -> Any:
-    """
     :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
-    :return: It as a :class:`HubFunction` where pop's wrapper has nothing to do, else itself
+    :param implementation: What to call instead, with ``bound`` before the caller's
+        arguments, e.g. a function that takes its plugin's state instead of the hub
+    :return: The partial, or the hub function itself when its wrapper has work to do
     """
-    return HubFunction.of(hub, contracted)
+    func = getattr(contracted, "func", None)
+    if (
+        func is None
+        or getattr(contracted, "_has_contracts", True)
+        or getattr(contracted, "param_aliases", None)
+        or not getattr(contracted, "implicit_hub", False)
+    ):
+        return contracted
+    if implementation is None:
+        implementation, bound = func, (hub,)
+    fast = functools.partial(implementation, *bound)
+    fast.ref = getattr(contracted, "ref", None)
+    fast.signature = getattr(contracted, "signature", None)
+    fast.contracted = contracted
+    fast.__name__ = getattr(contracted, "__name__", func.__name__)
+    fast.__doc__ = func.__doc__
+    fast.__wrapped__ = func
+    return fast
 
 
 def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
@@ -310,52 +405,59 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
     :raises BusFullError: when the bounded queue (config ``queue_size``) is full (nothing is queued);
         it is also a ``queue.Full`` and an ``asyncio.QueueFull``
     """
-    state: BrokerState = hub.evbus.broker.STATE
-    new_event = _accept(hub, state, routing_key, body, profile)
-    if state.loop_thread == _get_ident():
-        # The loop's own thread: nothing can swap the queue under us
-        bus = hub.evbus.BUS
-        if state.reserved and _no_room(bus, state):
-            raise _full(state)
-        try:
-            bus.put_nowait(new_event)
-        except (asyncio.QueueFull, queue.Full):
-            raise _full(state) from None
-        if state.spool is not None:
-            state.spool.add(new_event)
-        state.put_count += 1
+    _put_nowait(hub.evbus.broker.STATE, routing_key, body, profile)
+
+
+def _put_nowait(
+    state: BrokerState, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"
+):
+    new_event = _accept(state, routing_key, body, profile)
+    if state.loop_thread != _get_ident():
+        _put_from_thread(state, new_event)
         return
+    # The loop's own thread: nothing can swap the queue under us
+    try:
+        state.evbus.BUS.put_nowait(new_event)
+    except (asyncio.QueueFull, queue.Full):
+        raise _full(state) from None
+    if state.spool is not None:
+        state.spool.add(new_event)
+    state.put_count += 1
+
+
+def _put_from_thread(state: BrokerState, new_event):
+    """
+    ``put_nowait`` from another thread than the loop's (or before any loop): the
+    event takes a place reserved for it in the queue, and waits with the others
+    that threads put until the loop queues them all at once.
+    """
+    spool = state.spool
     with state.lock:
-        bus = hub.evbus.BUS
-        loop = state.loop
-        if loop is None:
+        bus = state.evbus.BUS
+        if state.loop is None:
             try:
                 bus.put_nowait(new_event)
             except (asyncio.QueueFull, queue.Full):
                 raise _full(state) from None
-            if state.spool is not None:
-                state.spool.add(new_event)
+            if spool is not None:
+                spool.add(new_event)
             state.put_count += 1
             return
-        if state.maxsize and _no_room(bus, state):
+        if bus.full():
             raise _full(state)
+        if spool is not None:
+            # Stored before the loop can take it from the queue
+            spool.add(new_event)
         state.reserved += 1
         state.put_count += 1
-    if state.spool is not None:
-        state.spool.add(new_event)
-    # Another thread than the loop's: hand the event to the loop, in the place reserved for it
-    try:
-        loop.call_soon_threadsafe(_put_reserved, state, bus, new_event)
-    except RuntimeError:
-        # The loop is closed: keep the event for the next loop
-        with state.lock:
-            state.reserved -= 1
-            state.loop = state.loop_thread = None
-            hub.evbus.BUS = _requeue(hub.evbus.BUS, new_event)
-
-
-def _no_room(bus, state: BrokerState) -> bool:
-    return bool(state.maxsize) and bus.qsize() + state.reserved >= state.maxsize
+        loop = _hand_off(state, new_event)
+    if loop is not None:
+        try:
+            loop.call_soon_threadsafe(_hand_over, state, loop)
+        except RuntimeError:  # the loop closed meanwhile
+            with state.lock:
+                if state.loop is loop:
+                    _drop_loop(state)
 
 
 def _full(state: BrokerState) -> BusFullError:
@@ -364,25 +466,61 @@ def _full(state: BrokerState) -> BusFullError:
     )
 
 
-def _put_reserved(state: BrokerState, bus, new_event: Event):
-    """In the loop: queue an event another thread put, in its reserved place."""
-    with state.lock:
+def _hand_off(state: BrokerState, new_event) -> asyncio.AbstractEventLoop | None:
+    """
+    Under the lock: keep an event another thread put, in its reserved place,
+    until the loop queues it.
+
+    :return: The loop, when it must be asked to queue the events kept (not asked since it last did)
+    """
+    loop = state.loop
+    if loop is not None and loop.is_closed():
+        _drop_loop(state)
+        loop = None
+    if loop is None:
+        # No loop (any more): the thread-safe queue takes it
         state.reserved -= 1
-    try:
-        bus.put_nowait(new_event)
-    except asyncio.QueueFull:  # cannot happen with the reservation; never drop the event
-        asyncio.get_running_loop().create_task(bus.put(new_event))
+        state.evbus.BUS.put_nowait(new_event)
+        return None
+    state.handoff.append(new_event)
+    if state.handoff_scheduled:
+        return None
+    state.handoff_scheduled = True
+    return loop
 
 
-def _requeue(bus, new_event: Event) -> queue.Queue:
-    """Move a bus whose loop has closed back to a thread-safe queue."""
-    fallback = queue.Queue()
+def _hand_over(state: BrokerState, loop: asyncio.AbstractEventLoop):
+    """In the loop: queue the events other threads put, in the places reserved for them."""
+    with state.lock:
+        if state.loop is not loop:
+            return  # bound to another loop since, which took them
+        bus = state.evbus.BUS
+        for new_event in _take_handoff(state):
+            try:
+                bus.put_nowait(new_event)
+            except asyncio.QueueFull:  # cannot happen with the reservation; never drop an event
+                loop.create_task(bus.put(new_event))
+
+
+def _drop_loop(state: BrokerState):
+    """
+    Under the lock: the bus's loop is closed. Its queue and the events threads
+    put for it move to a thread-safe queue, in order, for the next loop.
+    """
+    state.loop = state.loop_thread = None
+    state.evbus.BUS = _requeue(state.evbus.BUS, _take_handoff(state))
+
+
+def _requeue(bus, events: list) -> queue.Queue:
+    """A thread-safe queue of the events of a bus whose loop has closed, then ``events``."""
+    fallback = ThreadBusQueue()
     if isinstance(bus, queue.Queue):
         fallback = bus
     else:
         while not bus.empty():
             fallback.put_nowait(bus.get_nowait())
-    fallback.put_nowait(new_event)
+    for new_event in events:
+        fallback.put_nowait(new_event)
     return fallback
 
 
@@ -406,27 +544,30 @@ def put(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str 
     :raises SerializeError: when the body cannot be serialized (nothing is queued)
     :raises BusClosedError: after stop(), until the bus is started again
     """
-    state: BrokerState = hub.evbus.broker.STATE
-    new_event = _accept(hub, state, routing_key, body, profile)
-    if state.loop is not None and state.loop is _running_loop():
-        bus = hub.evbus.BUS
+    return _put(hub.evbus.broker.STATE, routing_key, body, profile)
+
+
+def _put(state: BrokerState, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
+    new_event = _accept(state, routing_key, body, profile)
+    loop = state.loop
+    # In the loop the bus is bound to: its thread, while it runs (asyncio.get_running_loop()
+    # tells as well, but makes a system call on every put)
+    if state.loop_thread == _get_ident() and loop.is_running():
+        bus = state.evbus.BUS
         state.put_count += 1
-        if not state.reserved or not _no_room(bus, state):
-            try:
-                bus.put_nowait(new_event)
-            except asyncio.QueueFull:
-                pass
-            else:
-                if state.spool is not None:
-                    synced = state.spool.add(new_event, awaited=True)
-                    if synced is not None:
-                        return _synced(synced)
-                if bus.qsize() % YIELD_EVERY:
-                    return _queued()
-                return _queued_let_run()
-        # Full: wait for room (backpressure)
-        return _put_waiting(state, bus, new_event)
-    return _put_binding(hub, state, new_event)
+        try:
+            bus.put_nowait(new_event)
+        except asyncio.QueueFull:
+            # Full (or its room is reserved for puts from other threads): wait for room (backpressure)
+            return _put_waiting(state, bus, new_event)
+        if state.spool is not None:
+            synced = state.spool.add(new_event, awaited=True)
+            if synced is not None:
+                return _synced(synced)
+        if bus.qsize() % YIELD_EVERY:
+            return _queued()
+        return _queued_let_run()
+    return _put_binding(state.hub, state, new_event)
 
 
 async def _put_binding(hub, state: BrokerState, new_event: Event):

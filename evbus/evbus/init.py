@@ -14,6 +14,8 @@ from evbus.exc import BusStoppedError
 from evbus.exc import EvbusTimeoutError
 from evbus.lane import CLOSE_GRACE
 from evbus.mask import Masker
+from evbus.types import RECORD_PROFILE
+from evbus.types import event_of
 
 
 class Stop:
@@ -81,7 +83,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         hub.evbus.init.FAILED = asyncio.current_task()
         raise
     route_state = hub.evbus.route.STATE
-    match = router.match
+    match, by_profile = router.match, router.by_profile
     spool = hub.evbus.broker.STATE.spool
     stop_item = None
     hub.evbus.init.RUNNING = True
@@ -131,12 +133,20 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             # Propagate: hand each event to its lanes, without waiting for them;
             # take every event already queued before yielding to the loop again
             while True:
-                if event.__class__ is Stop:
-                    stop_item = event
-                    break
-                lanes = match(event.profile)
-                if spool is not None:
-                    spool.routed(event, len(lanes))
+                if event.__class__ is tuple:
+                    # A record (evbus.types.make_record): its Event is made by the lane that needs it,
+                    # or here, once, for several lanes
+                    profile = event[RECORD_PROFILE]
+                    lanes = by_profile.get(profile) or match(profile)
+                    if len(lanes) > 1:
+                        event = event_of(event)
+                else:
+                    if event.__class__ is Stop:
+                        stop_item = event
+                        break
+                    lanes = by_profile.get(event.profile) or match(event.profile)
+                    if spool is not None:
+                        spool.routed(event, len(lanes))
                 if lanes:
                     for lane in lanes:
                         if lane.full:
@@ -147,7 +157,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                     route_state.unrouted += 1
                 if bus.empty():
                     break
-                event = bus.get_nowait()
+                event = bus.take_nowait()
     finally:
         hub.evbus.init.RUNNING = False
         # join() waits for the next start() from now on

@@ -52,19 +52,20 @@ class Router:
         self.contexts = contexts
         self.lanes = lanes
         self._find = find
-        self._by_profile: dict[str, tuple[Lane, ...]] = {}
+        # The lanes of each event profile matched so far: the listener looks here first
+        self.by_profile: dict[str, tuple[Lane, ...]] = {}
 
     def match(self, profile: str) -> tuple[Lane, ...]:
         """
         :param profile: An event's profile name
-        :return: The lanes whose profile pattern matches it (cached)
+        :return: The lanes whose profile pattern matches it (cached in ``by_profile``)
         """
         try:
-            return self._by_profile[profile]
+            return self.by_profile[profile]
         except KeyError:
             pass
         matched = tuple(lane for lane in self.lanes if self._matches(profile, lane.profile))
-        self._by_profile[profile] = matched
+        self.by_profile[profile] = matched
         return matched
 
     def _matches(self, profile: str, pattern: str) -> bool:
@@ -444,7 +445,7 @@ def destination(hub, plugin_name: str) -> Destination:
         def send_nowait(ctx, routing_key, event):
             call_nowait(ctx, routing_key, event.body)
 
-        return Destination(send=send_nowait, inline=True, **hooks)
+        return Destination(send=send_nowait, inline=True, publish_nowait=call_nowait, **hooks)
 
     publish = plugin.publish
     params = _params(publish)

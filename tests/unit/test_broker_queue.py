@@ -1,0 +1,227 @@
+"""
+The broker queue and the hot path of a put: records on the queue, their Events,
+records in the lanes, and puts from other threads handed to the loop together.
+"""
+import asyncio
+import gc
+import threading
+import time
+import types
+
+import pytest
+
+from evbus.lane import Destination
+from evbus.lane import Lane
+from evbus.types import Event
+from evbus.types import event_of
+from evbus.types import make_record
+from tests.conftest import take_json
+
+
+async def test_a_backlog_of_events_is_no_work_for_the_garbage_collector(hub):
+    bus = await hub.evbus.broker.init()
+    for n in range(100):
+        await hub.evbus.broker.put(body={"n": n})
+    gc.collect()
+    items = [bus.take_nowait() for _ in range(100)]
+    assert all(item.__class__ is tuple and not gc.is_tracked(item) for item in items)
+
+
+async def test_what_is_taken_from_the_queue_is_the_event_of_its_put(hub):
+    bus = await hub.evbus.broker.init()
+    before = time.time()
+    await hub.evbus.broker.put(routing_key="rk", body={"n": 1}, profile="p")
+    hub.evbus.broker.put_nowait(body={"n": 2})
+    after = time.time()
+    first, second = await hub.evbus.broker.get(), bus.get_nowait()
+    assert type(first) is Event and type(second) is Event
+    assert (first.profile, first.routing_key, first.body, first.content_type) == (
+        "p", "rk", b'{"n": 1}', "application/json"
+    )
+    assert (second.profile, second.routing_key, second.body) == ("default", None, b'{"n": 2}')
+    assert before <= first.timestamp <= second.timestamp <= after
+    assert first.id != second.id and first.id.split("-")[0] == second.id.split("-")[0]
+    assert first.trace_context is None and first.headers == ()
+    with pytest.raises(AttributeError):
+        first.body = b"x"  # frozen
+
+
+def test_an_event_made_of_a_record_keeps_its_id_and_time():
+    record = make_record("p", None, b"body", "application/json")
+    event, again = event_of(record), event_of(record)
+    assert event == again and event is not again
+    assert (event.profile, event.routing_key, event.body, event.timestamp) == ("p", None, b"body", record[5])
+    assert event.id.endswith(f"-{record[4]:x}")
+
+
+class Published:
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.bodies: list[tuple] = []
+        self.events: list = []
+
+    def publish_nowait(self, ctx, routing_key, body):
+        if self.fail:
+            raise ValueError("refused")
+        self.bodies.append((routing_key, body))
+
+    def send(self, ctx, routing_key, event):
+        self.events.append(event)
+        self.publish_nowait(ctx, routing_key, event.body)
+
+
+def lane_of(published: Published, given_up: list, **kwargs) -> Lane:
+    async def on_failure(lane, event, error, attempts):
+        given_up.append((event, attempts))
+
+    destination = Destination(send=published.send, inline=True, publish_nowait=published.publish_nowait)
+    return Lane(
+        "test", "test", "default", types.SimpleNamespace(acct={"routing_key": "profile-rk"}), destination,
+        on_failure, **kwargs,
+    )
+
+
+async def test_a_lane_publishes_a_record_in_line_without_its_event():
+    published, given_up = Published(), []
+    lane = lane_of(published, given_up)
+    try:
+        assert lane.put(make_record("p", None, b"1", "application/json")) == 1
+        assert lane.put(make_record("p", "own", b"2", "application/json")) == 2
+        assert published.bodies == [("profile-rk", b"1"), ("own", b"2")]
+        assert published.events == []  # no Event was made
+        assert (lane.queued, lane.published, lane.failed) == (2, 2, 0)
+        await asyncio.wait_for(lane.settled(2), 5)
+    finally:
+        await lane.close(ConnectionError("the test ended"))
+
+
+async def test_a_record_whose_publish_fails_is_given_up_as_its_event():
+    published, given_up = Published(fail=True), []
+    lane = lane_of(published, given_up)
+    record = make_record("p", None, b"1", "application/json")
+    try:
+        lane.put(record)
+        await asyncio.wait_for(lane.drained(), 5)
+    finally:
+        await lane.close(ConnectionError("the test ended"))
+    [(event, attempts)] = given_up
+    assert event == event_of(record) and attempts == 1
+
+
+async def test_a_lane_that_needs_the_event_makes_it():
+    """A lane with an envelope (or telemetry, or the spool) hands its plugin the Event of a record."""
+    published, given_up = Published(), []
+    lane = lane_of(published, given_up, envelope=lambda event: event)
+    record = make_record("p", None, b"1", "application/json")
+    try:
+        lane.put(record)
+    finally:
+        await lane.close(ConnectionError("the test ended"))
+    assert published.events == [event_of(record)]
+
+
+async def test_lanes_of_one_record_share_its_event(hub, running):
+    seen: dict[str, list] = {}
+
+    def capture(plugin, provider, profile):
+        async def send(ctx, routing_key, event):
+            seen.setdefault(profile, []).append(event)
+
+        return Destination(send=send)
+
+    hub.evbus.route.STATE.capture = capture
+    await running({"internal": {"a*": {}, "*b": {}}})
+    await hub.evbus.broker.put(body=1, profile="ab")
+    await hub.evbus.init.stop()
+    [first], [second] = seen["a*"], seen["*b"]
+    assert first is second and first.body == b"1"
+
+
+async def test_puts_from_a_thread_reach_the_loop_together(hub, running):
+    """Events that threads put while the loop is busy cost the loop one wake-up, not one each."""
+    await running({"internal": {"default": {}}})
+    loop = asyncio.get_running_loop()
+    calls = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counting(callback, *args, **kwargs):
+        calls.append(callback)
+        return call_soon_threadsafe(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counting
+    try:
+        thread = threading.Thread(target=lambda: [hub.evbus.broker.put_nowait(body=n) for n in range(50)])
+        thread.start()
+        thread.join()  # the loop is busy (blocked) meanwhile
+        assert hub.evbus.broker.STATE.reserved == 50
+        assert await take_json(await hub.ingress.internal.get(), 50) == list(range(50))
+    finally:
+        del loop.call_soon_threadsafe
+    assert len(calls) == 1
+    assert hub.evbus.broker.STATE.reserved == 0
+
+
+async def test_a_bounded_queue_keeps_the_places_of_threads_for_them(hub, running, monkeypatch):
+    """Awaited puts wait while the room left is reserved for events threads put; each producer keeps its order."""
+    monkeypatch.setenv("EVBUS_QUEUE_SIZE", "20")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    await running({"internal": {"*": {}}})
+    created = []
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(lambda loop, coro, **kwargs: created.append(coro) or asyncio.Task(coro, loop=loop))
+    accepted: dict[str, list[int]] = {"t0": [], "t1": []}
+
+    def produce(name):
+        for n in range(300):
+            while True:
+                try:
+                    hub.evbus.broker.put_nowait(body=[name, n])
+                    accepted[name].append(n)
+                    break
+                except asyncio.QueueFull:
+                    time.sleep(0.0005)
+
+    async def task(name):
+        for n in range(300):
+            await hub.evbus.broker.put(body=[name, n])
+
+    try:
+        threads = [threading.Thread(target=produce, args=(name,)) for name in accepted]
+        for thread in threads:
+            thread.start()
+        await asyncio.gather(task("a"), task("b"))
+        await loop.run_in_executor(None, lambda: [thread.join() for thread in threads])
+        arrived = await take_json(await hub.ingress.internal.get(), 1200)
+    finally:
+        loop.set_task_factory(None)
+    for name in ("t0", "t1", "a", "b"):
+        assert [n for who, n in arrived if who == name] == list(range(300))
+    # no task per event handed over from a thread (the queue had their places)
+    assert len(created) < 50
+
+
+def test_put_in_one_thread_follows_each_new_loop(hub):
+    """A loop that ended leaves the bus to the next loop of the same thread, with what it queued."""
+
+    async def first():
+        await hub.evbus.broker.put(body="first")
+
+    async def second():
+        contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+        listener = asyncio.create_task(hub.evbus.init.start(contexts))
+        await hub.evbus.init.join(timeout=5)
+        await hub.evbus.broker.put(body="second")
+        await hub.evbus.init.stop()
+        await listener
+        queue = await hub.ingress.internal.get()
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    def run_both():
+        asyncio.run(first())
+        return asyncio.run(second())
+
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(run_both()))
+    thread.start()
+    thread.join(30)
+    assert outcome == [[b'"first"', b'"second"']]
