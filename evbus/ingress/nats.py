@@ -66,6 +66,7 @@ nats-py's defaults (verified too). A certificate that is not trusted or
 not for the host fails at once, saying so.
 """
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -484,9 +485,11 @@ class Connection:
             session = Session()
             kwargs.update(error_cb=self._on_error, closed_cb=session.fail, disconnected_cb=session.fail)
             self.last_error = None
+            client = nats.NATS()
             try:
-                client = await nats.connect(**kwargs)
+                await client.connect(**kwargs)
             except Exception as e:
+                await _abandon(client)
                 refusal = tls.refusal(e, self.where) or tls.refusal(self.last_error, self.where)
                 if refusal is not None:
                     raise refusal from None
@@ -558,6 +561,21 @@ class Connection:
     async def _on_error(self, error: Exception):
         # nats-py reports connection errors here (and would log them); the lane reports its own
         self.last_error = error
+
+
+async def _abandon(client: Any):
+    """
+    Close the socket of a client whose connect failed (a refused login, say),
+    and wait for it, at most a second: nats-py leaves it to the garbage
+    collector, which may log its reset as "Future exception was never retrieved".
+    """
+    transport = getattr(client, "_transport", None)
+    if transport is None:
+        return
+    with contextlib.suppress(Exception):
+        transport.close()
+        async with asyncio.timeout(1):
+            await transport.wait_closed()
 
 
 class Route:
