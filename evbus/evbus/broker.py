@@ -129,6 +129,22 @@ class BusQueue(asyncio.Queue):
     #: The next item as it was queued: a record, an Event or the listener's stop
     take_nowait = asyncio.Queue.get_nowait
 
+    def take_queued(self) -> list:
+        """
+        Every item queued now, as queued and in order, taken off the queue at
+        once: what the listener hands to the lanes before it yields to the loop.
+        """
+        if self._bound > 0:
+            # One at a time: each wakes a put that waits for room, as get_nowait() does
+            return [self.take_nowait() for _ in range(self.qsize())]
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
+    def put_back(self, items: list):
+        """Queue ``items`` again, in order, in front of what is queued (the listener stopped before them)."""
+        self._queue.extendleft(reversed(items))
+
 
 class ThreadBusQueue(queue.Queue):
     """The broker queue before the bus is bound to a loop: a thread-safe :class:`BusQueue`."""
