@@ -73,16 +73,21 @@ class BrokerState:
     """
 
     __slots__ = (
-        "hub", "evbus", "serialize", "opt", "lock", "loop", "loop_thread", "closed", "put_count",
-        "serializer", "maxsize", "reserved", "handoff", "handoff_scheduled", "spool", "make_event",
+        "hub", "evbus", "hub_attrs", "evbus_attrs", "serialize_attrs", "opt", "lock", "loop", "loop_thread",
+        "closed", "put_count", "serializer", "maxsize", "reserved", "handoff", "handoff_scheduled", "spool",
+        "make_event",
     )
 
     def __init__(self, hub):
         self.hub = hub
-        # The subs put reads on every call (BUS and SERIAL_PLUGIN; PLUGIN): an attribute
-        # of a sub costs less than a path from the hub. serialize is set with the serializer
         self.evbus = hub.evbus
-        self.serialize = None
+        # Where put reads what it reads on every call: the attribute dicts of the hub (OPT),
+        # of the evbus sub (BUS, SERIAL_PLUGIN) and of the serialize sub (PLUGIN; set with
+        # the serializer). A program's assignment (hub.evbus.SERIAL_PLUGIN = ...) lands
+        # there; reading it there skips pop's attribute hooks, a few hundred instructions each
+        self.hub_attrs = vars(hub)
+        self.evbus_attrs = vars(hub.evbus)
+        self.serialize_attrs = {"PLUGIN": None}
         # The hub.OPT the serializer was resolved under: another one is a config (re)load
         self.opt = _UNRESOLVED
         self.lock = threading.Lock()
@@ -142,6 +147,22 @@ class BusQueue(asyncio.Queue):
 
     #: The next item as it was queued: a record, an Event or the listener's stop
     take_nowait = asyncio.Queue.get_nowait
+
+    def take_queued(self) -> list:
+        """
+        Every item queued now, as queued and in order, taken off the queue at
+        once: what the listener hands to the lanes before it yields to the loop.
+        """
+        if self._bound > 0:
+            # One at a time: each wakes a put that waits for room, as get_nowait() does
+            return [self.take_nowait() for _ in range(self.qsize())]
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
+    def put_back(self, items: list):
+        """Queue ``items`` again, in order, in front of what is queued (the listener stopped before them)."""
+        self._queue.extendleft(reversed(items))
 
 
 class ThreadBusQueue(queue.Queue):
@@ -289,9 +310,9 @@ def _accept(state: BrokerState, routing_key, body, profile, put: bool = True) ->
         raise TypeError(f"routing_key must be a str or None, not {type(routing_key).__name__}")
     serial, legacy, name, apply, content_type = state.serializer
     if (
-        state.opt is not state.hub.OPT
-        or serial != state.evbus.SERIAL_PLUGIN
-        or legacy != state.serialize.PLUGIN
+        state.opt is not state.hub_attrs["OPT"]
+        or serial != state.evbus_attrs["SERIAL_PLUGIN"]
+        or legacy != state.serialize_attrs["PLUGIN"]
     ):
         name, apply, content_type = _current_serializer(state)
     try:
@@ -319,7 +340,7 @@ def _current_serializer(state: BrokerState) -> tuple[str, Any, str]:
     opt = hub.OPT
     if hub.evbus.settings.APPLIED is not opt:
         hub.evbus.settings.apply()
-    state.serialize = hub.serialize
+    state.serialize_attrs = vars(hub.serialize)
     found = serializer(hub)
     state.opt = opt
     return found
@@ -417,7 +438,7 @@ def _put_nowait(
         return
     # The loop's own thread: nothing can swap the queue under us
     try:
-        state.evbus.BUS.put_nowait(new_event)
+        state.evbus_attrs["BUS"].put_nowait(new_event)
     except (asyncio.QueueFull, queue.Full):
         raise _full(state) from None
     if state.spool is not None:
@@ -553,7 +574,7 @@ def _put(state: BrokerState, routing_key: str | None = None, body: Any = _MISSIN
     # In the loop the bus is bound to: its thread, while it runs (asyncio.get_running_loop()
     # tells as well, but makes a system call on every put)
     if state.loop_thread == _get_ident() and loop.is_running():
-        bus = state.evbus.BUS
+        bus = state.evbus_attrs["BUS"]
         state.put_count += 1
         try:
             bus.put_nowait(new_event)

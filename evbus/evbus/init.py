@@ -129,35 +129,41 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                 if pending_stop is not None and not pending_stop.queued:
                     stop_item = pending_stop
                     break
-            event = await bus.get()
-            # Propagate: hand each event to its lanes, without waiting for them;
-            # take every event already queued before yielding to the loop again
-            while True:
-                if event.__class__ is tuple:
-                    # A record (evbus.types.make_record): its Event is made by the lane that needs it,
-                    # or here, once, for several lanes
-                    profile = event[RECORD_PROFILE]
-                    lanes = by_profile.get(profile) or match(profile)
-                    if len(lanes) > 1:
-                        event = event_of(event)
-                else:
-                    if event.__class__ is Stop:
-                        stop_item = event
-                        break
-                    lanes = by_profile.get(event.profile) or match(event.profile)
-                    if spool is not None:
-                        spool.routed(event, len(lanes))
-                if lanes:
-                    for lane in lanes:
-                        if lane.full:
-                            # lane_full "wait": backpressure, up to put()
-                            await lane.room()
-                        lane.put(event)
-                else:
-                    route_state.unrouted += 1
-                if bus.empty():
-                    break
-                event = bus.take_nowait()
+            # Propagate: hand each event to its lanes, without waiting for them; the
+            # next one and every one queued behind it before yielding to the loop again
+            batch = [await bus.get()]
+            batch += bus.take_queued()
+            taken = 0
+            try:
+                for event in batch:
+                    taken += 1
+                    if event.__class__ is tuple:
+                        # A record (evbus.types.make_record): its Event is made by the lane that
+                        # needs it, or here, once, for several lanes
+                        profile = event[RECORD_PROFILE]
+                        lanes = by_profile.get(profile) or match(profile)
+                        if len(lanes) > 1:
+                            event = event_of(event)
+                    else:
+                        if event.__class__ is Stop:
+                            stop_item = event
+                            break
+                        lanes = by_profile.get(event.profile) or match(event.profile)
+                        if spool is not None:
+                            spool.routed(event, len(lanes))
+                    if lanes:
+                        for lane in lanes:
+                            if lane.full:
+                                # lane_full "wait": backpressure, up to put()
+                                await lane.room()
+                            lane.put(event)
+                    else:
+                        route_state.unrouted += 1
+            finally:
+                # What was not handed on (it came after the stop, or the listener was cancelled
+                # while a lane made it wait) stays queued for the next start()
+                if taken < len(batch):
+                    bus.put_back(batch[taken:])
     finally:
         hub.evbus.init.RUNNING = False
         # join() waits for the next start() from now on

@@ -4,6 +4,7 @@ records in the lanes, and puts from other threads handed to the loop together.
 """
 import asyncio
 import gc
+import json
 import threading
 import time
 import types
@@ -162,7 +163,10 @@ async def test_puts_from_a_thread_reach_the_loop_together(hub, running):
 
 
 async def test_a_bounded_queue_keeps_the_places_of_threads_for_them(hub, running, monkeypatch):
-    """Awaited puts wait while the room left is reserved for events threads put; each producer keeps its order."""
+    """
+    Awaited puts wait while the room left is reserved for events threads put;
+    each producer keeps its order.
+    """
     monkeypatch.setenv("EVBUS_QUEUE_SIZE", "20")
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
     await running({"internal": {"*": {}}})
@@ -225,3 +229,39 @@ def test_put_in_one_thread_follows_each_new_loop(hub):
     thread.start()
     thread.join(30)
     assert outcome == [[b'"first"', b'"second"']]
+
+
+async def test_what_the_listener_took_but_did_not_hand_on_stays_queued(hub, monkeypatch):
+    """
+    The listener takes what is queued at once; cancelled while a full lane makes it
+    wait, it queues again what it did not hand on.
+    """
+    from tests.conftest import add_ingress
+
+    add_ingress(hub, "slow")
+    monkeypatch.setenv("EVBUS_LANE_SIZE", "1")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    for n in range(5):
+        hub.evbus.broker.put_nowait(body=n)
+    contexts = await hub.evbus.acct.profiles(acct_data={"slow": {"default": {"delay": 30}}})
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=5)
+    [lane] = hub.evbus.route.all_lanes()
+    while lane.queued < 1 or not lane._room:  # the second event waits for room
+        await asyncio.sleep(0.01)
+    listener.cancel()
+    await asyncio.wait([listener])
+    bus = hub.evbus.BUS
+    assert [json.loads(bus.get_nowait().body) for _ in range(bus.qsize())] == [2, 3, 4]
+
+
+async def test_events_queued_behind_the_stop_wait_for_the_next_start(hub):
+    bus = await hub.evbus.broker.init()
+    hub.evbus.broker.put_nowait(body="before")
+    await hub.evbus.init.stop(timeout=5)  # no listener yet: the stop waits on the queue for it
+    bus.put_nowait(make_record("default", None, b'"after"', "application/json"))
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    await asyncio.wait_for(hub.evbus.init.start(contexts), 10)  # takes all three at once, ends at the stop
+    queue = await hub.ingress.internal.get()
+    assert [queue.get_nowait() for _ in range(queue.qsize())] == [b'"before"']
+    assert [bus.get_nowait().body for _ in range(bus.qsize())] == [b'"after"']
