@@ -68,15 +68,18 @@ async def test_the_command_is_nats_py_s_for_the_same_headers(route, event):
     jetstream, stream = ROUTES[route]
     headers = ingress.Headers(jetstream, stream)
     event = EVENTS[event]
-    if "\n" in event.id and not NATS_PY_KEEPS_VALUES_ON_THEIR_LINE:
-        pytest.skip("this nats-py lets a line feed in a header value end its line")
     reply = "_INBOX.abc.7" if jetstream else ""
     mapping = headers.mapping(event)
     if jetstream:
         # what nats-py's JetStream publish adds to the headers it is given
         assert mapping["Nats-Msg-Id"] == event.id
         assert ("Nats-Expected-Stream" in mapping) == bool(stream)
-    expected = await as_nats_py_writes_it("events.x", reply, mapping, event.body)
+    given = mapping
+    if not NATS_PY_KEEPS_VALUES_ON_THEIR_LINE:
+        # This nats-py lets a line feed in a value end its line; evbus writes a space, as
+        # later ones do: compared with what this one writes of the values evbus sends
+        given = {key: value.replace("\r", " ").replace("\n", " ") for key, value in mapping.items()}
+    expected = await as_nats_py_writes_it("events.x", reply, given, event.body)
     assert await as_evbus_writes_it("events.x", reply, headers, event) == expected
     # and again, from the parts built on the first call
     assert await as_evbus_writes_it("events.x", reply, headers, event) == expected
