@@ -56,7 +56,7 @@ RAW_CLIENTS = {
     "mqtt": "aiomqtt QoS 1",
 }
 # (events of the internal runs, latency samples, events of a broker pair, events of a spool run)
-SIZES = {"default": (100_000, 2_000, 20_000, 50_000), "quick": (20_000, 500, 3_000, 10_000)}
+SIZES = {"default": (100_000, 2_000, 20_000, 200_000), "quick": (20_000, 500, 3_000, 20_000)}
 
 
 class Table:

@@ -128,6 +128,8 @@ class BusQueue(asyncio.Queue):
 
     def __init__(self, maxsize: int = 0, state: BrokerState | None = None):
         super().__init__(maxsize)
+        # qsize() is the length of the deque: its own __len__, one C call (see put_nowait)
+        self.qsize = self._queue.__len__
         self._bound = maxsize
         # Whose reservations count: the places other threads' puts reserved (see put_nowait)
         self._state = state
@@ -451,11 +453,21 @@ def _put_from_thread(state: BrokerState, new_event):
     ``put_nowait`` from another thread than the loop's (or before any loop): the
     event takes a place reserved for it in the queue, and waits with the others
     that threads put until the loop queues them all at once.
+
+    Without the spool, the locked section runs no Python function: a thread
+    cannot give up the GIL while it holds the lock, so the other threads never
+    find it taken (and queue up behind it, a context switch each).
     """
+    loop = state.loop
+    if loop is not None and loop.is_closed():
+        with state.lock:
+            if state.loop is loop:
+                _drop_loop(state)
     spool = state.spool
     with state.lock:
-        bus = state.evbus.BUS
-        if state.loop is None:
+        loop = state.loop
+        bus = state.evbus_attrs["BUS"]
+        if loop is None:
             try:
                 bus.put_nowait(new_event)
             except (asyncio.QueueFull, queue.Full):
@@ -464,15 +476,18 @@ def _put_from_thread(state: BrokerState, new_event):
                 spool.add(new_event)
             state.put_count += 1
             return
-        if bus.full():
+        if state.maxsize and bus.qsize() + state.reserved >= state.maxsize:
             raise _full(state)
-        if spool is not None:
-            # Stored before the loop can take it from the queue
-            spool.add(new_event)
         state.reserved += 1
         state.put_count += 1
-        loop = _hand_off(state, new_event)
-    if loop is not None:
+        if spool is None:
+            state.handoff.append(new_event)
+            # The loop is asked once for the events handed off until it takes them
+            ask = not state.handoff_scheduled
+            state.handoff_scheduled = True
+    if spool is not None:
+        loop, ask = _spooled(state, spool, new_event)
+    if ask:
         try:
             loop.call_soon_threadsafe(_hand_over, state, loop)
         except RuntimeError:  # the loop closed meanwhile
@@ -481,33 +496,37 @@ def _put_from_thread(state: BrokerState, new_event):
                     _drop_loop(state)
 
 
+def _spooled(state: BrokerState, spool: Spool, new_event: Event) -> tuple[Any, bool]:
+    """
+    From another thread, with the spool on: store an event that has its place
+    reserved (outside the lock: storing runs Python code), then hand it off.
+
+    :return: The loop, and whether it must be asked to queue the events handed off
+    """
+    try:
+        spool.add(new_event)
+    except BaseException:
+        with state.lock:
+            state.reserved -= 1
+            state.put_count -= 1
+        raise
+    with state.lock:
+        loop = state.loop
+        if loop is None:
+            # The loop closed meanwhile: the thread-safe queue takes it
+            state.reserved -= 1
+            state.evbus_attrs["BUS"].put_nowait(new_event)
+            return None, False
+        state.handoff.append(new_event)
+        ask = not state.handoff_scheduled
+        state.handoff_scheduled = True
+    return loop, ask
+
+
 def _full(state: BrokerState) -> BusFullError:
     return BusFullError(
         f"The event bus queue is full ({state.maxsize} events, config queue_size); nothing was queued"
     )
-
-
-def _hand_off(state: BrokerState, new_event) -> asyncio.AbstractEventLoop | None:
-    """
-    Under the lock: keep an event another thread put, in its reserved place,
-    until the loop queues it.
-
-    :return: The loop, when it must be asked to queue the events kept (not asked since it last did)
-    """
-    loop = state.loop
-    if loop is not None and loop.is_closed():
-        _drop_loop(state)
-        loop = None
-    if loop is None:
-        # No loop (any more): the thread-safe queue takes it
-        state.reserved -= 1
-        state.evbus.BUS.put_nowait(new_event)
-        return None
-    state.handoff.append(new_event)
-    if state.handoff_scheduled:
-        return None
-    state.handoff_scheduled = True
-    return loop
 
 
 def _hand_over(state: BrokerState, loop: asyncio.AbstractEventLoop):

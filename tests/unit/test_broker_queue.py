@@ -265,3 +265,36 @@ async def test_events_queued_behind_the_stop_wait_for_the_next_start(hub):
     queue = await hub.ingress.internal.get()
     assert [queue.get_nowait() for _ in range(queue.qsize())] == [b'"before"']
     assert [bus.get_nowait().body for _ in range(bus.qsize())] == [b'"after"']
+
+
+async def test_an_event_the_spool_cannot_store_leaves_no_place_reserved(hub, running):
+    """
+    put_nowait from a thread with a spool that fails: the error reaches the
+    caller, and nothing is queued or held.
+    """
+    from evbus.exc import SpoolError
+
+    await running({"internal": {"default": {}}})
+
+    class FailingSpool:
+        def add(self, event, awaited=False):
+            raise SpoolError("the disk is full")
+
+    state = hub.evbus.broker.STATE
+    real, state.spool = state.spool, FailingSpool()
+    errors = []
+
+    def produce():
+        try:
+            hub.evbus.broker.put_nowait(body="lost")
+        except SpoolError as e:
+            errors.append(e)
+
+    try:
+        thread = threading.Thread(target=produce)
+        thread.start()
+        thread.join()
+    finally:
+        state.spool = real
+    assert len(errors) == 1
+    assert state.reserved == 0 and state.handoff == [] and hub.evbus.BUS.qsize() == 0
