@@ -37,7 +37,8 @@ space reserved ahead): the file is cut there, and appends go on from it.
 ``flush()``): one lost in a crash only means a redelivery.
 
 The file is compacted as it runs: emptied down to its header when none of
-its events is live any more, and rewritten when it holds more than 16 MiB and
+its events is live any more (its records overwritten with zeros; cut, when
+they take more than 4 MiB), and rewritten when it holds more than 16 MiB and
 dead events outnumber the live ones three to one (the live records are copied
 to ``<spool>.new``, which is synced and renamed over the spool; offsets are
 those of the new file). A spool in the SQLite format of evbus before this log
@@ -84,6 +85,8 @@ DONE_BATCH = 256
 SYNC_SECONDS = 1.0
 # A rewrite when the file holds more than this and at most a quarter of its events are live
 COMPACT_BYTES = 16 * MiB
+# An emptied log up to this size is overwritten with zeros; a larger one is cut (and reserved again)
+ZERO_BYTES = 4 * MiB
 
 # (profile, routing_key, content_type) -> their lengths and bytes, as in a record
 _META: dict[tuple, bytes] = {}
@@ -101,13 +104,13 @@ def _meta(key: tuple[str, str | None, str]) -> bytes:
     return meta
 
 
-def encode(event: Event, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32) -> bytes:
+def encode(event: Event, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _metas=_META) -> bytes:
     """
     :param event: An event
     :return: Its "add" record
     """
     key = (event.profile, event.routing_key, event.content_type)
-    meta = _META.get(key) or _meta(key)
+    meta = _metas.get(key) or _meta(key)
     event_id = event.id.encode()
     payload = b"".join((_pack(ADDED, event.timestamp, len(event_id)), event_id, meta, event.body))
     return _frame(len(payload), _crc(payload)) + payload
@@ -315,14 +318,18 @@ class Log:
         self._map: mmap.mmap | None = None
         self._extend(end)
 
-    def append(self, record: bytes):
-        """:param record: Written after the last record"""
+    def append(self, record: bytes) -> int:
+        """
+        :param record: Written after the last record
+        :return: Where it starts
+        """
         start = self.end
         end = start + len(record)
         if end > self.mapped:
             self._extend(end)
         self._map[start:end] = record
         self.end = end
+        return start
 
     def record(self, offset: int) -> bytes:
         """:return: The record at ``offset``"""
@@ -340,7 +347,19 @@ class Log:
         self.mapped = size
 
     def reset(self):
-        """Empty the log down to its header."""
+        """
+        Empty the log down to its header: its records are overwritten with zeros
+        (the first frame first, so that a crash part way leaves a log that reads
+        as empty), and the file keeps its reserved space; a log that grew large
+        is cut instead, so that the space goes back to the file system.
+        """
+        used = self.end - HEADER.size
+        if used <= ZERO_BYTES:
+            first = min(used, FRAME.size)
+            self._map[HEADER.size : HEADER.size + first] = bytes(first)
+            self._map[HEADER.size + first : self.end] = bytes(used - first)
+            self.end = HEADER.size
+            return
         mapped = self.mapped
         os.ftruncate(self.fd, HEADER.size)
         # Nothing past the header is on the disk until reserved again: the next append
@@ -502,13 +521,10 @@ class Spool:
         with self._lock:
             if self._closed:
                 raise SpoolError(f"The spool {self.path} is closed{self._failed}")
-            log = self._log
-            offset = log.end
             try:
-                log.append(record)
+                self._live[event.id] = self._log.append(record)
             except OSError as e:
                 raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
-            self._live[event.id] = offset
             self._records += 1
             if self.sync != "full":
                 return None
@@ -517,7 +533,7 @@ class Spool:
                 self._waiting.append(synced)
                 self._wanted.notify()
                 return synced
-            generation, end = self._generation, log.end
+            generation, end = self._generation, self._log.end
         self._sync_to(generation, end)
         return None
 
@@ -532,13 +548,20 @@ class Spool:
 
     def settled(self, event: Event):
         """One lane published the event or gave it up."""
-        lanes = self._lanes.get(event.id)
-        if lanes is not None:
-            if lanes > 1:
-                self._lanes[event.id] = lanes - 1
-                return
-            del self._lanes[event.id]
-        self._finish(event.id)
+        event_id = event.id
+        if self._lanes:  # events routed to more than one lane wait for all of them
+            lanes = self._lanes.get(event_id)
+            if lanes is not None:
+                if lanes > 1:
+                    self._lanes[event_id] = lanes - 1
+                    return
+                del self._lanes[event_id]
+        # _finish, in line: this runs once per event
+        offset = self._live.pop(event_id, None)
+        if offset is not None:
+            self._done.append(offset)
+            if len(self._done) >= DONE_BATCH:
+                self._write_done()
 
     def _finish(self, event_id: str):
         offset = self._live.pop(event_id, None)

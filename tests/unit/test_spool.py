@@ -112,18 +112,30 @@ def test_zeros_reserved_past_the_records_are_no_dropped_record(tmp_path):
     assert reopened(path) == (stored, 0)
 
 
-def test_the_file_is_emptied_when_nothing_is_live(tmp_path):
+def crashed(path) -> list[Event]:
+    """:return: What a process finds in the spool file as it is now, as if the one using it was killed"""
+    live, _, _ = spool_module.read_log(memoryview(path.read_bytes()))
+    return list(live.values())
+
+
+@pytest.mark.parametrize("zero_bytes", [spool_module.ZERO_BYTES, 0], ids=["overwritten", "cut"])
+def test_the_file_is_emptied_when_nothing_is_live(tmp_path, monkeypatch, zero_bytes):
+    """Its records are zeroed (or the file cut): none of them comes back, also after a crash."""
+    monkeypatch.setattr(spool_module, "ZERO_BYTES", zero_bytes)
     path = tmp_path / "spool"
     spool = Spool(str(path))
-    stored = events(spool_module.DONE_BATCH * 2)
+    stored = events(spool_module.DONE_BATCH * 2, size=200)
     for event in stored:
         spool.add(event)
     settle(spool, stored)
     # The last settle found nothing live: the file holds its header only
     assert spool._log.end == HEADER.size and spool.depth() == 0
-    more = events(2)
+    assert crashed(path) == []
+    # Records as long as the old ones, where they were: no old one follows them
+    more = events(2, size=200)
     for event in more:
         spool.add(event)
+    assert crashed(path) == more
     spool.close()
     assert reopened(path) == (more, 0)
 
