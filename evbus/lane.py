@@ -169,7 +169,8 @@ class Lane:
     :param limit: Events the lane holds at most (0: no limit)
     :param when_full: ``"wait"``: the listener waits for room (backpressure up to
         ``put``); ``"dead-letter"``: the oldest event not yet handed off is given up
-    :param on_settled: ``on_settled(event)``, called once the lane published or gave up an event
+    :param on_settled: ``on_settled(event)``, called once the lane published or gave up an
+        event (with its record, when it published the record in line)
     :param envelope: ``envelope(event)`` -> what the plugin sends instead of the event
         (a CloudEvent, see :mod:`evbus.cloudevents`), or None
     :param telemetry: The lane's spans and metrics (:class:`evbus.telemetry.LaneTelemetry`),
@@ -214,11 +215,9 @@ class Lane:
                 self._send_many = _wired_many(self._send_many, envelope, telemetry)
         self._inline = destination.inline
         # Records are published in line with the plugin's publish_nowait where nothing
-        # else needs their Event: no envelope, no telemetry, no spool to tell
+        # else needs their Event: no envelope, no telemetry (on_settled gets the record)
         self._publish_record = (
-            destination.publish_nowait
-            if destination.inline and envelope is None and telemetry is None and on_settled is None
-            else None
+            destination.publish_nowait if destination.inline and envelope is None and telemetry is None else None
         )
         self._on_failure = on_failure
         self._log = log or (lambda message: None)
@@ -302,6 +301,8 @@ class Lane:
                     self._notify()
                 else:
                     self.published += 1
+                    if self._on_settled is not None:
+                        self._on_settled(event)
                     if self._settle_waiters:
                         self._wake_settled()
                 return self.queued

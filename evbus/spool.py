@@ -64,6 +64,9 @@ from evbus import private
 from evbus.exc import ConfigError
 from evbus.exc import SpoolError
 from evbus.types import Event
+from evbus.types import id_key
+from evbus.types import RECORD_NUMBER
+from evbus.types import record_id
 
 SYNC_MODES = ("normal", "full", "off")
 
@@ -113,6 +116,19 @@ def encode(event: Event, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _me
     meta = _metas.get(key) or _meta(key)
     event_id = event.id.encode()
     payload = b"".join((_pack(ADDED, event.timestamp, len(event_id)), event_id, meta, event.body))
+    return _frame(len(payload), _crc(payload)) + payload
+
+
+def encode_record(record: tuple, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _metas=_META) -> bytes:
+    """
+    :param record: An event's record (:func:`evbus.types.make_record`)
+    :return: Its "add" record: the same as :func:`encode` of its Event
+    """
+    profile, routing_key, body, content_type, number, timestamp = record
+    key = (profile, routing_key, content_type)
+    meta = _metas.get(key) or _meta(key)
+    event_id = record_id(number).encode()
+    payload = b"".join((_pack(ADDED, timestamp, len(event_id)), event_id, meta, body))
     return _frame(len(payload), _crc(payload)) + payload
 
 
@@ -411,10 +427,12 @@ class Spool:
         # Appends, the file's end and compaction; _sync_lock (one sync at a time) comes first
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        # event id -> offset of its record; event id -> lanes still to settle it, when
-        # routed to more than one. Plain ints: nothing more for the garbage collector per event.
-        self._live: dict[str, int] = {}
-        self._lanes: dict[str, int] = {}
+        # event key -> offset of its record; event key -> lanes still to settle it, when
+        # routed to more than one. The key (evbus.types.id_key) is the record's number
+        # for events of this process, so that a record needs no Event made for it here.
+        # Plain ints: nothing more for the garbage collector per event.
+        self._live: dict[int | str, int] = {}
+        self._lanes: dict[int | str, int] = {}
         # What a previous process left, for left_over()
         self._left: list[Event] = []
         # Offsets of settled events whose "done" is not written yet
@@ -501,10 +519,10 @@ class Spool:
     def _keep(self, left: dict[int, Event]):
         """Hold the events a previous process left (by offset, oldest first), for left_over()."""
         for offset, event in left.items():
-            self._live[event.id] = offset
+            self._live[id_key(event.id)] = offset
         self._left = list(left.values())
 
-    def add(self, event: Event, awaited: bool = False) -> asyncio.Future | None:
+    def add(self, event: Event | tuple, awaited: bool = False) -> asyncio.Future | None:
         """
         Store an event: its record is written when this returns. With
         ``spool_sync`` full it is synced too: threads adding at once share a
@@ -512,17 +530,20 @@ class Spool:
         thread has synced it (once for every awaited add waiting then), and the
         loop runs on meanwhile.
 
-        :param event: The event ``put`` queued
+        :param event: The event ``put`` queued, or its record (:func:`evbus.types.make_record`)
         :param awaited: Called by an awaited ``put``, in the loop's thread
         :return: None; with ``spool_sync`` full and ``awaited``, the future to await
         :raises SpoolError: The event could not be written (it is queued, but not stored)
         """
-        record = encode(event)
+        if event.__class__ is tuple:
+            record, key = encode_record(event), event[RECORD_NUMBER]
+        else:
+            record, key = encode(event), id_key(event.id)
         with self._lock:
             if self._closed:
                 raise SpoolError(f"The spool {self.path} is closed{self._failed}")
             try:
-                self._live[event.id] = self._log.append(record)
+                self._live[key] = self._log.append(record)
             except OSError as e:
                 raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
             self._records += 1
@@ -537,18 +558,19 @@ class Spool:
         self._sync_to(generation, end)
         return None
 
-    def routed(self, event: Event, lanes: int):
-        """The listener handed the event to ``lanes`` lanes (0: nobody takes it)."""
+    def routed(self, event: Event | tuple, lanes: int):
+        """The listener handed the event (or its record) to ``lanes`` lanes (0: nobody takes it)."""
         if lanes == 1:
             return  # its one settle finishes it
+        key = event[RECORD_NUMBER] if event.__class__ is tuple else id_key(event.id)
         if lanes:
-            self._lanes[event.id] = lanes
+            self._lanes[key] = lanes
         else:
-            self._finish(event.id)
+            self._finish(key)
 
-    def settled(self, event: Event):
-        """One lane published the event or gave it up."""
-        event_id = event.id
+    def settled(self, event: Event | tuple):
+        """One lane published the event (or its record) or gave it up."""
+        event_id = event[RECORD_NUMBER] if event.__class__ is tuple else id_key(event.id)
         if self._lanes:  # events routed to more than one lane wait for all of them
             lanes = self._lanes.get(event_id)
             if lanes is not None:
@@ -563,7 +585,7 @@ class Spool:
             if len(self._done) >= DONE_BATCH:
                 self._write_done()
 
-    def _finish(self, event_id: str):
+    def _finish(self, event_id: int | str):
         offset = self._live.pop(event_id, None)
         if offset is not None:
             self._done.append(offset)

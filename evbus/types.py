@@ -88,8 +88,10 @@ def make_event(
     return _Draft(profile, routing_key, body, content_type, event_id, time.time(), trace_context, ())
 
 
-# The fields of a record that the listener and the lanes read, by position
-RECORD_PROFILE, RECORD_ROUTING_KEY, RECORD_BODY = 0, 1, 2
+# The fields of a record that the listener, the lanes and the spool read, by position
+RECORD_PROFILE, RECORD_ROUTING_KEY, RECORD_BODY, RECORD_CONTENT_TYPE, RECORD_NUMBER, RECORD_TIMESTAMP = range(6)
+# What the ids this process gives start with
+_OWN_IDS = f"{_ID_PREFIX}-"
 
 
 def make_record(profile: str, routing_key: str | None, body: bytes, content_type: str) -> tuple:
@@ -110,7 +112,26 @@ def event_of(record: tuple) -> Event:
     :return: Its Event: the id and time it was given when it was put
     """
     profile, routing_key, body, content_type, number, timestamp = record
-    return _Draft(profile, routing_key, body, content_type, f"{_ID_PREFIX}-{number:x}", timestamp, None, ())
+    return _Draft(profile, routing_key, body, content_type, f"{_OWN_IDS}{number:x}", timestamp, None, ())
+
+
+def record_id(number: int) -> str:
+    """:return: The id of the event of a record (its number, see :func:`make_record`)"""
+    return f"{_OWN_IDS}{number:x}"
+
+
+def id_key(event_id: str) -> int | str:
+    """
+    The key of an event in tables that hold both records and Events (the
+    spool's): the number of an id this process gave, as its record has it;
+    any other id as it is.
+    """
+    if event_id.startswith(_OWN_IDS):
+        try:
+            return int(event_id[len(_OWN_IDS) :], 16)
+        except ValueError:
+            pass
+    return event_id
 
 
 def wire_copy(event: Event, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...]) -> Event:

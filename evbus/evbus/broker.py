@@ -301,7 +301,7 @@ def _accept(state: BrokerState, routing_key, body, profile, put: bool = True) ->
     Check the arguments of a put, serialize its body and make its event.
 
     :param put: For a put: refused once the bus is stopped, and a record (see
-        :class:`BusQueue`) unless the spool or tracing needs the Event now;
+        :class:`BusQueue`) unless tracing needs the Event now;
         else the Event
     """
     if body is _MISSING:
@@ -328,7 +328,7 @@ def _accept(state: BrokerState, routing_key, body, profile, put: bool = True) ->
     if put:
         if state.closed:
             raise BusClosedError("The event bus was stopped; start() it again before putting events")
-        if state.spool is None and state.make_event is make_event:
+        if state.make_event is make_event:
             return make_record(profile, routing_key, data, content_type)
     return state.make_event(profile, routing_key, data, content_type)
 

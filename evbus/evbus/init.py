@@ -144,6 +144,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                         lanes = by_profile.get(profile) or match(profile)
                         if len(lanes) > 1:
                             event = event_of(event)
+                        if spool is not None and len(lanes) != 1:
+                            spool.routed(event, len(lanes))
                     else:
                         if event.__class__ is Stop:
                             stop_item = event
