@@ -13,6 +13,7 @@ The checks look at what users see and what survives a rename of the plugins'
 exception classes: the error text, the dead letter, whether the plugin calls
 the error retriable, and the counts of ``stats()``.
 """
+import asyncio
 import json
 import time
 from typing import Any
@@ -216,3 +217,68 @@ class TransportCase:
         [message] = await reader.take(destination, 1)
         assert message.body == b'"direct"' and message.content_type == "application/json"
         assert self.nothing_kept(hub)
+
+
+class RestartCase:
+    """
+    A broker stopped and started again while events flow: nothing evbus
+    counted as published is lost. For the transports whose broker keeps what
+    it acknowledged across a restart (a Kafka-compatible Tansu here forgets
+    everything: the kafka module has its own case).
+
+    A subclass implements the ``restart_server`` fixture (``stop()``,
+    ``start()``, ``running``, see :func:`tests.brokers.put_through_a_restart`),
+    :meth:`restart_profile` and :meth:`restart_reader`.
+    """
+
+    provider: str
+    #: Events put while the broker stops and starts
+    restart_total = 2000
+    #: Whether a copy sent again by a retry is dropped by the broker (an id it deduplicates on)
+    restart_drops_copies = False
+    #: Retries that outlast the outage
+    restart_env = {
+        "EVBUS_RETRY_ATTEMPTS": "200",
+        "EVBUS_RETRY_SECONDS": "60",
+        "EVBUS_RETRY_BACKOFF": "0.05",
+        "EVBUS_RETRY_BACKOFF_MAX": "0.5",
+        "EVBUS_PUBLISH_TIMEOUT": "5",
+    }
+
+    @pytest.fixture
+    def restart_server(self):
+        raise NotImplementedError
+
+    async def restart_profile(self, server) -> dict:
+        """:return: The profile of a destination on ``server`` that keeps what it acknowledged"""
+        raise NotImplementedError
+
+    def restart_reader(self, server):
+        """
+        :return: An async context manager, entered before the first event and left
+            after the stop, that yields ``async seen() -> list`` of the bodies that
+            arrived (decoded), copies included
+        """
+        raise NotImplementedError
+
+    async def test_restart_mid_stream_loses_nothing_acknowledged(self, hub, running, restart_server, monkeypatch):
+        from tests.brokers import put_through_a_restart
+
+        for name, value in self.restart_env.items():
+            monkeypatch.setenv(name, value)
+        hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+        total = self.restart_total
+        bodies: list = []
+        async with self.restart_reader(restart_server) as seen:
+            await running({self.provider: {"default": await self.restart_profile(restart_server)}})
+            [lane] = hub.evbus.route.all_lanes()
+            await put_through_a_restart(hub, lane, restart_server, total)
+            assert await hub.evbus.init.stop(timeout=90) == 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while set(bodies := await seen()) != set(range(total)) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
+        if self.restart_drops_copies:
+            assert len(bodies) == total  # copies sent again by a retry were dropped
+        assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1

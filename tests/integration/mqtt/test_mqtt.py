@@ -1,5 +1,6 @@
 """The mqtt ingress against a real Mosquitto, checked with an independent aiomqtt client."""
 import asyncio
+import contextlib
 import json
 import time
 
@@ -13,12 +14,12 @@ from tests.brokers import close_mqtt_subscriber
 from tests.brokers import MQTT_HOST
 from tests.brokers import MQTT_PORT
 from tests.brokers import mqtt_subscriber
-from tests.brokers import put_through_a_restart
 from tests.brokers import unique
 from tests.brokers import MqttSubscriber
 from tests.conftest import wait_for
 from tests.integration.base import Arrived
 from tests.integration.base import Reader
+from tests.integration.base import RestartCase
 from tests.integration.base import TransportCase
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ class Mqtt5Reader(Reader):
         return arrived
 
 
-class TestMqtt(TransportCase):
+class TestMqtt(TransportCase, RestartCase):
     """MQTT 5 (the content type and evbus's metadata go in its properties); QoS and 3.1.1 have cases below."""
 
     provider = plugin = "mqtt"
@@ -103,6 +104,60 @@ class TestMqtt(TransportCase):
 
     def check_wrong_port(self, error: dict):
         assert error["ctx"]["acct"]["connection"]["password"] == "***"
+
+    @pytest.fixture
+    def restart_server(self, own_mosquitto):
+        """A mosquitto of the test's own: persistence on, sessions and queued messages kept."""
+        return own_mosquitto
+
+    async def restart_profile(self, server) -> dict:
+        return {"connection": {"hostname": "127.0.0.1", "port": server.port}, "topic": "evbus-test/restart", "qos": 1}
+
+    @contextlib.asynccontextmanager
+    async def restart_reader(self, server):
+        """A reader with a persistent session at QoS 1 reads throughout (every event reaches it at least once)."""
+        import aiomqtt
+
+        connection = {"hostname": "127.0.0.1", "port": server.port}
+        seen: set = set()
+        subscribed = asyncio.Event()
+        stop_reading = asyncio.Event()
+
+        async def read():
+            # A connection that hears nothing for 5 s is opened again (the session keeps what
+            # it missed): on uvloop a reset can leave aiomqtt's new connection deaf
+            while not stop_reading.is_set():
+                try:
+                    async with aiomqtt.Client(
+                        **connection, identifier="evbus-test-reader", clean_session=False
+                    ) as client:
+                        await client.subscribe("evbus-test/restart", qos=1)
+                        subscribed.set()
+                        messages = aiter(client.messages)
+                        while not stop_reading.is_set():
+                            message = await asyncio.wait_for(anext(messages), 5)
+                            seen.add(json.loads(message.payload))
+                except (aiomqtt.MqttError, TimeoutError):
+                    if not stop_reading.is_set():
+                        await asyncio.sleep(0.1)
+
+        async def arrived() -> list:
+            return list(seen)
+
+        reader = asyncio.create_task(read())
+        try:
+            await asyncio.wait_for(subscribed.wait(), 10)
+            yield arrived
+        finally:
+            # The reader leaves its connection at its next wait: a cancel mid-connect would leave aiomqtt's task
+            stop_reading.set()
+            done, _ = await asyncio.wait([reader], timeout=30)
+            if not done:
+                reader.cancel()
+                try:
+                    await reader
+                except asyncio.CancelledError:
+                    pass
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
@@ -157,67 +212,6 @@ async def test_topic_with_a_wildcard_is_an_error_not_retried(hub, running, mqtt_
     assert not hub.ingress.mqtt.retriable(error["exception"])
     lane = hub.evbus.broker.stats()["lanes"][0]
     assert (lane["retried"], lane["failed"]) == (0, 1)
-
-
-async def test_broker_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_mosquitto, monkeypatch):
-    """
-    A mosquitto of the test's own (persistence on) stopped and started again
-    while events flow at QoS 1. A reader with a persistent session reads
-    throughout: every event reaches it (at least once).
-    """
-    import aiomqtt
-
-    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
-    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
-    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    connection = {"hostname": "127.0.0.1", "port": own_mosquitto.port}
-    topic = "evbus-test/restart"
-    seen: set = set()
-    subscribed = asyncio.Event()
-    stop_reading = asyncio.Event()
-
-    async def read():
-        # A connection that hears nothing for 5 s is opened again (the session keeps what
-        # it missed): on uvloop a reset can leave aiomqtt's new connection deaf
-        while not stop_reading.is_set():
-            try:
-                async with aiomqtt.Client(
-                    **connection, identifier="evbus-test-reader", clean_session=False
-                ) as client:
-                    await client.subscribe(topic, qos=1)
-                    subscribed.set()
-                    messages = aiter(client.messages)
-                    while not stop_reading.is_set():
-                        message = await asyncio.wait_for(anext(messages), 5)
-                        seen.add(json.loads(message.payload))
-            except (aiomqtt.MqttError, TimeoutError):
-                if not stop_reading.is_set():
-                    await asyncio.sleep(0.1)
-
-    reader = asyncio.create_task(read())
-    await asyncio.wait_for(subscribed.wait(), 10)
-    await running({"mqtt": {"default": {"connection": connection, "topic": topic, "qos": 1}}})
-    [lane] = hub.evbus.route.all_lanes()
-    total = 2000
-    try:
-        await put_through_a_restart(hub, lane, own_mosquitto, total)
-        assert await hub.evbus.init.stop(timeout=90) == 0
-        await wait_for(lambda: len(seen) == total, 60, "every event at the reader")
-    finally:
-        # The reader leaves its connection at its next wait: a cancel mid-connect would leave aiomqtt's task
-        stop_reading.set()
-        done, _ = await asyncio.wait([reader], timeout=30)
-        if not done:
-            reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
-    assert seen == set(range(total))
-    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
 
 
 @pytest.mark.parametrize("own_mosquitto", [{"users": {"evbus": "right-pw"}}], indirect=True)

@@ -1,5 +1,6 @@
 """The nats ingress against a real NATS server with JetStream, checked with an independent nats-py client."""
 import asyncio
+import contextlib
 import json
 import time
 
@@ -9,11 +10,11 @@ from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from tests.brokers import NATS_URL
 from tests.brokers import NatsConsumer
-from tests.brokers import put_through_a_restart
 from tests.brokers import unique
 from tests.conftest import wait_for
 from tests.integration.base import Arrived
 from tests.integration.base import Reader
+from tests.integration.base import RestartCase
 from tests.integration.base import TransportCase
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,8 @@ class NatsReader(Reader):
         ]
 
 
-class TestNats(TransportCase):
-    """Core NATS (JetStream has cases of its own below)."""
+class TestNats(TransportCase, RestartCase):
+    """Core NATS (JetStream has cases of its own below); the restart goes to JetStream."""
 
     provider = plugin = "nats"
     no_destination_says = "no NATS subject"
@@ -86,6 +87,40 @@ class TestNats(TransportCase):
 
     def check_routed(self, message: Arrived, destination: str):
         assert message.raw.subject == destination
+
+    # A nats-server of the test's own, stopped and started again while events flow to
+    # JetStream: every event is in the stream afterwards, once (by its Nats-Msg-Id)
+    restart_drops_copies = True
+
+    @pytest.fixture
+    def restart_server(self, own_nats):
+        return own_nats
+
+    async def restart_profile(self, server) -> dict:
+        import nats
+
+        url = f"nats://127.0.0.1:{server.port}"
+        admin = await nats.connect(url)
+        try:
+            await admin.jetstream().add_stream(name="RESTART", subjects=["restart.events"])
+        finally:
+            await admin.close()
+        return {"connection": {"servers": url}, "subject": "restart.events", "jetstream": True}
+
+    @contextlib.asynccontextmanager
+    async def restart_reader(self, server):
+        import nats
+
+        async def seen() -> list:
+            reader = await nats.connect(f"nats://127.0.0.1:{server.port}")
+            js = reader.jetstream()
+            try:
+                held = (await js.stream_info("RESTART")).state.messages
+                return [json.loads((await js.get_msg("RESTART", seq)).data) for seq in range(1, held + 1)]
+            finally:
+                await reader.close()
+
+        yield seen
 
 
 async def test_jetstream_acknowledged_with_dedup_id(hub, running, nats_consumer):
@@ -166,47 +201,6 @@ async def test_missing_stream_is_reported(hub, running, nats_server, error_sink,
     assert "EVBUS_NO_SUCH_STREAM" in str(error_sink[0]["exception"])
     assert "create it" in str(error_sink[0]["exception"])
     assert error_sink[0]["attempts"] == 1  # a retry cannot create the stream
-
-
-async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_nats, monkeypatch):
-    """
-    A nats-server of the test's own stopped and started again while events
-    flow to JetStream: every event is in the stream afterwards, once.
-    """
-    import nats
-
-    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
-    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
-    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    url = f"nats://127.0.0.1:{own_nats.port}"
-    admin = await nats.connect(url)
-    await admin.jetstream().add_stream(name="RESTART", subjects=["restart.events"])
-    await admin.close()
-
-    await running(
-        {
-            "nats": {
-                "default": {"connection": {"servers": url}, "subject": "restart.events", "jetstream": True}
-            }
-        }
-    )
-    [lane] = hub.evbus.route.all_lanes()
-    total = 2000
-    await put_through_a_restart(hub, lane, own_nats, total)
-    assert await hub.evbus.init.stop(timeout=90) == 0
-    reader = await nats.connect(url)
-    js = reader.jetstream()
-    try:
-        held = (await js.stream_info("RESTART")).state.messages
-        bodies = [json.loads((await js.get_msg("RESTART", seq)).data) for seq in range(1, held + 1)]
-    finally:
-        await reader.close()
-    assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
-    assert len(bodies) == total  # copies sent again by a retry were dropped by their Nats-Msg-Id
-    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
 
 
 async def test_server_restart_core_nats_goes_on(hub, running, own_nats, monkeypatch):

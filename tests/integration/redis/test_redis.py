@@ -1,17 +1,18 @@
 """The redis ingress against a real Redis, checked with an independent redis-py client."""
 import asyncio
+import contextlib
 import json
 import time
 
 import pytest
 
 from evbus.exc import LoginRefusedError
-from tests.brokers import put_through_a_restart
 from tests.brokers import REDIS_URL
 from tests.brokers import RedisReader
 from tests.conftest import wait_for
 from tests.integration.base import Arrived
 from tests.integration.base import Reader
+from tests.integration.base import RestartCase
 from tests.integration.base import TransportCase
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ class StreamReader(Reader):
         ]
 
 
-class TestRedis(TransportCase):
+class TestRedis(TransportCase, RestartCase):
     """Redis streams (XADD; pub/sub has cases of its own below)."""
 
     provider = plugin = "redis"
@@ -77,6 +78,27 @@ class TestRedis(TransportCase):
 
     def check_ordered(self, arrived: list[Arrived], destination: str):
         assert all(set(m.raw) == {b"body", b"id", b"timestamp", b"content_type"} for m in arrived)
+
+    @pytest.fixture
+    def restart_server(self, own_redis):
+        """A redis-server of the test's own: its append-only file is synced on every write."""
+        return own_redis
+
+    async def restart_profile(self, server) -> dict:
+        return {"connection": {"url": f"redis://127.0.0.1:{server.port}/0"}, "stream": "restart"}
+
+    @contextlib.asynccontextmanager
+    async def restart_reader(self, server):
+        import redis.asyncio
+
+        async def seen() -> list:
+            reader = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{server.port}/0")
+            try:
+                return [json.loads(fields[b"body"]) for _, fields in await reader.xrange("restart")]
+            finally:
+                await reader.aclose()
+
+        yield seen
 
 
 async def test_stream_of_the_profile_wins_over_the_routing_key(hub, running, redis_reader):
@@ -196,35 +218,6 @@ async def test_password_is_masked(hub, running, error_sink, caplog):
     assert "redis://127.0.0.1:1/0" in caplog.text
     assert "pw-s3cret" not in caplog.text + repr(error_sink)
     assert error_sink[0]["ctx"]["acct"]["connection"]["password"] == "***"
-
-
-async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_redis, monkeypatch):
-    """
-    A redis-server of the test's own (append-only file, synced on every
-    write) stopped and started again while events flow: every event is in
-    the stream afterwards.
-    """
-    import redis.asyncio
-
-    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
-    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
-    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    url = f"redis://127.0.0.1:{own_redis.port}/0"
-    await running({"redis": {"default": {"connection": {"url": url}, "stream": "restart"}}})
-    [lane] = hub.evbus.route.all_lanes()
-    total = 2000
-    await put_through_a_restart(hub, lane, own_redis, total)
-    assert await hub.evbus.init.stop(timeout=90) == 0
-    reader = redis.asyncio.Redis.from_url(url)
-    try:
-        bodies = [json.loads(fields[b"body"]) for _, fields in await reader.xrange("restart")]
-    finally:
-        await reader.aclose()
-    assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
-    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
 
 
 @pytest.mark.parametrize("own_redis", [["--requirepass", "right-pw"]], indirect=True)
