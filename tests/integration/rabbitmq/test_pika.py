@@ -1,5 +1,6 @@
 """The pika ingress against a real RabbitMQ, checked with an independent aio-pika consumer."""
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -15,6 +16,7 @@ from tests.conftest import take_json
 from tests.conftest import wait_for
 from tests.integration.base import Arrived
 from tests.integration.base import Reader
+from tests.integration.base import RestartCase
 from tests.integration.base import TransportCase
 
 pytestmark = pytest.mark.integration
@@ -36,7 +38,28 @@ class AmqpReader(Reader):
         ]
 
 
-class TestRabbitMQ(TransportCase):
+def _rabbitmqctl(*args: str):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+class RabbitApp:
+    """The machine's RabbitMQ, whose app a test stops and starts again (``rabbitmqctl stop_app``/``start_app``)."""
+
+    port = 5672
+
+    def __init__(self):
+        self.running = True
+
+    def stop(self):
+        _rabbitmqctl("stop_app")
+        self.running = False
+
+    def start(self):
+        _rabbitmqctl("start_app")
+        self.running = True
+
+
+class TestRabbitMQ(TransportCase, RestartCase):
     """The pika plugin on the default exchange: the routing key (the profile's or the event's) names the queue."""
 
     provider = plugin = "pika"
@@ -80,6 +103,50 @@ class TestRabbitMQ(TransportCase):
 
     def check_routed(self, message: Arrived, destination: str):
         assert (message.raw.exchange, message.raw.routing_key) == ("", destination)
+
+    @pytest.fixture
+    def restart_server(self, rabbitmq):
+        app = RabbitApp()
+        yield app
+        _rabbitmqctl("start_app")  # whatever happened
+
+    async def restart_profile(self, server) -> dict:
+        """A durable queue (it survives the restart of the app) and persistent messages."""
+        import aio_pika
+
+        self.restart_queue = f"evbus-restart-{time.time_ns()}"
+        connection = await aio_pika.connect(URL)
+        try:
+            channel = await connection.channel()
+            await channel.declare_queue(self.restart_queue, durable=True)
+        finally:
+            await connection.close()
+        return {"connection": {"url": URL}, "routing_key": self.restart_queue, "persistent": True}
+
+    @contextlib.asynccontextmanager
+    async def restart_reader(self, server):
+        """Reads the queue after the stop (every event arrives, at least once), and removes it."""
+        import aio_pika
+
+        taken: list = []
+        connection = None
+
+        async def seen() -> list:
+            nonlocal connection
+            if connection is None:
+                connection = await aio_pika.connect(URL)
+            queue = await (await connection.channel()).declare_queue(self.restart_queue, durable=True)
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                taken.append(json.loads(message.body))
+            return taken
+
+        try:
+            yield seen
+        finally:
+            if connection is not None:
+                channel = await connection.channel()
+                await channel.queue_delete(self.restart_queue)
+                await connection.close()
 
 
 async def test_routing_key_from_event_wins(hub, running, amqp):
@@ -135,57 +202,6 @@ async def test_fan_out_to_internal_and_rabbitmq(hub, running, amqp):
         await hub.evbus.broker.put(body=n, profile=f"p{n % 2}")
     assert await take_json(await hub.ingress.internal.get(), 50) == list(range(50))
     assert [json.loads(m.body) for m in await amqp.take(queue, 50)] == list(range(50))
-
-
-def _rabbitmqctl(*args: str):
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
-async def test_broker_restart_mid_stream(hub, running, amqp, monkeypatch):
-    """RabbitMQ stop_app/start_app while events flow: every event arrives (at least once)."""
-    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "100")
-    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.1")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "1")
-    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    import aio_pika
-
-    # A durable queue survives the restart of the app; the test removes it at the end
-    queue = f"evbus-restart-{time.time_ns()}"
-    await amqp.channel.declare_queue(queue, durable=True)
-    await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue, "persistent": True}}})
-    total = 2000
-    loop = asyncio.get_running_loop()
-    try:
-        for n in range(total):
-            await hub.evbus.broker.put(body=n)
-            if n == 500:
-                await loop.run_in_executor(None, _rabbitmqctl, "stop_app")
-            if n == 1000:
-                await loop.run_in_executor(None, _rabbitmqctl, "start_app")
-            if n % 50 == 0:
-                await asyncio.sleep(0.01)
-        undelivered = await hub.evbus.init.stop(timeout=90)
-        assert undelivered == 0
-        connection = await aio_pika.connect(URL)
-        channel = await connection.channel()
-        q = await channel.declare_queue(queue, durable=True)
-        seen = set()
-        deadline = loop.time() + 30
-        while len(seen) < total and loop.time() < deadline:
-            message = await q.get(no_ack=True, fail=False)
-            if message is None:
-                await asyncio.sleep(0.05)
-                continue
-            seen.add(json.loads(message.body))
-        await q.delete(if_unused=False, if_empty=False)
-        await connection.close()
-        assert seen == set(range(total)), f"missing: {sorted(set(range(total)) - seen)[:20]}"
-        lane = hub.evbus.broker.stats()["lanes"][0]
-        assert lane["published"] == total and lane["failed"] == 0 and lane["retried"] >= 1
-    finally:
-        await loop.run_in_executor(None, _rabbitmqctl, "start_app")
 
 
 async def test_profiles_sharing_a_connection_open_it_once(hub, running, amqp, monkeypatch):
