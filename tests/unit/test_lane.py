@@ -51,6 +51,16 @@ async def stop(lane: Lane):
     await lane.close(ConnectionError("the test ended"))
 
 
+async def deliver(lane: Lane, bodies: list[bytes]):
+    """Put events with these bodies, wait until the lane settled them all, and close it."""
+    try:
+        for body in bodies:
+            lane.put(Event(body=body))
+        await asyncio.wait_for(lane.drained(), 10)
+    finally:
+        await stop(lane)
+
+
 class Outage:
     """A destination that fails every publish until ``seconds`` after its first one, then records."""
 
@@ -243,12 +253,7 @@ async def test_failed_hand_off_behind_events_in_flight_is_charged_to_its_event()
     pipe = Pipe(refuse_at_send={b"big"})
     recorder = Recorder()
     lane = make_lane(Destination(send=pipe.send, pipelined=True), RetryPolicy(), recorder, window=10)
-    try:
-        for body in (b"0", b"1", b"big", b"3", b"4"):
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, (b"0", b"1", b"big", b"3", b"4"))
     assert [(b, a) for b, _, a in recorder.given_up] == [(b"big", 1)]
     assert pipe.confirmed == [b"0", b"1", b"3", b"4"]
     assert pipe.sent.count(b"big") == 1
@@ -259,12 +264,7 @@ async def test_failure_shared_by_events_in_flight_is_sorted_out_one_at_a_time():
     recorder = Recorder()
     lane = make_lane(Destination(send=pipe.send, pipelined=True), RetryPolicy(), recorder, window=10)
     bodies = [b"0", b"1", b"poison", b"3", b"4"]
-    try:
-        for body in bodies:
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies)
     # all five failed at once; sent one at a time, only the poison failed
     assert [(b, a) for b, _, a in recorder.given_up] == [(b"poison", 1)]
     assert pipe.confirmed == [b"0", b"1", b"3", b"4"]
@@ -277,12 +277,7 @@ async def test_own_refusal_of_an_event_leaves_the_events_behind_it_in_flight():
     recorder = Recorder()
     lane = make_lane(Destination(send=pipe.send, pipelined=True), RetryPolicy(), recorder, window=10)
     bodies = [str(n).encode() for n in range(8)]
-    try:
-        for body in bodies:
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies)
     assert [(b, a) for b, _, a in recorder.given_up] == [(b"2", 1), (b"5", 1)]
     assert pipe.confirmed == [b for b in bodies if b not in (b"2", b"5")]
     assert pipe.sent == bodies  # each handed off once
@@ -396,12 +391,7 @@ async def test_hand_offs_of_several_keep_to_the_window():
     batches = Batches()
     recorder = Recorder()
     lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=10)
-    try:
-        for body in bodies(95):
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies(95))
     assert batches.confirmed == bodies(95)
     assert batches.most_outstanding == 10
     assert batches.hand_offs[0] == ("send_many", bodies(10))
@@ -412,12 +402,7 @@ async def test_event_that_cannot_be_handed_off_in_a_batch_fails_alone():
     recorder = Recorder()
     lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
     sent = [b"0", b"1", b"big", b"3", b"4"]
-    try:
-        for body in sent:
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, sent)
     assert [(b, type(e), a) for b, e, a in recorder.given_up] == [(b"big", MessageTooLargeError, 1)]
     assert batches.confirmed == [b"0", b"1", b"3", b"4"]
     # the events before it went together, and so did those after it, once it was given up
@@ -430,12 +415,7 @@ async def test_batch_refused_for_one_event_is_sorted_out_one_at_a_time():
     recorder = Recorder()
     lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
     sent = [b"0", b"1", b"poison", b"3", b"4"]
-    try:
-        for body in sent:
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, sent)
     assert [(b, a) for b, _, a in recorder.given_up] == [(b"poison", 1)]
     assert batches.confirmed == [b"0", b"1", b"3", b"4"]
     # all five failed with the batch; then each was sent on its own
@@ -448,12 +428,7 @@ async def test_batch_lost_with_the_connection_is_sent_again_in_order(monkeypatch
     batches = Batches(flaky=1)
     recorder = Recorder()
     lane = make_lane(batches.destination(), RetryPolicy(), recorder, window=100)
-    try:
-        for body in bodies(20):
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies(20))
     assert recorder.given_up == []
     assert batches.confirmed == bodies(20)
     assert batches.hand_offs == [("send_many", bodies(20)), ("send_many", bodies(20))]
@@ -551,12 +526,7 @@ async def test_pipelined_lane_never_has_more_than_the_window_unconfirmed():
 async def test_window_of_one_hands_off_one_event_at_a_time():
     broker = Broker()
     lane = make_lane(broker.destination(), RetryPolicy(), Recorder(), window=1)
-    try:
-        for body in bodies(10):
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies(10))
     assert broker.most_unconfirmed == 1 and broker.confirmed == bodies(10)
 
 
@@ -571,12 +541,7 @@ async def test_failed_confirmation_goes_back_and_resends_it_and_those_after_in_o
     recorder = Recorder()
     settled = Settled()
     lane = make_lane(broker.destination(), RetryPolicy(), recorder, window=4, on_settled=settled)
-    try:
-        for body in bodies(10):
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies(10))
     assert recorder.given_up == []
     assert broker.sent[:4] == bodies(4)  # "3" was in flight behind "2" when it failed
     again = broker.sent.index(b"2", 3)
@@ -601,12 +566,7 @@ async def test_confirmation_failing_beyond_the_budget_dead_letters_that_event_an
         on_settled=settled,
         log=logged.append,
     )
-    try:
-        for body in bodies(8):
-            lane.put(Event(body=body))
-        await asyncio.wait_for(lane.drained(), 10)
-    finally:
-        await stop(lane)
+    await deliver(lane, bodies(8))
     [(body, error, attempts)] = recorder.given_up
     assert (body, attempts) == (b"2", 3) and isinstance(error, ConnectionResetError)
     assert broker.sent.count(b"2") == 3

@@ -2,9 +2,7 @@
 import asyncio
 import contextlib
 import json
-import time
 
-import msgpack
 import pytest
 
 from evbus.exc import LoginRefusedError
