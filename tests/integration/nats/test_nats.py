@@ -1,7 +1,7 @@
 """The nats ingress against a real NATS server with JetStream, checked with an independent nats-py client."""
 import asyncio
+import contextlib
 import json
-import time
 
 import pytest
 
@@ -9,31 +9,117 @@ from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from tests.brokers import NATS_URL
 from tests.brokers import NatsConsumer
-from tests.brokers import put_through_a_restart
 from tests.brokers import unique
 from tests.conftest import wait_for
+from tests.integration.base import Arrived
+from tests.integration.base import Reader
+from tests.integration.base import RestartCase
+from tests.integration.base import TransportCase
 
 pytestmark = pytest.mark.integration
 
 
-async def test_core_subject_from_profile_headers_and_order(hub, running, nats_consumer):
-    subject = unique() + ".core"
-    queue = await nats_consumer.subscribe(subject)
-    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject}}})
-    before = time.time()
-    for n in range(500):
-        await hub.evbus.broker.put(body={"n": n})
-    await hub.evbus.init.stop()
-    messages = await nats_consumer.take(queue, 500)
-    assert [json.loads(m.data) for m in messages] == [{"n": n} for n in range(500)]
-    assert messages[0].data == b'{"n": 0}'
-    assert all(m.subject == subject for m in messages)
-    assert all(m.headers["Content-Type"] == "application/json" for m in messages)
-    assert len({m.headers["Evbus-Id"] for m in messages}) == 500
-    assert all(before - 1 <= float(m.headers["Evbus-Timestamp"]) <= time.time() + 1 for m in messages)
-    assert all("Nats-Msg-Id" not in m.headers for m in messages)
-    lane = hub.evbus.broker.stats()["lanes"][0]
-    assert (lane["published"], lane["failed"]) == (500, 0)
+class NatsReader(Reader):
+    """Core NATS subjects of the test's own, subscribed to before anything is published."""
+
+    def __init__(self, consumer: NatsConsumer):
+        self.consumer = consumer
+        self.queues: dict[str, asyncio.Queue] = {}
+
+    async def destination(self) -> str:
+        subject = unique() + ".core"
+        self.queues[subject] = await self.consumer.subscribe(subject)
+        return subject
+
+    async def take(self, destination: str, count: int) -> list[Arrived]:
+        return [
+            Arrived(
+                m.data,
+                m.headers["Content-Type"],
+                m.headers["Evbus-Id"],
+                float(m.headers["Evbus-Timestamp"]),
+                m,
+            )
+            for m in await self.consumer.take(self.queues[destination], count)
+        ]
+
+
+class TestNats(TransportCase, RestartCase):
+    """Core NATS (JetStream has cases of its own below); the restart goes to JetStream."""
+
+    provider = plugin = "nats"
+    no_destination_says = "no NATS subject"
+    wrong_port_says = ("127.0.0.1:1", "cannot connect")
+
+    @pytest.fixture
+    def reader(self, nats_consumer) -> NatsReader:
+        return NatsReader(nats_consumer)
+
+    def profile(self, destination: str | None, **options) -> dict:
+        return {"connection": {"servers": NATS_URL}, **({"subject": destination} if destination else {}), **options}
+
+    def wrong_port_profile(self, secret: str) -> dict:
+        # a password in the URL, and a token
+        return {"connection": {"servers": f"nats://evbus:{secret}@127.0.0.1:1", "token": f"t0ken-{secret}"}, "subject": "x"}
+
+    async def live_connection(self, hub):
+        await wait_for(
+            lambda: any(c.client is not None for c in hub.ingress.nats.CONNECTIONS.values()),
+            10,
+            "the connection at start",
+        )
+        [connection] = hub.ingress.nats.CONNECTIONS.values()
+        return connection, connection.client
+
+    def still_open(self, holder, client) -> bool:
+        return holder.client is client and client.is_connected and client.stats["reconnects"] == 0
+
+    def closed(self, holder, client) -> bool:
+        return client.is_closed
+
+    def nothing_kept(self, hub) -> bool:
+        return hub.ingress.nats.CONNECTIONS == {} and len(hub.ingress.nats.BY_CTX) == 0
+
+    def check_ordered(self, arrived: list[Arrived], destination: str):
+        assert all(m.raw.subject == destination for m in arrived)
+        assert all("Nats-Msg-Id" not in m.raw.headers for m in arrived)  # core NATS: no dedup id
+
+    def check_routed(self, message: Arrived, destination: str):
+        assert message.raw.subject == destination
+
+    # A nats-server of the test's own, stopped and started again while events flow to
+    # JetStream: every event is in the stream afterwards, once (by its Nats-Msg-Id)
+    restart_drops_copies = True
+
+    @pytest.fixture
+    def restart_server(self, own_nats):
+        return own_nats
+
+    async def restart_profile(self, server) -> dict:
+        import nats
+
+        url = f"nats://127.0.0.1:{server.port}"
+        admin = await nats.connect(url)
+        try:
+            await admin.jetstream().add_stream(name="RESTART", subjects=["restart.events"])
+        finally:
+            await admin.close()
+        return {"connection": {"servers": url}, "subject": "restart.events", "jetstream": True}
+
+    @contextlib.asynccontextmanager
+    async def restart_reader(self, server):
+        import nats
+
+        async def seen() -> list:
+            reader = await nats.connect(f"nats://127.0.0.1:{server.port}")
+            js = reader.jetstream()
+            try:
+                held = (await js.stream_info("RESTART")).state.messages
+                return [json.loads((await js.get_msg("RESTART", seq)).data) for seq in range(1, held + 1)]
+            finally:
+                await reader.close()
+
+        yield seen
 
 
 async def test_jetstream_acknowledged_with_dedup_id(hub, running, nats_consumer):
@@ -94,15 +180,6 @@ async def test_routing_key_from_event_wins_over_subject(hub, running, nats_consu
     assert [m.data for m in await nats_consumer.take(profile_queue, 1)] == [b'"to-profile-subject"']
 
 
-async def test_event_without_subject_is_an_error_not_retried(hub, running, nats_server, error_sink):
-    await running({"nats": {"default": {"connection": {"servers": NATS_URL}}}})
-    await hub.evbus.broker.put(body=1)
-    await hub.evbus.init.stop()
-    [error] = error_sink
-    assert "no NATS subject" in str(error["exception"])
-    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
-
-
 async def test_missing_stream_is_reported(hub, running, nats_server, error_sink, caplog):
     await running(
         {
@@ -123,90 +200,6 @@ async def test_missing_stream_is_reported(hub, running, nats_server, error_sink,
     assert "EVBUS_NO_SUCH_STREAM" in str(error_sink[0]["exception"])
     assert "create it" in str(error_sink[0]["exception"])
     assert error_sink[0]["attempts"] == 1  # a retry cannot create the stream
-
-
-async def test_one_connection_per_profile_reused_and_closed(hub, running, nats_consumer):
-    subject = unique()
-    queue = await nats_consumer.subscribe(subject)
-    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject}}})
-    await wait_for(
-        lambda: any(c.client is not None for c in hub.ingress.nats.CONNECTIONS.values()),
-        10,
-        "the connection at start",
-    )
-    [connection] = hub.ingress.nats.CONNECTIONS.values()
-    client = connection.client
-    for n in range(100):
-        await hub.evbus.broker.put(body=n)
-    await nats_consumer.take(queue, 100)
-    assert connection.client is client and client.is_connected
-    assert client.stats["reconnects"] == 0
-    await hub.evbus.init.stop()
-    assert client.is_closed  # closed on stop
-    assert hub.ingress.nats.CONNECTIONS == {} and len(hub.ingress.nats.BY_CTX) == 0
-
-
-async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
-    await running(
-        {
-            "nats": {
-                "default": {
-                    "connection": {"servers": "nats://evbus:s3cret-pw@127.0.0.1:1", "token": "t0ken-s3cret"},
-                    "subject": "x",
-                }
-            }
-        }
-    )
-    await hub.evbus.broker.put(body=1)
-    await wait_for(lambda: len(error_sink) == 1, 30, "the give-up")
-    exception = str(error_sink[0]["exception"])
-    assert "127.0.0.1:1" in caplog.text and "127.0.0.1:1" in exception
-    assert "cannot connect" in exception
-    text = caplog.text + exception + repr(error_sink)
-    assert "s3cret-pw" not in text and "t0ken-s3cret" not in text
-    lane = hub.evbus.broker.stats()["lanes"][0]
-    assert lane["retried"] == 2 and lane["failed"] == 1
-
-
-async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_nats, monkeypatch):
-    """
-    A nats-server of the test's own stopped and started again while events
-    flow to JetStream: every event is in the stream afterwards, once.
-    """
-    import nats
-
-    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
-    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
-    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    url = f"nats://127.0.0.1:{own_nats.port}"
-    admin = await nats.connect(url)
-    await admin.jetstream().add_stream(name="RESTART", subjects=["restart.events"])
-    await admin.close()
-
-    await running(
-        {
-            "nats": {
-                "default": {"connection": {"servers": url}, "subject": "restart.events", "jetstream": True}
-            }
-        }
-    )
-    [lane] = hub.evbus.route.all_lanes()
-    total = 2000
-    await put_through_a_restart(hub, lane, own_nats, total)
-    assert await hub.evbus.init.stop(timeout=90) == 0
-    reader = await nats.connect(url)
-    js = reader.jetstream()
-    try:
-        held = (await js.stream_info("RESTART")).state.messages
-        bodies = [json.loads((await js.get_msg("RESTART", seq)).data) for seq in range(1, held + 1)]
-    finally:
-        await reader.close()
-    assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
-    assert len(bodies) == total  # copies sent again by a retry were dropped by their Nats-Msg-Id
-    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
 
 
 async def test_server_restart_core_nats_goes_on(hub, running, own_nats, monkeypatch):
@@ -245,20 +238,15 @@ async def test_server_restart_core_nats_goes_on(hub, running, own_nats, monkeypa
     assert (lane.published, lane.failed) == (52, 0)
 
 
-async def test_publish_of_the_ingress_contract_waits_for_the_ack(hub, nats_consumer):
+async def test_publish_of_the_ingress_contract_waits_for_the_jetstream_ack(hub, nats_consumer):
+    """JetStream: the stream holds the message when publish returns (core NATS: the shared case)."""
     from dict_tools import data
 
     stream, subject = await nats_consumer.stream()
-    core_subject = unique()
-    queue = await nats_consumer.subscribe(core_subject)
     jetstream = data.NamespaceDict(acct=data.NamespaceDict(connection={"servers": NATS_URL}, jetstream=True))
-    core = data.NamespaceDict(acct=data.NamespaceDict(connection={"servers": NATS_URL}))
     await hub.ingress.nats.publish(jetstream, subject, b'"direct"')
     assert (await nats_consumer.js.stream_info(stream)).state.messages == 1
-    await hub.ingress.nats.publish(core, core_subject, b'"core"')
     await hub.ingress.nats.close(jetstream)
-    await hub.ingress.nats.close(core)
-    assert [m.data for m in await nats_consumer.take(queue, 1)] == [b'"core"']
     assert hub.ingress.nats.CONNECTIONS == {}
 
 

@@ -1,40 +1,106 @@
 """The redis ingress against a real Redis, checked with an independent redis-py client."""
 import asyncio
+import contextlib
 import json
-import time
 
 import pytest
 
 from evbus.exc import LoginRefusedError
-from tests.brokers import put_through_a_restart
 from tests.brokers import REDIS_URL
+from tests.brokers import RedisReader
 from tests.conftest import wait_for
+from tests.integration.base import Arrived
+from tests.integration.base import Reader
+from tests.integration.base import RestartCase
+from tests.integration.base import TransportCase
 
 pytestmark = pytest.mark.integration
 
 
-async def test_stream_named_by_profile_fields_and_order(hub, running, redis_reader):
-    stream = redis_reader.key()
-    await running({"redis": {"default": {"connection": {"url": REDIS_URL}, "stream": stream}}})
-    before = time.time()
-    for n in range(500):
-        await hub.evbus.broker.put(body={"n": n})
-    await hub.evbus.init.stop()
-    lane = hub.evbus.broker.stats()["lanes"][0]
-    assert (lane["published"], lane["failed"]) == (500, 0)
-    # Published means Redis answered XADD: the stream holds every event now
-    assert await redis_reader.client.xlen(stream) == 500
-    entries = await redis_reader.entries(stream, 500)
-    fields = [entry for _, entry in entries]
-    assert [json.loads(f[b"body"]) for f in fields] == [{"n": n} for n in range(500)]
-    assert fields[0][b"body"] == b'{"n": 0}'
-    assert set(fields[0]) == {b"body", b"id", b"timestamp", b"content_type"}
-    assert all(f[b"content_type"] == b"application/json" for f in fields)
-    assert len({f[b"id"] for f in fields}) == 500
-    assert all(before - 1 <= float(f[b"timestamp"]) <= time.time() + 1 for f in fields)
+class StreamReader(Reader):
+    """Streams of the test's own, read with XRANGE (deleted at the end of the test)."""
+
+    def __init__(self, redis_reader: RedisReader):
+        self.redis = redis_reader
+
+    async def destination(self) -> str:
+        return self.redis.key()
+
+    async def take(self, destination: str, count: int) -> list[Arrived]:
+        return [
+            Arrived(
+                fields[b"body"],
+                fields[b"content_type"].decode(),
+                fields[b"id"].decode(),
+                float(fields[b"timestamp"]),
+                fields,
+            )
+            for _, fields in (await self.redis.entries(destination, count))[:count]
+        ]
 
 
-async def test_stream_is_the_routing_key_when_the_profile_names_none(hub, running, redis_reader):
+class TestRedis(TransportCase, RestartCase):
+    """Redis streams (XADD; pub/sub has cases of its own below)."""
+
+    provider = plugin = "redis"
+    no_destination_says = "no Redis stream"
+
+    @pytest.fixture
+    def reader(self, redis_reader) -> StreamReader:
+        return StreamReader(redis_reader)
+
+    def profile(self, destination: str | None, **options) -> dict:
+        return {"connection": {"url": REDIS_URL}, **({"stream": destination} if destination else {}), **options}
+
+    def wrong_port_profile(self, secret: str) -> dict:
+        return {"connection": {"url": f"redis://evbus:{secret}@127.0.0.1:1/0"}, "stream": "x"}
+
+    async def live_connection(self, hub):
+        await wait_for(
+            lambda: any(w.client is not None for w in hub.ingress.redis.WRITERS.values()), 10, "the client at start"
+        )
+        [writer] = hub.ingress.redis.WRITERS.values()
+        return writer, writer.client
+
+    def still_open(self, holder, client) -> bool:
+        return holder.client is client
+
+    def closed(self, holder, client) -> bool:
+        return holder.client is None
+
+    def nothing_kept(self, hub) -> bool:
+        return hub.ingress.redis.WRITERS == {} and len(hub.ingress.redis.BY_CTX) == 0
+
+    async def check_stored(self, reader: StreamReader, destination: str, count: int):
+        # Published means Redis answered XADD: the stream holds every event now
+        assert await reader.redis.client.xlen(destination) == count
+
+    def check_ordered(self, arrived: list[Arrived], destination: str):
+        assert all(set(m.raw) == {b"body", b"id", b"timestamp", b"content_type"} for m in arrived)
+
+    @pytest.fixture
+    def restart_server(self, own_redis):
+        """A redis-server of the test's own: its append-only file is synced on every write."""
+        return own_redis
+
+    async def restart_profile(self, server) -> dict:
+        return {"connection": {"url": f"redis://127.0.0.1:{server.port}/0"}, "stream": "restart"}
+
+    @contextlib.asynccontextmanager
+    async def restart_reader(self, server):
+        import redis.asyncio
+
+        async def seen() -> list:
+            reader = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{server.port}/0")
+            try:
+                return [json.loads(fields[b"body"]) for _, fields in await reader.xrange("restart")]
+            finally:
+                await reader.aclose()
+
+        yield seen
+
+
+async def test_stream_of_the_profile_wins_over_the_routing_key(hub, running, redis_reader):
     from_profile, from_event = redis_reader.key(), redis_reader.key()
     await running(
         {
@@ -84,15 +150,6 @@ async def test_maxlen_caps_the_stream(hub, running, redis_reader):
     assert last[b"body"] == b"999"
 
 
-async def test_event_without_stream_is_an_error_not_retried(hub, running, redis_server, error_sink):
-    await running({"redis": {"default": {"connection": {"url": REDIS_URL}}}})
-    await hub.evbus.broker.put(body=1)
-    await hub.evbus.init.stop()
-    [error] = error_sink
-    assert "no Redis stream" in str(error["exception"])
-    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
-
-
 async def test_key_of_the_wrong_type_is_not_retried(hub, running, redis_reader, error_sink):
     key = redis_reader.key()
     await redis_reader.client.set(key, "a string")
@@ -104,7 +161,7 @@ async def test_key_of_the_wrong_type_is_not_retried(hub, running, redis_reader, 
     assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
 
 
-async def test_one_connection_per_profile_reused_and_closed(hub, running, redis_reader):
+async def test_profiles_sharing_a_connection_share_one_client_closed_on_stop(hub, running, redis_reader):
     stream = redis_reader.key()
     name = redis_reader.key()  # the client name the server lists the plugin's connections by
     connection = {"host": "127.0.0.1", "port": 6379, "client_name": name}
@@ -144,23 +201,6 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, redis_
     assert hub.ingress.redis.WRITERS == {} and len(hub.ingress.redis.BY_CTX) == 0
 
 
-async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
-    await running(
-        {
-            "redis": {
-                "default": {"connection": {"url": "redis://evbus:s3cret-pw@127.0.0.1:1/0"}, "stream": "x"}
-            }
-        }
-    )
-    await hub.evbus.broker.put(body=1)
-    await wait_for(lambda: len(error_sink) == 1, 30, "the give-up")
-    exception = str(error_sink[0]["exception"])
-    assert "127.0.0.1:1" in caplog.text and "127.0.0.1:1" in exception
-    assert "s3cret-pw" not in caplog.text + exception + repr(error_sink)
-    lane = hub.evbus.broker.stats()["lanes"][0]
-    assert lane["retried"] == 2 and lane["failed"] == 1
-
-
 async def test_password_is_masked(hub, running, error_sink, caplog):
     await running(
         {
@@ -177,46 +217,6 @@ async def test_password_is_masked(hub, running, error_sink, caplog):
     assert "redis://127.0.0.1:1/0" in caplog.text
     assert "pw-s3cret" not in caplog.text + repr(error_sink)
     assert error_sink[0]["ctx"]["acct"]["connection"]["password"] == "***"
-
-
-async def test_server_restart_mid_stream_loses_nothing_acknowledged(hub, running, own_redis, monkeypatch):
-    """
-    A redis-server of the test's own (append-only file, synced on every
-    write) stopped and started again while events flow: every event is in
-    the stream afterwards.
-    """
-    import redis.asyncio
-
-    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "200")
-    monkeypatch.setenv("EVBUS_RETRY_SECONDS", "60")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF", "0.05")
-    monkeypatch.setenv("EVBUS_RETRY_BACKOFF_MAX", "0.5")
-    monkeypatch.setenv("EVBUS_PUBLISH_TIMEOUT", "5")
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    url = f"redis://127.0.0.1:{own_redis.port}/0"
-    await running({"redis": {"default": {"connection": {"url": url}, "stream": "restart"}}})
-    [lane] = hub.evbus.route.all_lanes()
-    total = 2000
-    await put_through_a_restart(hub, lane, own_redis, total)
-    assert await hub.evbus.init.stop(timeout=90) == 0
-    reader = redis.asyncio.Redis.from_url(url)
-    try:
-        bodies = [json.loads(fields[b"body"]) for _, fields in await reader.xrange("restart")]
-    finally:
-        await reader.aclose()
-    assert set(bodies) == set(range(total)), f"missing: {sorted(set(range(total)) - set(bodies))[:20]}"
-    assert (lane.published, lane.failed) == (total, 0) and lane.retried >= 1
-
-
-async def test_publish_of_the_ingress_contract_waits_for_the_reply(hub, redis_reader):
-    from dict_tools import data
-
-    stream = redis_reader.key()
-    ctx = data.NamespaceDict(acct=data.NamespaceDict(connection={"url": REDIS_URL}))
-    await hub.ingress.redis.publish(ctx, stream, b'"direct"')
-    await hub.ingress.redis.close(ctx)
-    [(_, fields)] = await redis_reader.client.xrange(stream)
-    assert fields[b"body"] == b'"direct"' and fields[b"content_type"] == b"application/json"
 
 
 @pytest.mark.parametrize("own_redis", [["--requirepass", "right-pw"]], indirect=True)
