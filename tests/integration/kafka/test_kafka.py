@@ -65,15 +65,15 @@ async def test_event_without_topic_is_an_error_not_retried(hub, running, tansu, 
 
 async def test_one_producer_per_profile_reused_and_closed(hub, running, tansu, topic):
     await running({"kafka": {"default": {"topics": [topic], "connection": {"bootstrap_servers": tansu.bootstrap}}}})
-    await wait_for(lambda: any(p.ready for p in hub.ingress.kafka.PRODUCERS.values()), 10, "the producer at start")
-    [producer] = hub.ingress.kafka.PRODUCERS.values()
+    await wait_for(lambda: any(p.ready for p in hub.ingress.kafka.CONNECTIONS.values()), 10, "the producer at start")
+    [producer] = hub.ingress.kafka.CONNECTIONS.values()
     client = producer.producer
     for n in range(100):
         await hub.evbus.broker.put(body=n)
     await consume(tansu.bootstrap, topic, 100)
     assert producer.producer is client
     await hub.evbus.init.stop()
-    assert hub.ingress.kafka.PRODUCERS == {} and producer.producer is None
+    assert hub.ingress.kafka.CONNECTIONS == {} and producer.producer is None
 
 
 async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog, monkeypatch):

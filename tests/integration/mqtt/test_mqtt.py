@@ -103,9 +103,9 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, mqtt):
         {"mqtt": {"default": {"connection": {**CONNECTION, "identifier": unique()}, "topic": topic}}}
     )
     await wait_for(
-        lambda: any(p.ready for p in hub.ingress.mqtt.PUBLISHERS.values()), 10, "the connection at start"
+        lambda: any(p.ready for p in hub.ingress.mqtt.CONNECTIONS.values()), 10, "the connection at start"
     )
-    [publisher] = hub.ingress.mqtt.PUBLISHERS.values()
+    [publisher] = hub.ingress.mqtt.CONNECTIONS.values()
     paho = publisher.paho
     for n in range(100):
         await hub.evbus.broker.put(body=n)
@@ -113,7 +113,7 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, mqtt):
     assert publisher.paho is paho and paho.is_connected()
     await hub.evbus.init.stop()
     assert not paho.is_connected()  # disconnected on stop
-    assert hub.ingress.mqtt.PUBLISHERS == {} and len(hub.ingress.mqtt.BY_CTX) == 0
+    assert hub.ingress.mqtt.CONNECTIONS == {} and len(hub.ingress.mqtt.BY_CTX) == 0
 
 
 async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):

@@ -86,8 +86,8 @@ async def test_msgpack_content_type(hub, running, amqp):
 async def test_one_connection_per_profile_reused(hub, running, amqp):
     queue = await amqp.queue()
     await running({"pika": {"default": {"connection": {"url": URL}, "routing_key": queue}}})
-    await wait_for(lambda: len(hub.ingress.pika.PUBLISHERS) == 1, 10, "the connection at start")
-    [publisher] = hub.ingress.pika.PUBLISHERS.values()
+    await wait_for(lambda: len(hub.ingress.pika.CONNECTIONS) == 1, 10, "the connection at start")
+    [publisher] = hub.ingress.pika.CONNECTIONS.values()
     await wait_for(lambda: publisher.raw_channel is not None, 10, "the channel at start")
     connection = publisher.connection
     for n in range(100):
@@ -96,7 +96,7 @@ async def test_one_connection_per_profile_reused(hub, running, amqp):
     assert publisher.connection is connection and not connection.is_closed
     await hub.evbus.init.stop()
     assert connection.is_closed  # closed on stop
-    assert hub.ingress.pika.PUBLISHERS == {}
+    assert hub.ingress.pika.CONNECTIONS == {}
 
 
 async def test_missing_exchange_is_reported(hub, running, error_sink, caplog):
@@ -200,7 +200,7 @@ async def test_profiles_sharing_a_connection_open_it_once(hub, running, amqp, mo
     for profile in ("a", "b", "c"):
         await hub.evbus.broker.put(body=profile, profile=profile)
     assert sorted(json.loads(m.body) for m in await amqp.take(queue, 3)) == ["a", "b", "c"]
-    assert len(opened) == 1 and len(hub.ingress.pika.PUBLISHERS) == 1
+    assert len(opened) == 1 and len(hub.ingress.pika.CONNECTIONS) == 1
     await hub.evbus.init.stop()
     assert opened[0].is_closed
 

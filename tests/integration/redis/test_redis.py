@@ -121,12 +121,12 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, redis_
         return sum(1 for client in await redis_reader.client.client_list() if client["name"] == name)
 
     await wait_for(
-        lambda: any(w.client is not None for w in hub.ingress.redis.WRITERS.values()),
+        lambda: any(w.client is not None for w in hub.ingress.redis.CONNECTIONS.values()),
         10,
         "the client at start",
     )
     # Two profiles with the same connection share one client
-    [writer] = hub.ingress.redis.WRITERS.values()
+    [writer] = hub.ingress.redis.CONNECTIONS.values()
     client = writer.client
     for n in range(100):
         await hub.evbus.broker.put(body=n, profile="first")
@@ -141,7 +141,7 @@ async def test_one_connection_per_profile_reused_and_closed(hub, running, redis_
             break
         await asyncio.sleep(0.05)
     assert count == 0, count
-    assert hub.ingress.redis.WRITERS == {} and len(hub.ingress.redis.BY_CTX) == 0
+    assert hub.ingress.redis.CONNECTIONS == {} and len(hub.ingress.redis.BY_CTX) == 0
 
 
 async def test_wrong_port_is_a_clear_error_naming_host_and_port(hub, running, error_sink, caplog):
