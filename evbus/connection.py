@@ -178,8 +178,8 @@ class Route:
     def __init__(self, holder: Holder):
         self.holder = holder
 
-    def closed(self):
-        """The plugin closes the holder: what the route still holds fails."""
+    def forget(self):
+        """The plugin closes the holder and forgets the route: what the route still holds fails."""
 
 
 class Connections(dict):
@@ -219,7 +219,7 @@ class Connections(dict):
         """Close the connection of a lane's profile, and forget the routes that used it."""
         holder = self.pop(self.key(ctx), None)
         for route in self.by_ctx.forget(ctx, lambda route: route.holder is holder):
-            route.closed()
+            route.forget()
         if holder is not None:
             await holder.close()
 

@@ -403,7 +403,7 @@ class Outbox(Route):
             if not waiting.done():
                 waiting.set_exception(error)
 
-    def closed(self):
+    def forget(self):
         """Stop handing off; what is not handed off yet fails."""
         if self.task is not None:
             self.task.cancel()
