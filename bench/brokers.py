@@ -177,7 +177,7 @@ def _one_at_a_time(hub):
     """Make the lanes hand events to their plugin one at a time: the plugin's batch hook left out."""
 
     def destination(plugin: str, provider: str, profile: str):
-        found = hub.evbus.route.destination(plugin)
+        found = hub.evbus.adapt.destination(plugin)
         if getattr(found, "send_many", None) is not None:
             found = dataclasses.replace(found, send_many=None)
         return found

@@ -7,7 +7,10 @@ import asyncio
 import os
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
+
+from evbus import tls
 
 # evbus's own files: an import that fails here, not inside a client library, means the library is missing or old
 _EVBUS = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -119,6 +122,22 @@ class PerCtx:
                 del self._entries[key]
                 dropped.append(value)
         return dropped
+
+
+def options(ctx) -> dict:
+    """:return: The profile's ``connection``: keyword arguments of the client library, less ``loop``"""
+    return {key: value for key, value in dict(ctx.acct.get("connection") or {}).items() if key != "loop"}
+
+
+def tls_block(ctx, native: tuple[str, ...], prefix: str = "") -> Mapping | None:
+    """
+    :param native: The client library's own TLS options (and those whose name starts with ``prefix``)
+    :return: The profile's ``tls`` block, checked against the library's own options in its ``connection``
+    :raises TlsConfigError: when the profile sets TLS both ways
+    """
+    block = tls.block(ctx.acct)
+    tls.conflict(block, options(ctx), native=native, prefix=prefix)
+    return block
 
 
 async def close_quietly(closing: Awaitable):

@@ -114,6 +114,7 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route
 from evbus.connection import error_text
+from evbus.connection import options
 from evbus.connection import registry
 from evbus.connection import send_and_wait
 from evbus.connection import virtual
@@ -173,7 +174,7 @@ def _producer_kwargs(hub, ctx) -> dict:
     :raises TlsConfigError: for a tls block evbus cannot use, or one with a
         plaintext ``security_protocol``
     """
-    kwargs = {key: value for key, value in dict(ctx.acct.get("connection") or {}).items() if key != "loop"}
+    kwargs = options(ctx)
     block = tls.block(ctx.acct, TLS_NAMES)
     protocol = str(kwargs.get("security_protocol", "PLAINTEXT")).upper()
     if block is not None and "ssl_context" not in kwargs:
@@ -520,18 +521,14 @@ def messaging(hub, ctx, routing_key: str | None) -> dict:
     partition = ctx.acct.get("partition")
     return {
         "messaging.system": "kafka",
-        "messaging.destination.name": ",".join(_topics(ctx, routing_key)),
+        "messaging.destination.name": ",".join(_topics_of(ctx.acct, routing_key)),
         "messaging.kafka.message.key": str(key) if key else None,
         "messaging.destination.partition.id": str(partition) if partition not in (None, "") else None,
     }
 
 
-def _topics(ctx, routing_key: str | None) -> list[str]:
-    """:return: The topics of a message: the profile's, else the routing key"""
-    return _topics_of(ctx.acct, routing_key)
-
-
 def _topics_of(acct, routing_key: str | None) -> list[str]:
+    """:return: The topics of a message: the profile's, else the routing key"""
     topics = acct.get("topics") or ([routing_key] if routing_key else [])
     if isinstance(topics, str):
         topics = [topics]
@@ -549,25 +546,17 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        brokers' host names off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     return tls.unchecked(ctx.acct, TLS_NAMES)
 
 
 async def open(hub, ctx):
-    """
-    Start the profile's producer now, so that a broker that cannot be reached
-    is reported when the bus starts.
-    """
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
     await hub.ingress.kafka.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Flush and stop the profile's producer.
-    """
+    """Flush and close the profile's connection (at stop)."""
     await hub.ingress.kafka.CONNECTIONS.close(ctx)
 
 
@@ -624,13 +613,7 @@ async def send_many(hub, ctx, events: list):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for Kafka's acknowledgement (the ingress
-    contract; the lanes use ``send``).
-
-    :param routing_key: The topic when the profile names none; the message key when it names no key
-    :param body: The serialized event body
-    """
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
     await send_and_wait(send, hub, ctx, routing_key, body)
 
 

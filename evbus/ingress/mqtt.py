@@ -76,8 +76,10 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import options
 from evbus.connection import registry
 from evbus.connection import send_and_wait
+from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConfigError
 from evbus.exc import ConnectError
@@ -365,29 +367,18 @@ class Route(BaseRoute):
         self.evbus_properties = not cloudevents.binary(acct)
 
 
-def _connection(ctx) -> dict:
-    return dict(ctx.acct.get("connection") or {})
-
-
 def _tls_block(ctx) -> Any:
     """:return: The profile's ``tls`` block, checked against aiomqtt's own TLS options"""
-    block = tls.block(ctx.acct)
-    tls.conflict(block, _connection(ctx), native=("tls_params", "tls_context", "tls_insecure"))
-    return block
+    return tls_block(ctx, native=("tls_params", "tls_context", "tls_insecure"))
 
 
 def _key(ctx) -> str:
-    return repr(
-        (
-            sorted(((key, repr(value)) for key, value in _connection(ctx).items() if key != "loop")),
-            tls.key(ctx.acct),
-        )
-    )
+    return repr((sorted((key, repr(value)) for key, value in options(ctx).items()), tls.key(ctx.acct)))
 
 
 def _publisher(hub, ctx) -> Publisher:
     """The publisher of a profile's connection (made once per connection key)."""
-    kwargs = hub.ingress.mqtt.client_kwargs(_connection(ctx), _tls_block(ctx))
+    kwargs = hub.ingress.mqtt.client_kwargs(options(ctx), _tls_block(ctx))
     return Publisher(kwargs, where=hub.ingress.mqtt.describe(ctx))
 
 
@@ -411,7 +402,7 @@ def binding(hub, ctx) -> cloudevents.Binding | None:
         properties of their own names, ``datacontenttype`` the Content Type too;
         None with MQTT 3.1.1, whose messages carry no properties (structured mode only)
     """
-    protocol = hub.ingress.mqtt.client_kwargs(_connection(ctx)).get("protocol")
+    protocol = hub.ingress.mqtt.client_kwargs(options(ctx)).get("protocol")
     return cloudevents.MQTT if protocol == aiomqtt.ProtocolVersion.V5 else None
 
 
@@ -433,28 +424,19 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     if tls.flag((ctx.acct.get("connection") or {}).get("tls_insecure"), False):
         return "connection tls_insecure: true"
     return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile's client now, so that a broker that cannot be
-    reached is reported when the bus starts.
-    """
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
     await hub.ingress.mqtt.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Disconnect the profile's client; the lane has already waited for every
-    acknowledgement.
-    """
+    """Flush and close the profile's connection (at stop)."""
     await hub.ingress.mqtt.CONNECTIONS.close(ctx)
 
 
@@ -503,13 +485,7 @@ async def send(hub, ctx, routing_key: str, event):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for the broker's acknowledgement (the ingress
-    contract; the lanes use ``send``).
-
-    :param routing_key: The topic; the profile's ``topic`` when empty
-    :param body: The serialized event body
-    """
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
     await send_and_wait(send, hub, ctx, routing_key, body)
 
 
@@ -543,7 +519,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
         raise NoDestinationError("no MQTT topic to listen on: the profile names no topic and no --routing-key was given")
     qos = ctx.acct.get("qos")
     qos = 1 if qos is None or qos == "" else int(qos)
-    connection = {key: value for key, value in _connection(ctx).items() if key not in ("identifier", "will")}
+    connection = {key: value for key, value in options(ctx).items() if key not in ("identifier", "will")}
     client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection, _tls_block(ctx)))
     try:
         await client.__aenter__()

@@ -93,8 +93,10 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import options
 from evbus.connection import registry
 from evbus.connection import send_and_wait
+from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConnectError
 from evbus.exc import ListenError
@@ -575,16 +577,9 @@ class Route(BaseRoute):
         self.batch: asyncio.Future | None = None
 
 
-def _connection_kwargs(ctx) -> dict:
-    connection = ctx.acct.get("connection") or {}
-    return {key: value for key, value in dict(connection).items() if key != "loop"}
-
-
 def _tls_block(ctx) -> Any:
     """:return: The profile's ``tls`` block, checked against nats-py's own TLS options"""
-    block = tls.block(ctx.acct)
-    tls.conflict(block, _connection_kwargs(ctx), native=("tls", "tls_hostname"))
-    return block
+    return tls_block(ctx, native=("tls", "tls_hostname"))
 
 
 def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
@@ -611,7 +606,7 @@ def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
 def _key(ctx) -> str:
     return repr(
         (
-            sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]),
+            sorted(options(ctx).items(), key=lambda kv: kv[0]),
             bool(ctx.acct.get("jetstream")),
             ctx.acct.get("stream") or None,
             tls.key(ctx.acct),
@@ -622,7 +617,7 @@ def _key(ctx) -> str:
 def _connection(hub, ctx) -> Connection:
     """The connection of a profile (made once per connection key)."""
     return Connection(
-        _connection_kwargs(ctx),
+        options(ctx),
         jetstream=bool(ctx.acct.get("jetstream")),
         stream=ctx.acct.get("stream") or None,
         where=hub.ingress.nats.describe(ctx),
@@ -690,26 +685,17 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile now, so that a server that cannot be reached is
-    reported when the bus starts.
-    """
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
     await hub.ingress.nats.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Close the profile's connection; the lane has already waited for every
-    confirmation.
-    """
+    """Flush and close the profile's connection (at stop)."""
     await hub.ingress.nats.CONNECTIONS.close(ctx)
 
 
@@ -761,13 +747,7 @@ async def send(hub, ctx, routing_key: str, event):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for its confirmation (the ingress contract;
-    the lanes use ``send``).
-
-    :param routing_key: The subject; the profile's ``subject`` when empty
-    :param body: The serialized event body
-    """
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
     # shielded: a core NATS confirmation is shared with the other events of its batch
     await send_and_wait(send, hub, ctx, routing_key, body, shield=True)
 
@@ -795,7 +775,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
         raise NoDestinationError(
             "no NATS subject to listen on: the profile names no subject and no --routing-key was given"
         )
-    kwargs = _client_kwargs(_connection_kwargs(ctx), _tls_block(ctx))
+    kwargs = _client_kwargs(options(ctx), _tls_block(ctx))
     kwargs.setdefault("name", "evbus-listen")
     errors: list[BaseException] = []
 

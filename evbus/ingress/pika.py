@@ -79,6 +79,7 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import options
 from evbus.connection import registry
 from evbus.connection import send_and_wait
 from evbus.connection import virtual
@@ -410,8 +411,7 @@ def _exchange(ctx) -> str:
 
 
 def _connection_kwargs(ctx) -> dict:
-    connection = ctx.acct.get("connection") or {}
-    kwargs = {key: value for key, value in dict(connection).items() if key != "loop"}
+    kwargs = options(ctx)
     kwargs.setdefault("connection_class", QuietConnection)
     return kwargs
 
@@ -558,10 +558,7 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     connection = ctx.acct.get("connection") or {}
     query = aio_pika.connection.make_url(str(connection["url"])).query if connection.get("url") else {}
     options = connection.get("ssl_options") or {}
@@ -571,18 +568,12 @@ def unchecked_hostname(hub, ctx) -> str | None:
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile's publisher now, so that a broker that cannot be
-    reached is reported when the bus starts.
-    """
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
     await hub.ingress.pika.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Close the profile's connection; the lane has already waited for every
-    confirmation.
-    """
+    """Flush and close the profile's connection (at stop)."""
     await hub.ingress.pika.CONNECTIONS.close(ctx)
 
 
@@ -620,13 +611,7 @@ def _returned_text(frame, exchange: str, routing_key: str) -> str:
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for RabbitMQ's confirmation (the ingress contract;
-    the lanes use ``send``).
-
-    :param routing_key: The AMQP routing key
-    :param body: The serialized event body
-    """
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
     await send_and_wait(send, hub, ctx, routing_key, body)
 
 

@@ -77,8 +77,10 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import options
 from evbus.connection import registry
 from evbus.connection import send_and_wait
+from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
@@ -346,20 +348,13 @@ class Route(BaseRoute):
         return head
 
 
-def _connection_kwargs(ctx) -> dict:
-    connection = ctx.acct.get("connection") or {}
-    return {key: value for key, value in dict(connection).items() if key != "loop"}
-
-
 def _tls_block(ctx) -> Mapping | None:
     """:return: The profile's ``tls`` block, checked against redis-py's own TLS options"""
-    block = tls.block(ctx.acct)
-    tls.conflict(block, _connection_kwargs(ctx), native=(), prefix="ssl_")
-    return block
+    return tls_block(ctx, native=(), prefix="ssl_")
 
 
 def _key(ctx) -> str:
-    return repr((sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
+    return repr((sorted(options(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
 
 
 def _mode(ctx) -> str:
@@ -376,7 +371,7 @@ def _mode(ctx) -> str:
 def _writer(hub, ctx) -> Writer:
     """The writer of a profile's connection (made once per connection key)."""
     _mode(ctx)  # a profile of neither mode has no writer
-    return Writer(_connection_kwargs(ctx), where=hub.ingress.redis.describe(ctx), tls_block=_tls_block(ctx))
+    return Writer(options(ctx), where=hub.ingress.redis.describe(ctx), tls_block=_tls_block(ctx))
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -440,10 +435,7 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     connection = ctx.acct.get("connection") or {}
     if not tls.flag(connection.get("ssl_check_hostname"), True):
         return "connection ssl_check_hostname: false"
@@ -453,17 +445,12 @@ def unchecked_hostname(hub, ctx) -> str | None:
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile's client now, so that a server that cannot be
-    reached is reported when the bus starts.
-    """
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
     await hub.ingress.redis.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Close the profile's client; the lane has already waited for every reply.
-    """
+    """Flush and close the profile's connection (at stop)."""
     await hub.ingress.redis.CONNECTIONS.close(ctx)
 
 
@@ -512,13 +499,7 @@ async def send(hub, ctx, routing_key: str, event):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for Redis's reply (the ingress contract; the
-    lanes use ``send``).
-
-    :param routing_key: The stream or channel when the profile names none
-    :param body: The serialized event body
-    """
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
     await send_and_wait(send, hub, ctx, routing_key, body)
 
 
@@ -551,7 +532,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
             "the profile names none and no --routing-key was given"
         )
     key = str(key)
-    kwargs = _connection_kwargs(ctx)
+    kwargs = options(ctx)
     kwargs.setdefault("socket_connect_timeout", kwargs.get("socket_timeout") or 5)
     kwargs["socket_timeout"] = None  # a blocking read waits as long as it takes
     kwargs["decode_responses"] = False  # bodies are bytes
