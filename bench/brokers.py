@@ -63,13 +63,13 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 MQTT = {"hostname": "127.0.0.1", "port": 1883}
 ACKS = 1
 BROKERS = ["rabbitmq", "kafka", "nats", "redis", "mqtt"]
-# What each broker's ingress holds per profile, and when it is connected
+# What each broker's ingress holds per profile (hub.ingress.<plugin>.CONNECTIONS), and when it is connected
 CONNECTED = {
-    "pika": ("PUBLISHERS", lambda publisher: publisher.raw_channel is not None),
-    "kafka": ("PRODUCERS", lambda producer: producer.producer is not None),
+    "pika": ("CONNECTIONS", lambda publisher: publisher.raw_channel is not None),
+    "kafka": ("CONNECTIONS", lambda producer: producer.producer is not None),
     "nats": ("CONNECTIONS", lambda connection: connection.client is not None),
-    "redis": ("WRITERS", lambda writer: writer.client is not None),
-    "mqtt": ("PUBLISHERS", lambda publisher: publisher.paho is not None),
+    "redis": ("CONNECTIONS", lambda writer: writer.client is not None),
+    "mqtt": ("CONNECTIONS", lambda publisher: publisher.paho is not None),
 }
 
 
@@ -177,7 +177,7 @@ def _one_at_a_time(hub):
     """Make the lanes hand events to their plugin one at a time: the plugin's batch hook left out."""
 
     def destination(plugin: str, provider: str, profile: str):
-        found = hub.evbus.route.destination(plugin)
+        found = hub.evbus.adapt.destination(plugin)
         if getattr(found, "send_many", None) is not None:
             found = dataclasses.replace(found, send_many=None)
         return found

@@ -1,9 +1,55 @@
 """
-What the broker plugins share about their connections.
+What the broker plugins share: the guard of their client library, the
+holder of a profile's connection, the registry of holders and lane routes,
+and the hub functions built on it (see ``evbus/ingress/contracts/broker.py``).
 """
 import asyncio
+import os
+from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
+
+from evbus import tls
+
+# evbus's own files: an import that fails here, not inside a client library, means the library is missing or old
+_EVBUS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def import_error(error: ImportError, libraries: tuple[str, ...]) -> ImportError:
+    """
+    Tell a client library that is not installed (or lacks what evbus imports
+    of it: older than the extra's floor) from one that is installed and fails
+    to import. Called in the ``except ImportError`` of a plugin's imports.
+
+    :param error: What the plugin's imports raised
+    :param libraries: The top-level modules of the client library (and its own client)
+    :return: The error, for ``__virtual__`` (:func:`virtual`) to say which extra to install
+    :raises ImportError: the error itself, when it is not about the library being absent or
+        old (it failed inside the library: a broken install, a dependency of its own
+        missing), so that the plugin fails to load with the real error and its traceback
+    """
+    name = (error.name or "").split(".")[0]
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    raised_by_evbus = frame is None or os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(_EVBUS)
+    if name in libraries and raised_by_evbus:
+        return error
+    raise error
+
+
+def virtual(error: ImportError | None, needs: str, extra: str) -> bool | tuple[bool, str]:
+    """
+    The ``__virtual__`` answer of a broker plugin.
+
+    :param error: What :func:`import_error` returned, or None when the imports worked
+    :param needs: What the plugin needs, e.g. ``the kafka ingress (acct provider kafka) needs aiokafka``
+    :param extra: The extra of evbus-ng that installs it
+    """
+    if error is None:
+        return True
+    return False, f'{needs}: pip install "evbus-ng[{extra}]" ({error})'
 
 
 def error_text(error: BaseException) -> str:
@@ -76,3 +122,146 @@ class PerCtx:
                 del self._entries[key]
                 dropped.append(value)
         return dropped
+
+
+def options(ctx) -> dict:
+    """:return: The profile's ``connection``: keyword arguments of the client library, less ``loop``"""
+    return {key: value for key, value in dict(ctx.acct.get("connection") or {}).items() if key != "loop"}
+
+
+def tls_block(ctx, native: tuple[str, ...], prefix: str = "") -> Mapping | None:
+    """
+    :param native: The client library's own TLS options (and those whose name starts with ``prefix``)
+    :return: The profile's ``tls`` block, checked against the library's own options in its ``connection``
+    :raises TlsConfigError: when the profile sets TLS both ways
+    """
+    block = tls.block(ctx.acct)
+    tls.conflict(block, options(ctx), native=native, prefix=prefix)
+    return block
+
+
+async def close_quietly(closing: Awaitable):
+    """Await the closing of a connection: a broken one may fail to close, and is gone either way."""
+    try:
+        await closing
+    except Exception:
+        pass
+
+
+class Holder:
+    """
+    One profile's connection to a broker (profiles with the same connection
+    share it): opened once, under a lock, by the first lane that needs it;
+    opened again after a loss (``ready`` is then False); closed on stop.
+
+    A subclass defines ``ready`` (connected, in the running loop: the lanes
+    ask on every send), ``connect()`` and ``close()``.
+
+    :param where: The broker's address, for messages
+    """
+
+    ready: bool
+
+    def __init__(self, where: str):
+        self.where = where
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Serializes open(): lanes of profiles that share this connection open it once
+        self.lock = LoopLock()
+
+    async def open(self):
+        """Connect, unless it is ready: what a former connection left is closed first."""
+        async with self.lock.get():
+            if self.ready:
+                return
+            await self.close()
+            await self.connect()
+            self.loop = asyncio.get_running_loop()
+
+    async def connect(self):
+        """Connect to the broker; raise what says why it cannot."""
+        raise NotImplementedError
+
+    async def close(self):
+        """Close the connection, if any; what it did not confirm fails."""
+        raise NotImplementedError
+
+
+class Route:
+    """
+    What a lane's sends need of its profile, worked out once per lane: the
+    holder of its connection, and the plugin's per-profile settings.
+    """
+
+    __slots__ = ("holder",)
+
+    def __init__(self, holder: Holder):
+        self.holder = holder
+
+    def forget(self):
+        """The plugin closes the holder and forgets the route: what the route still holds fails."""
+
+
+class Connections(dict):
+    """
+    A broker plugin's registry (``hub.ingress.<plugin>.CONNECTIONS``): the
+    holders by connection key, and (``BY_CTX``) the route of each lane's ctx.
+
+    :param by_ctx: The plugin's :class:`PerCtx` of routes
+    :param key: ``key(ctx)``: the connection key of a profile
+    :param holder: ``holder(ctx)``: a new holder of a profile's connection
+    :param route: ``route(holder, ctx)``: a lane's :class:`Route`
+    """
+
+    def __init__(self, by_ctx: PerCtx, key: Callable, holder: Callable, route: Callable):
+        super().__init__()
+        self.by_ctx = by_ctx
+        self.key = key
+        self.holder = holder
+        self.route = route
+
+    def find(self, ctx) -> Any:
+        """:return: The route of a lane's ctx: made once per lane, then found by the ctx"""
+        found = self.by_ctx.get(ctx)
+        if found is not None:
+            return found
+        key = self.key(ctx)
+        holder = self.get(key)
+        if holder is None:
+            holder = self[key] = self.holder(ctx)
+        return self.by_ctx.put(ctx, self.route(holder, ctx))
+
+    async def open(self, ctx):
+        """Connect the profile of a lane now."""
+        await self.find(ctx).holder.open()
+
+    async def close(self, ctx):
+        """Close the connection of a lane's profile, and forget the routes that used it."""
+        holder = self.pop(self.key(ctx), None)
+        for route in self.by_ctx.forget(ctx, lambda route: route.holder is holder):
+            route.forget()
+        if holder is not None:
+            await holder.close()
+
+
+def registry(plugin: Any, key: Callable, holder: Callable, route: Callable):
+    """
+    Set a broker plugin's registry in its ``__init__``: ``CONNECTIONS`` and ``BY_CTX``.
+
+    :param plugin: The plugin on the hub (``hub.ingress.<plugin>``)
+    """
+    plugin.BY_CTX = PerCtx()
+    plugin.CONNECTIONS = Connections(plugin.BY_CTX, key, holder, route)
+
+
+async def send_and_wait(send: Callable, hub, ctx, routing_key: str, body: bytes, shield: bool = False):
+    """
+    A broker plugin's ``publish``: one body, sent and waited for (the ingress
+    contract; the lanes use ``send``).
+
+    :param send: The plugin's ``send(hub, ctx, routing_key, event)``
+    :param shield: Shield the confirmation (one that other events share)
+    """
+    from evbus.types import Event
+
+    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
+    await (asyncio.shield(receipt) if shield else receipt)

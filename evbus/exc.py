@@ -12,8 +12,19 @@ class EvbusError(Exception):
     """The root of every error evbus raises."""
 
 
-class ConfigError(EvbusError, ValueError):
-    """An option, plugin name or profile that evbus cannot use."""
+class NotRetriableError(EvbusError):
+    """
+    An error that a retry cannot change: a lane gives its event up after one
+    attempt. Retriability is declared by class: ``retriable`` is False here
+    and in every subclass (a broker plugin's ``retriable(error)`` decides for
+    the exceptions of its client library).
+    """
+
+    retriable = False
+
+
+class ConfigError(NotRetriableError, ValueError):
+    """An option, plugin name or profile that evbus cannot use; a retry cannot change it."""
 
 
 class ProfileError(ConfigError):
@@ -32,8 +43,6 @@ class TlsConfigError(ConfigError):
     unknown option, a file missing or unreadable, a key its password does not
     open. A retry cannot change it.
     """
-
-    retriable = False
 
 
 class IngressPluginError(ConfigError):
@@ -71,13 +80,11 @@ class BusStoppedError(EvbusError, RuntimeError):
     """The listener ended (it was cancelled) before the stop that waited for it was done."""
 
 
-class RefusedError(EvbusError):
+class RefusedError(NotRetriableError):
     """
     A publish the broker refused for a reason that a retry cannot change; the
     text says what to fix. A lane gives such an event up after one attempt.
     """
-
-    retriable = False
 
 
 class LoginRefusedError(RefusedError, PermissionError):
@@ -94,6 +101,24 @@ class TlsRefusedError(RefusedError, ConnectionError):
 
 class MessageTooLargeError(RefusedError, ValueError):
     """A message larger than the broker takes."""
+
+
+class NackedError(EvbusError, ConnectionError):
+    """
+    A message the broker did not accept (RabbitMQ's basic.nack, a failure
+    reason code of MQTT 5) for a reason that a retry may heal.
+    """
+
+
+class NoDestinationError(NotRetriableError, ValueError):
+    """
+    An event with no destination name (topic, subject, stream or channel):
+    the profile names none and the event has no routing key.
+    """
+
+
+class ConnectError(EvbusError, ConnectionError):
+    """No server of a profile could be reached; the text names them."""
 
 
 class PublishError(EvbusError):

@@ -20,7 +20,6 @@ from evbus.exc import IngressPluginError
 from evbus.exc import ProfileError
 from evbus.exc import PublishError
 from evbus.lane import CLOSE_GRACE
-from evbus.lane import Destination
 from evbus.lane import Lane
 from evbus.report import Repeats
 
@@ -233,7 +232,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             profile=name,
             ctx=ctx,
             destination=(
-                hub.evbus.route.destination(plugin_name) if capture is None else capture(plugin_name, provider, name)
+                hub.evbus.adapt.destination(plugin_name) if capture is None else capture(plugin_name, provider, name)
             ),
             on_failure=on_failure,
             policy=policy,
@@ -389,99 +388,6 @@ async def close(hub, timeout: float | None, grace: float = CLOSE_GRACE) -> int:
             extra={"evbus_internal": True},
         )
     return undelivered
-
-
-# publish(hub, ctx, routing_key, body): the parameters of the ingress contract
-SEED_PARAMS = ["ctx", "routing_key", "body"]
-
-
-def _params(func) -> list[str]:
-    signature = getattr(func, "signature", None)
-    if signature is None:
-        signature = inspect.signature(func)
-    return [p for p in signature.parameters if p != "hub"]
-
-
-def destination(hub, plugin_name: str) -> Destination:
-    """
-    Adapt an ingress plugin to what a lane calls, once per lane.
-
-    In order of preference:
-
-    - ``send(ctx, routing_key, event)``: a coroutine that hands the event to
-      the broker client in order and returns an awaitable of its confirmation
-      (pipelined; the plugins of evbus's brokers); with it, optionally,
-      ``send_many(ctx, events)``, that hands off several ``(routing_key,
-      event)`` at once (see :class:`~evbus.lane.Destination`);
-    - ``publish_nowait(ctx, routing_key, body)``: never waits (in-process queues);
-    - ``publish(ctx, routing_key, body)``: the ingress contract;
-    - ``publish(ctx, body)`` of pop-evbus 6.x and later (routing key in
-      ``ctx.acct.routing_key``).
-
-    ``open(ctx)``, ``close(ctx)``, ``describe(ctx)`` and ``retriable(error)``
-    are used where the plugin has them.
-
-    :raises IngressPluginError: when the plugin has none of these
-    """
-    plugin = hub.ingress[plugin_name]
-    direct = hub.evbus.broker.direct
-    hooks = {
-        name: direct(getattr(plugin, name))
-        for name in ("open", "close", "describe", "retriable")
-        if hasattr(plugin, name)
-    }
-
-    send = getattr(plugin, "send", None)
-    if send is not None and _params(send) == ["ctx", "routing_key", "event"]:
-        send_many = getattr(plugin, "send_many", None)
-        if send_many is not None and _params(send_many) == ["ctx", "events"]:
-            hooks["send_many"] = direct(send_many)
-        return Destination(send=direct(send), pipelined=True, **hooks)
-
-    nowait = getattr(plugin, "publish_nowait", None)
-    if nowait is not None and _params(nowait) == SEED_PARAMS:
-        call_nowait = direct(nowait)
-
-        def send_nowait(ctx, routing_key, event):
-            call_nowait(ctx, routing_key, event.body)
-
-        return Destination(send=send_nowait, inline=True, publish_nowait=call_nowait, **hooks)
-
-    publish = plugin.publish
-    params = _params(publish)
-    call = direct(publish)
-    if not (inspect.iscoroutinefunction(publish) or inspect.iscoroutinefunction(getattr(publish, "func", None))):
-        # A synchronous publish: its result is awaited only when it is awaitable
-        sync_call = call
-
-        def call(*args, **kwargs):
-            ret = sync_call(*args, **kwargs)
-            return ret if hasattr(ret, "__await__") else None
-
-    if params == SEED_PARAMS:
-
-        def send_seed(ctx, routing_key, event):
-            return call(ctx, routing_key, event.body)
-
-        return Destination(send=send_seed, **hooks)
-    if "routing_key" in params and "ctx" in params and "body" in params:
-
-        def send_keywords(ctx, routing_key, event):
-            return call(ctx=ctx, routing_key=routing_key, body=event.body)
-
-        return Destination(send=send_keywords, **hooks)
-    if "body" in params and "ctx" in params:
-
-        def send_modern(ctx, routing_key, event):
-            if routing_key != ctx.acct.get("routing_key"):
-                ctx = data.NamespaceDict(acct=data.NamespaceDict(ctx.acct, routing_key=routing_key))
-            return call(ctx=ctx, body=event.body)
-
-        return Destination(send=send_modern, **hooks)
-    raise IngressPluginError(
-        f"ingress.{plugin_name}.publish takes ({', '.join(params)}); expected "
-        f"publish(hub, ctx, routing_key, body) or publish(hub, ctx, body)"
-    )
 
 
 def _failure_handler(hub, contexts: Any):

@@ -74,7 +74,10 @@ import asyncio
 import collections
 import functools
 import ssl
+from collections.abc import Callable
 from typing import Any
+
+from evbus.connection import import_error
 
 try:
     import aiokafka
@@ -102,21 +105,23 @@ try:
         aiokafka.errors.RecordListTooLargeError,
     )
 
-    HAS_LIBS = True
-    IMPORT_ERROR = ""
-except ImportError as e:  # missing, or a version older than the extra's floor
-    HAS_LIBS = False
-    IMPORT_ERROR = str(e)
+    IMPORT_ERROR = None
+except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
+    IMPORT_ERROR = import_error(e, ("aiokafka",))
 
 from evbus import cloudevents
 from evbus import tls
-from evbus.connection import LoopLock
-from evbus.connection import PerCtx
+from evbus.connection import Holder
+from evbus.connection import Route
 from evbus.connection import error_text
-from evbus.exc import EvbusError
+from evbus.connection import options
+from evbus.connection import registry
+from evbus.connection import send_and_wait
+from evbus.connection import virtual
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
+from evbus.exc import NoDestinationError
 from evbus.exc import TlsConfigError
 
 
@@ -125,28 +130,22 @@ LISTEN_PROBE_MS = 5000
 # aiokafka's default max_request_size
 MAX_REQUEST_SIZE = 1048576
 
-
-class NoTopicError(EvbusError, ValueError):
-    """An event with no topic: the profile names none and the event has no routing key."""
-
-    retriable = False
+__contracts__ = ["broker", "batches"]
 
 
 def __virtual__(hub):
-    if not HAS_LIBS:
-        return False, (
-            f"the kafka ingress (acct provider kafka) needs aiokafka: "
-            f'pip install "evbus-ng[kafka]" ({IMPORT_ERROR})'
-        )
-    return True
+    return virtual(IMPORT_ERROR, "the kafka ingress (acct provider kafka) needs aiokafka", "kafka")
 
 
 def __init__(hub):
     hub.ingress.kafka.ACCT = ["kafka"]
-    # connection key -> Producer
-    hub.ingress.kafka.PRODUCERS = {}
-    # id(ctx) -> (ctx, Outbox): the lookup of every send, without rebuilding the key
-    hub.ingress.kafka.BY_CTX = PerCtx()
+    # CONNECTIONS: connection key -> Producer; BY_CTX: a lane's ctx -> its Outbox
+    registry(
+        hub.ingress.kafka,
+        _key,
+        lambda ctx: Producer(hub.ingress.kafka.describe(ctx), lambda: _producer_kwargs(hub, ctx)),
+        lambda producer, ctx: Outbox(producer, ctx, hub.ingress.kafka.describe(ctx)),
+    )
 
 
 # The names of a profile's tls block: evbus-kafka's "ssl" is an alias
@@ -175,7 +174,7 @@ def _producer_kwargs(hub, ctx) -> dict:
     :raises TlsConfigError: for a tls block evbus cannot use, or one with a
         plaintext ``security_protocol``
     """
-    kwargs = {key: value for key, value in dict(ctx.acct.get("connection") or {}).items() if key != "loop"}
+    kwargs = options(ctx)
     block = tls.block(ctx.acct, TLS_NAMES)
     protocol = str(kwargs.get("security_protocol", "PLAINTEXT")).upper()
     if block is not None and "ssl_context" not in kwargs:
@@ -197,14 +196,17 @@ def _key(ctx) -> str:
     return repr((sorted(connection.items(), key=lambda kv: kv[0]), tls.key(ctx.acct, TLS_NAMES)))
 
 
-class Producer:
-    """One profile's producer, started once."""
+class Producer(Holder):
+    """
+    One profile's producer, started once.
 
-    def __init__(self):
+    :param kwargs_factory: Makes the keyword arguments of aiokafka's producer (when it starts)
+    """
+
+    def __init__(self, where: str, kwargs_factory: Callable[[], dict]):
+        super().__init__(where)
+        self.kwargs_factory = kwargs_factory
         self.producer: Any = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # Serializes open(): lanes of profiles that share this connection open it once
-        self.lock = LoopLock()
         # The producer's partitioner and max_request_size (its options, or aiokafka's defaults)
         self.partitioner: Any = None
         self.max_request_size = MAX_REQUEST_SIZE
@@ -213,27 +215,23 @@ class Producer:
     def ready(self) -> bool:
         return self.producer is not None and self.loop is asyncio.get_running_loop()
 
-    async def open(self, kwargs_factory, where: str):
-        async with self.lock.get():
-            if self.ready:
-                return
-            await self.close()
-            kwargs = kwargs_factory()
-            producer = aiokafka.AIOKafkaProducer(**kwargs)
-            try:
-                await producer.start()
-            except BaseException as e:
-                await producer.stop()
-                if isinstance(e, LOGIN_REFUSED):  # aiokafka 0.11 raises the refusal itself
-                    raise _refused_login(e, where) from e
-                if isinstance(e, aiokafka.errors.KafkaConnectionError):
-                    refusal = await _tls_refusal(kwargs, where) or await _login_refusal(kwargs, where)
-                    if refusal is not None:
-                        raise refusal from e
-                raise
-            self.partitioner = kwargs.get("partitioner") or aiokafka.partitioner.DefaultPartitioner()
-            self.max_request_size = kwargs.get("max_request_size", MAX_REQUEST_SIZE)
-            self.producer, self.loop = producer, asyncio.get_running_loop()
+    async def connect(self):
+        kwargs = self.kwargs_factory()
+        producer = aiokafka.AIOKafkaProducer(**kwargs)
+        try:
+            await producer.start()
+        except BaseException as e:
+            await producer.stop()
+            if isinstance(e, LOGIN_REFUSED):  # aiokafka 0.11 raises the refusal itself
+                raise _refused_login(e, self.where) from e
+            if isinstance(e, aiokafka.errors.KafkaConnectionError):
+                refusal = await _tls_refusal(kwargs, self.where) or await _login_refusal(kwargs, self.where)
+                if refusal is not None:
+                    raise refusal from e
+            raise
+        self.partitioner = kwargs.get("partitioner") or aiokafka.partitioner.DefaultPartitioner()
+        self.max_request_size = kwargs.get("max_request_size", MAX_REQUEST_SIZE)
+        self.producer = producer
 
     async def close(self):
         producer, self.producer = self.producer, None
@@ -241,7 +239,7 @@ class Producer:
             await producer.stop()  # flushes what it holds
 
 
-class Outbox:
+class Outbox(Route):
     """
     One lane's messages on their way to its producer.
 
@@ -260,6 +258,7 @@ class Outbox:
     """
 
     def __init__(self, producer: Producer, ctx, where: str):
+        super().__init__(producer)
         self.producer = producer
         self.acct = ctx.acct
         self.where = where
@@ -281,14 +280,14 @@ class Outbox:
     def route(self, routing_key: str | None) -> tuple[list[str], Any]:
         """
         :return: The topics and the message key of an event with this routing key
-        :raises NoTopicError: when the profile names no topic and the routing key is empty
+        :raises NoDestinationError: when the profile names no topic and the routing key is empty
         """
         found = self.routes.get(routing_key)
         if found is not None:
             return found
         topics = _topics_of(self.acct, routing_key)
         if not topics:
-            raise NoTopicError("no Kafka topic: the profile names no topics and the event has no routing key")
+            raise NoDestinationError("no Kafka topic: the profile names no topics and the event has no routing key")
         key = self.acct.get("key") or routing_key
         if isinstance(key, str):
             key = key.encode()
@@ -405,7 +404,7 @@ class Outbox:
             if not waiting.done():
                 waiting.set_exception(error)
 
-    def close(self):
+    def forget(self):
         """Stop handing off; what is not handed off yet fails."""
         if self.task is not None:
             self.task.cancel()
@@ -487,19 +486,6 @@ def _refused_login(error: Exception, where: str) -> LoginRefusedError:
     )
 
 
-def _outbox(hub, ctx) -> Outbox:
-    """The outbox of a lane, on its profile's producer: found by the lane's ctx (once per lane, then from a cache)."""
-    cached = hub.ingress.kafka.BY_CTX.get(ctx)
-    if cached is not None:
-        return cached
-    producers = hub.ingress.kafka.PRODUCERS
-    key = _key(ctx)
-    producer = producers.get(key)
-    if producer is None:
-        producer = producers[key] = Producer()
-    return hub.ingress.kafka.BY_CTX.put(ctx, Outbox(producer, ctx, hub.ingress.kafka.describe(ctx)))
-
-
 def retriable(hub, error: BaseException) -> bool:
     """
     Whether a retry can help: not for a refused SASL login, an authorization
@@ -535,18 +521,14 @@ def messaging(hub, ctx, routing_key: str | None) -> dict:
     partition = ctx.acct.get("partition")
     return {
         "messaging.system": "kafka",
-        "messaging.destination.name": ",".join(_topics(ctx, routing_key)),
+        "messaging.destination.name": ",".join(_topics_of(ctx.acct, routing_key)),
         "messaging.kafka.message.key": str(key) if key else None,
         "messaging.destination.partition.id": str(partition) if partition not in (None, "") else None,
     }
 
 
-def _topics(ctx, routing_key: str | None) -> list[str]:
-    """:return: The topics of a message: the profile's, else the routing key"""
-    return _topics_of(ctx.acct, routing_key)
-
-
 def _topics_of(acct, routing_key: str | None) -> list[str]:
+    """:return: The topics of a message: the profile's, else the routing key"""
     topics = acct.get("topics") or ([routing_key] if routing_key else [])
     if isinstance(topics, str):
         topics = [topics]
@@ -564,30 +546,18 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        brokers' host names off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     return tls.unchecked(ctx.acct, TLS_NAMES)
 
 
 async def open(hub, ctx):
-    """
-    Start the profile's producer now, so that a broker that cannot be reached
-    is reported when the bus starts.
-    """
-    await _outbox(hub, ctx).producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
+    await hub.ingress.kafka.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Flush and stop the profile's producer.
-    """
-    producer = hub.ingress.kafka.PRODUCERS.pop(_key(ctx), None)
-    for outbox in hub.ingress.kafka.BY_CTX.forget(ctx, lambda cached: cached.producer is producer):
-        outbox.close()
-    if producer is not None:
-        await producer.close()
+    """Flush and close the profile's connection (at stop)."""
+    await hub.ingress.kafka.CONNECTIONS.close(ctx)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -598,9 +568,9 @@ async def send(hub, ctx, routing_key: str, event):
     :param routing_key: The topic when the profile names none; the message key when it names no key
     :param event: The event
     """
-    outbox = hub.ingress.kafka.BY_CTX.get(ctx) or _outbox(hub, ctx)
+    outbox = hub.ingress.kafka.BY_CTX.get(ctx) or hub.ingress.kafka.CONNECTIONS.find(ctx)
     if not outbox.producer.ready:
-        await outbox.producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
+        await outbox.producer.open()
     route = outbox.route(routing_key)
     for topic in route[0]:
         if topic not in outbox.partitions:
@@ -622,9 +592,9 @@ async def send_many(hub, ctx, events: list):
         first one that cannot go (no topic, too large), which is left out
     :raises Exception: What the first event cannot go for
     """
-    outbox = hub.ingress.kafka.BY_CTX.get(ctx) or _outbox(hub, ctx)
+    outbox = hub.ingress.kafka.BY_CTX.get(ctx) or hub.ingress.kafka.CONNECTIONS.find(ctx)
     if not outbox.producer.ready:
-        await outbox.producer.open(lambda: _producer_kwargs(hub, ctx), hub.ingress.kafka.describe(ctx))
+        await outbox.producer.open()
     confirmations = []
     partitions = outbox.partitions
     for routing_key, event in events:
@@ -643,17 +613,8 @@ async def send_many(hub, ctx, events: list):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for Kafka's acknowledgement (the ingress
-    contract; the lanes use ``send``).
-
-    :param routing_key: The topic when the profile names none; the message key when it names no key
-    :param body: The serialized event body
-    """
-    from evbus.types import Event
-
-    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
-    await receipt
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
+    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -668,14 +629,14 @@ async def listen(hub, ctx, routing_key: str | None = None):
 
     :param routing_key: The topic to listen on instead of the profile's (``--routing-key``)
     :return: An async iterator of (topic, body)
-    :raises NoTopicError: The profile names no topic and no routing key was given
+    :raises NoDestinationError: The profile names no topic and no routing key was given
     :raises ListenError: No broker could be reached, or they were lost
     """
     topics = [routing_key] if routing_key else ctx.acct.get("topics") or []
     if isinstance(topics, str):
         topics = [topics]
     if not topics:
-        raise NoTopicError("no Kafka topic to listen on: the profile names none and no --routing-key was given")
+        raise NoDestinationError("no Kafka topic to listen on: the profile names none and no --routing-key was given")
     kwargs = {
         key: value
         for key, value in _producer_kwargs(hub, ctx).items()

@@ -58,28 +58,39 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from evbus.connection import import_error
+
 try:
     import aiomqtt
     import paho.mqtt.client as paho_mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    HAS_LIBS = True
-    IMPORT_ERROR = ""
-except ImportError as e:  # missing, or a version older than the extra's floor
-    HAS_LIBS = False
-    IMPORT_ERROR = str(e)
+    IMPORT_ERROR = None
+except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
+    IMPORT_ERROR = import_error(e, ("aiomqtt", "paho"))
 
 from evbus import cloudevents
 from evbus import tls
-from evbus.connection import LoopLock
-from evbus.connection import PerCtx
+from evbus.connection import Holder
+from evbus.connection import Route as BaseRoute
+from evbus.connection import close_quietly
 from evbus.connection import error_text
-from evbus.exc import EvbusError
+from evbus.connection import options
+from evbus.connection import registry
+from evbus.connection import send_and_wait
+from evbus.connection import tls_block
+from evbus.connection import virtual
+from evbus.exc import ConfigError
+from evbus.exc import ConnectError
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
+from evbus.exc import NackedError
+from evbus.exc import NoDestinationError
 from evbus.exc import RefusedError
+
+__contracts__ = ["broker"]
 
 # protocol: in a profile -> aiomqtt.ProtocolVersion member name
 PROTOCOLS = {"3": "V31", "3.1": "V31", "4": "V311", "3.1.1": "V311", "5": "V5", "5.0": "V5"}
@@ -91,35 +102,14 @@ PUBACK_NOT_AUTHORIZED = 0x87
 PUBACK_REFUSED = {0x87, 0x90, 0x99}
 
 
-class NoTopicError(EvbusError, ValueError):
-    """An event with no topic: the event has no routing key and the profile names no topic."""
-
-    retriable = False
-
-
-class PublishRefused(EvbusError, ConnectionError):
-    """The broker acknowledged a message with a failure reason code (MQTT 5) that a retry may heal."""
-
-
-class MqttConnectFailed(EvbusError, ConnectionError):
-    """The broker of a profile could not be reached."""
-
-
 def __virtual__(hub):
-    if not HAS_LIBS:
-        return False, (
-            f"the mqtt ingress (acct provider mqtt) needs aiomqtt: "
-            f'pip install "evbus-ng[mqtt]" ({IMPORT_ERROR})'
-        )
-    return True
+    return virtual(IMPORT_ERROR, "the mqtt ingress (acct provider mqtt) needs aiomqtt", "mqtt")
 
 
 def __init__(hub):
     hub.ingress.mqtt.ACCT = ["mqtt"]
-    # connection key -> Publisher
-    hub.ingress.mqtt.PUBLISHERS = {}
-    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.mqtt.BY_CTX = PerCtx()
+    # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
+    registry(hub.ingress.mqtt, _key, lambda ctx: _publisher(hub, ctx), Route)
 
 
 def client_kwargs(hub, connection: dict, tls_block: Any = None) -> dict:
@@ -139,9 +129,7 @@ def client_kwargs(hub, connection: dict, tls_block: Any = None) -> dict:
     if protocol is not None and not isinstance(protocol, aiomqtt.ProtocolVersion):
         name = str(protocol).lower().lstrip("v")
         if name not in PROTOCOLS:
-            error = ValueError(f"unknown MQTT protocol '{protocol}': use 3.1, 3.1.1 or 5")
-            error.retriable = False
-            raise error
+            raise ConfigError(f"unknown MQTT protocol '{protocol}': use 3.1, 3.1.1 or 5")
         kwargs["protocol"] = aiomqtt.ProtocolVersion[PROTOCOLS[name]]
     if isinstance(kwargs.get("tls_params"), Mapping):
         kwargs["tls_params"] = aiomqtt.TLSParameters(**kwargs["tls_params"])
@@ -150,20 +138,17 @@ def client_kwargs(hub, connection: dict, tls_block: Any = None) -> dict:
     return kwargs
 
 
-class Publisher:
+class Publisher(Holder):
     """One profile's MQTT client connection, opened once."""
 
     def __init__(self, client_kwargs: dict, where: str):
+        super().__init__(where)
         self.client_kwargs = client_kwargs
-        self.where = where
         self.v5 = client_kwargs.get("protocol") == aiomqtt.ProtocolVersion.V5
         self.client: Any = None
         # The paho-mqtt client inside aiomqtt's: its publish() hands a message
         # off without waiting, where aiomqtt's awaits the acknowledgement
         self.paho: Any = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # Serializes open(): lanes of profiles that share this connection open it at once
-        self.lock = LoopLock()
         # message id -> future of its acknowledgement
         self.pending: dict[int, asyncio.Future] = {}
         self._forward_publish: Any = None
@@ -175,57 +160,53 @@ class Publisher:
     def ready(self) -> bool:
         return self.paho is not None and self.loop is asyncio.get_running_loop() and self.paho.is_connected()
 
-    async def open(self):
+    async def connect(self):
         """Connect (aiomqtt's ``__aenter__``) and take the acknowledgements of this client's messages."""
-        async with self.lock.get():
-            if self.ready:
-                return
-            await self.close()
-            client = aiomqtt.Client(**self.client_kwargs)
-            forward_connect, forward_lost = client._client.on_connect, client._client.on_disconnect
-            loop = asyncio.get_running_loop()
-            connecting = True
+        client = aiomqtt.Client(**self.client_kwargs)
+        forward_connect, forward_lost = client._client.on_connect, client._client.on_disconnect
+        loop = asyncio.get_running_loop()
+        connecting = True
 
-            def on_connect(paho_client, userdata, flags, reason_code, properties=None):
-                self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
-                forward_connect(paho_client, userdata, flags, reason_code, properties)
+        def on_connect(paho_client, userdata, flags, reason_code, properties=None):
+            self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
+            forward_connect(paho_client, userdata, flags, reason_code, properties)
 
-            def fail_connect(reason_code):
-                if connecting and not client._connected.done():
-                    lost = f"the connection was lost before the broker's CONNACK ({reason_code})"
-                    client._connected.set_exception(aiomqtt.MqttError(lost))
+        def fail_connect(reason_code):
+            if connecting and not client._connected.done():
+                lost = f"the connection was lost before the broker's CONNACK ({reason_code})"
+                client._connected.set_exception(aiomqtt.MqttError(lost))
 
-            def on_lost(paho_client, userdata, flags, reason_code, properties=None):
-                # aiomqtt would wait for the CONNACK until its timeout (a broker that refuses the
-                # client's certificate after the TLS handshake closes the connection): fail it now
-                loop.call_soon_threadsafe(fail_connect, reason_code)
-                forward_lost(paho_client, userdata, flags, reason_code, properties)
+        def on_lost(paho_client, userdata, flags, reason_code, properties=None):
+            # aiomqtt would wait for the CONNACK until its timeout (a broker that refuses the
+            # client's certificate after the TLS handshake closes the connection): fail it now
+            loop.call_soon_threadsafe(fail_connect, reason_code)
+            forward_lost(paho_client, userdata, flags, reason_code, properties)
 
-            client._client.on_connect, client._client.on_disconnect = on_connect, on_lost
+        client._client.on_connect, client._client.on_disconnect = on_connect, on_lost
+        try:
             try:
-                try:
-                    await client.__aenter__()
-                except BaseException:
-                    abandon(client)  # cancelled or failed half way: its socket and task go now
-                    raise
-            except aiomqtt.MqttCodeError as e:  # the broker answered: refused credentials, say
-                if _code(e.rc) in REFUSED_CREDENTIALS:
-                    raise LoginRefusedError(
-                        f"the MQTT broker at {self.where} refused the connection ({e.rc}): "
-                        f"check the profile's username and password, and that the user may connect"
-                    ) from e
+                await client.__aenter__()
+            except BaseException:
+                abandon(client)  # cancelled or failed half way: its socket and task go now
                 raise
-            except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
-                refusal = tls.refusal(e, self.where) or await self._tls_refusal()
-                if refusal is not None:
-                    raise refusal from e
-                raise MqttConnectFailed(f"cannot connect to {self.where}: {e}") from e
-            finally:
-                connecting = False
-            paho = client._client
-            self._forward_publish, paho.on_publish = paho.on_publish, self._on_publish
-            self._forward_disconnect, paho.on_disconnect = paho.on_disconnect, self._on_disconnect
-            self.client, self.paho, self.loop = client, paho, asyncio.get_running_loop()
+        except aiomqtt.MqttCodeError as e:  # the broker answered: refused credentials, say
+            if _code(e.rc) in REFUSED_CREDENTIALS:
+                raise LoginRefusedError(
+                    f"the MQTT broker at {self.where} refused the connection ({e.rc}): "
+                    f"check the profile's username and password, and that the user may connect"
+                ) from e
+            raise
+        except aiomqtt.MqttError as e:  # the socket: aiomqtt's text names neither host nor port
+            refusal = tls.refusal(e, self.where) or await self._tls_refusal()
+            if refusal is not None:
+                raise refusal from e
+            raise ConnectError(f"cannot connect to {self.where}: {e}") from e
+        finally:
+            connecting = False
+        paho = client._client
+        self._forward_publish, paho.on_publish = paho.on_publish, self._on_publish
+        self._forward_disconnect, paho.on_disconnect = paho.on_disconnect, self._on_disconnect
+        self.client, self.paho = client, paho
 
     async def _tls_refusal(self) -> Exception | None:
         """
@@ -322,10 +303,7 @@ async def disconnect(client: Any, grace: float = 1.0):
     destroyed") and paho's socket to be closed at garbage collection ("Event
     loop is closed").
     """
-    try:
-        await client.__aexit__(None, None, None)
-    except Exception:  # closing a broken connection may fail; it is gone either way
-        pass
+    await close_quietly(client.__aexit__(None, None, None))
     _retrieve(client)
     paho = getattr(client, "_client", None)
     if paho is not None and getattr(paho, "_sock", None) is not None:
@@ -356,7 +334,7 @@ def _puback_error(reason_code: Any, where: str) -> Exception:
         )
     if code in PUBACK_REFUSED:
         return RefusedError(f"the MQTT broker at {where} refused the message: {reason_code}")
-    return PublishRefused(f"the MQTT broker at {where} refused the message: {reason_code}")
+    return NackedError(f"the MQTT broker at {where} refused the message: {reason_code}")
 
 
 def _packet_size(topic: str, qos: int, properties: Any, payload: bytes) -> int:
@@ -370,10 +348,14 @@ def _packet_size(topic: str, qos: int, properties: Any, payload: bytes) -> int:
     return 1 + length_bytes + remaining
 
 
-class Route:
+class Route(BaseRoute):
     """What a lane's sends need of its profile: the publisher and the per-profile settings."""
 
-    def __init__(self, publisher: Publisher, acct):
+    __slots__ = ("publisher", "topic", "qos", "retain", "evbus_properties")
+
+    def __init__(self, publisher: Publisher, ctx):
+        super().__init__(publisher)
+        acct = ctx.acct
         self.publisher = publisher
         self.topic = acct.get("topic") or None
         qos = acct.get("qos")
@@ -385,39 +367,19 @@ class Route:
         self.evbus_properties = not cloudevents.binary(acct)
 
 
-def _connection(ctx) -> dict:
-    return dict(ctx.acct.get("connection") or {})
-
-
 def _tls_block(ctx) -> Any:
     """:return: The profile's ``tls`` block, checked against aiomqtt's own TLS options"""
-    block = tls.block(ctx.acct)
-    tls.conflict(block, _connection(ctx), native=("tls_params", "tls_context", "tls_insecure"))
-    return block
+    return tls_block(ctx, native=("tls_params", "tls_context", "tls_insecure"))
 
 
 def _key(ctx) -> str:
-    return repr(
-        (
-            sorted(((key, repr(value)) for key, value in _connection(ctx).items() if key != "loop")),
-            tls.key(ctx.acct),
-        )
-    )
+    return repr((sorted((key, repr(value)) for key, value in options(ctx).items()), tls.key(ctx.acct)))
 
 
-def _route(hub, ctx) -> Route:
-    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    cached = hub.ingress.mqtt.BY_CTX.get(ctx)
-    if cached is not None:
-        return cached
-    publishers = hub.ingress.mqtt.PUBLISHERS
-    key = _key(ctx)
-    publisher = publishers.get(key)
-    if publisher is None:
-        kwargs = hub.ingress.mqtt.client_kwargs(_connection(ctx), _tls_block(ctx))
-        publisher = publishers[key] = Publisher(kwargs, where=hub.ingress.mqtt.describe(ctx))
-    route = Route(publisher, ctx.acct)
-    return hub.ingress.mqtt.BY_CTX.put(ctx, route)
+def _publisher(hub, ctx) -> Publisher:
+    """The publisher of a profile's connection (made once per connection key)."""
+    kwargs = hub.ingress.mqtt.client_kwargs(options(ctx), _tls_block(ctx))
+    return Publisher(kwargs, where=hub.ingress.mqtt.describe(ctx))
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -440,7 +402,7 @@ def binding(hub, ctx) -> cloudevents.Binding | None:
         properties of their own names, ``datacontenttype`` the Content Type too;
         None with MQTT 3.1.1, whose messages carry no properties (structured mode only)
     """
-    protocol = hub.ingress.mqtt.client_kwargs(_connection(ctx)).get("protocol")
+    protocol = hub.ingress.mqtt.client_kwargs(options(ctx)).get("protocol")
     return cloudevents.MQTT if protocol == aiomqtt.ProtocolVersion.V5 else None
 
 
@@ -462,32 +424,20 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     if tls.flag((ctx.acct.get("connection") or {}).get("tls_insecure"), False):
         return "connection tls_insecure: true"
     return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile's client now, so that a broker that cannot be
-    reached is reported when the bus starts.
-    """
-    await _route(hub, ctx).publisher.open()
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
+    await hub.ingress.mqtt.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Disconnect the profile's client; the lane has already waited for every
-    acknowledgement.
-    """
-    publisher = hub.ingress.mqtt.PUBLISHERS.pop(_key(ctx), None)
-    hub.ingress.mqtt.BY_CTX.forget(ctx, lambda route: route.publisher is publisher)
-    if publisher is not None:
-        await publisher.close()
+    """Flush and close the profile's connection (at stop)."""
+    await hub.ingress.mqtt.CONNECTIONS.close(ctx)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -499,13 +449,13 @@ async def send(hub, ctx, routing_key: str, event):
     :param routing_key: The topic; the profile's ``topic`` when empty
     :param event: The event
     """
-    route = _route(hub, ctx)
+    route = hub.ingress.mqtt.CONNECTIONS.find(ctx)
     publisher = route.publisher
     if not publisher.ready:
         await publisher.open()
     topic = routing_key or route.topic
     if not topic:
-        raise NoTopicError("no MQTT topic: the event has no routing key and the profile names no topic")
+        raise NoDestinationError("no MQTT topic: the event has no routing key and the profile names no topic")
     properties = None
     if publisher.v5:
         properties = Properties(PacketTypes.PUBLISH)
@@ -535,17 +485,8 @@ async def send(hub, ctx, routing_key: str, event):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for the broker's acknowledgement (the ingress
-    contract; the lanes use ``send``).
-
-    :param routing_key: The topic; the profile's ``topic`` when empty
-    :param body: The serialized event body
-    """
-    from evbus.types import Event
-
-    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
-    await receipt
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
+    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -569,16 +510,16 @@ async def listen(hub, ctx, routing_key: str | None = None):
 
     :param routing_key: The topic, overriding the profile's
     :return: An async iterator of (topic of the message, payload)
-    :raises NoTopicError: The profile names no topic and no routing key was given
+    :raises NoDestinationError: The profile names no topic and no routing key was given
     :raises ListenError: The broker could not be reached or refused the
         connection, or the connection was lost
     """
     topic = routing_key or ctx.acct.get("routing_key") or ctx.acct.get("topic")
     if not topic:
-        raise NoTopicError("no MQTT topic to listen on: the profile names no topic and no --routing-key was given")
+        raise NoDestinationError("no MQTT topic to listen on: the profile names no topic and no --routing-key was given")
     qos = ctx.acct.get("qos")
     qos = 1 if qos is None or qos == "" else int(qos)
-    connection = {key: value for key, value in _connection(ctx).items() if key not in ("identifier", "will")}
+    connection = {key: value for key, value in options(ctx).items() if key not in ("identifier", "will")}
     client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection, _tls_block(ctx)))
     try:
         await client.__aenter__()
@@ -593,7 +534,4 @@ async def listen(hub, ctx, routing_key: str | None = None):
         except aiomqtt.MqttError as e:
             raise ListenError(f"lost the connection: {error_text(e)}") from e
     finally:
-        try:
-            await client.__aexit__(None, None, None)
-        except Exception:  # closing a broken connection may fail; it is gone either way
-            pass
+        await close_quietly(client.__aexit__(None, None, None))

@@ -75,27 +75,34 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from evbus.connection import import_error
+
 try:
     import nats
     import nats.errors
     import nats.js.api
     import nats.js.errors
 
-    HAS_LIBS = True
-    IMPORT_ERROR = ""
-except ImportError as e:  # missing, or a version older than the extra's floor
-    HAS_LIBS = False
-    IMPORT_ERROR = str(e)
+    IMPORT_ERROR = None
+except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
+    IMPORT_ERROR = import_error(e, ("nats",))
 
 from evbus import cloudevents
 from evbus import tls
-from evbus.connection import LoopLock
-from evbus.connection import PerCtx
+from evbus.connection import Holder
+from evbus.connection import Route as BaseRoute
+from evbus.connection import close_quietly
 from evbus.connection import error_text
-from evbus.exc import EvbusError
+from evbus.connection import options
+from evbus.connection import registry
+from evbus.connection import send_and_wait
+from evbus.connection import tls_block
+from evbus.connection import virtual
+from evbus.exc import ConnectError
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
+from evbus.exc import NoDestinationError
 from evbus.exc import RefusedError
 
 # Connection options the plugin sets unless the profile does: one quick
@@ -117,14 +124,7 @@ _BUFFER = ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size
 SWEEP_AT = 4096
 
 
-class NoSubjectError(EvbusError, ValueError):
-    """An event with no subject: the event has no routing key and the profile names no subject."""
-
-    retriable = False
-
-
-class NatsConnectError(EvbusError, ConnectionError):
-    """No server of a profile could be reached."""
+__contracts__ = ["broker"]
 
 
 class NoStreamError(RefusedError, LookupError):
@@ -132,20 +132,13 @@ class NoStreamError(RefusedError, LookupError):
 
 
 def __virtual__(hub):
-    if not HAS_LIBS:
-        return False, (
-            f"the nats ingress (acct provider nats) needs nats-py: "
-            f'pip install "evbus-ng[nats]" ({IMPORT_ERROR})'
-        )
-    return True
+    return virtual(IMPORT_ERROR, "the nats ingress (acct provider nats) needs nats-py", "nats")
 
 
 def __init__(hub):
     hub.ingress.nats.ACCT = ["nats"]
-    # connection key -> Connection
-    hub.ingress.nats.CONNECTIONS = {}
-    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.nats.BY_CTX = PerCtx()
+    # CONNECTIONS: connection key -> Connection; BY_CTX: a lane's ctx -> its Route
+    registry(hub.ingress.nats, _key, lambda ctx: _connection(hub, ctx), Route)
 
 
 def _header_block(headers: Mapping[str, str]) -> bytes:
@@ -323,7 +316,7 @@ def _api_error(error: dict) -> Exception:
 
 
 # The fields of nats-py's PubAck: a reply's other fields are left out, as its from_response does
-_PUB_ACK_FIELDS = frozenset(f.name for f in dataclasses.fields(nats.js.api.PubAck)) if HAS_LIBS else frozenset()
+_PUB_ACK_FIELDS = frozenset(f.name for f in dataclasses.fields(nats.js.api.PubAck)) if IMPORT_ERROR is None else frozenset()
 
 
 def _pub_ack(response: dict) -> Any:
@@ -441,21 +434,18 @@ class Session:
             self.flushes.pop(batch, None)
 
 
-class Connection:
+class Connection(Holder):
     """One profile's NATS connection (and JetStream context), opened once."""
 
     def __init__(
         self, connection_kwargs: dict, jetstream: bool, stream: str | None, where: str, tls_block: Any = None
     ):
+        super().__init__(where)
         self.connection_kwargs = connection_kwargs
         self.tls_block = tls_block
         self.jetstream = jetstream
         self.stream = stream
-        self.where = where
         self.session = Session()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # Serializes open(): lanes of profiles that share this connection open it at once
-        self.lock = LoopLock()
         self.last_error: BaseException | None = None
         # JetStream: the subjects a stream (the profile's, when it names one) was seen to take
         self.covered: set[str] = set()
@@ -470,55 +460,51 @@ class Connection:
         client = self.session.client
         return client is not None and self.loop is asyncio.get_running_loop() and not client.is_closed
 
-    async def open(self):
+    async def connect(self):
         """
         Connect; with JetStream, check that the profile's ``stream`` (when it
         names one) exists, and subscribe to the inbox of the PubAcks.
         """
-        async with self.lock.get():
-            if self.ready:
-                return
-            await self.close()
-            kwargs = _client_kwargs(self.connection_kwargs, self.tls_block)
-            kwargs.setdefault("name", "evbus")
-            # A new session: a late callback of the last client fails what that client held, no more
-            session = Session()
-            kwargs.update(error_cb=self._on_error, closed_cb=session.fail, disconnected_cb=session.fail)
-            self.last_error = None
-            client = nats.NATS()
+        kwargs = _client_kwargs(self.connection_kwargs, self.tls_block)
+        kwargs.setdefault("name", "evbus")
+        # A new session: a late callback of the last client fails what that client held, no more
+        session = Session()
+        kwargs.update(error_cb=self._on_error, closed_cb=session.fail, disconnected_cb=session.fail)
+        self.last_error = None
+        client = nats.NATS()
+        try:
+            await client.connect(**kwargs)
+        except Exception as e:
+            await _abandon(client)
+            refusal = tls.refusal(e, self.where) or tls.refusal(self.last_error, self.where)
+            if refusal is not None:
+                raise refusal from None
+            if isinstance(e, nats.errors.NoServersError):
+                if _login_refused(self.last_error):
+                    raise self._refused(self.last_error) from None
+                last = self.last_error
+                reason = f": {type(last).__name__}: {last}" if last else ""
+                raise ConnectError(f"cannot connect to {self.where}{reason}") from None
+            if _login_refused(e):
+                raise self._refused(e) from None
+            raise
+        session.attach(client)
+        if self.jetstream:
+            js = session.js = client.jetstream()
             try:
-                await client.connect(**kwargs)
-            except Exception as e:
-                await _abandon(client)
-                refusal = tls.refusal(e, self.where) or tls.refusal(self.last_error, self.where)
-                if refusal is not None:
-                    raise refusal from None
-                if isinstance(e, nats.errors.NoServersError):
-                    if _login_refused(self.last_error):
-                        raise self._refused(self.last_error) from None
-                    last = self.last_error
-                    reason = f": {type(last).__name__}: {last}" if last else ""
-                    raise NatsConnectError(f"cannot connect to {self.where}{reason}") from None
-                if _login_refused(e):
-                    raise self._refused(e) from None
+                if self.stream:
+                    await js.stream_info(self.stream)
+                session.acks = Acks(client)
+                await session.acks.start()
+            except BaseException as e:
+                await client.close()
+                if isinstance(e, nats.js.errors.NotFoundError):
+                    raise NoStreamError(
+                        f"JetStream stream '{self.stream}' does not exist on {self.where}: "
+                        f"create it, or name an existing stream in the profile"
+                    ) from None
                 raise
-            session.attach(client)
-            if self.jetstream:
-                js = session.js = client.jetstream()
-                try:
-                    if self.stream:
-                        await js.stream_info(self.stream)
-                    session.acks = Acks(client)
-                    await session.acks.start()
-                except BaseException as e:
-                    await client.close()
-                    if isinstance(e, nats.js.errors.NotFoundError):
-                        raise NoStreamError(
-                            f"JetStream stream '{self.stream}' does not exist on {self.where}: "
-                            f"create it, or name an existing stream in the profile"
-                        ) from None
-                    raise
-            self.session, self.loop = session, asyncio.get_running_loop()
+        self.session = session
 
     def _refused(self, error: BaseException) -> LoginRefusedError:
         return LoginRefusedError(
@@ -552,10 +538,7 @@ class Connection:
         session, self.session = self.session, Session()
         client = session.client
         if client is not None and not client.is_closed:
-            try:
-                await client.close()  # writes what is buffered
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                pass
+            await close_quietly(client.close())  # writes what is buffered
         await session.fail()  # what the client still held, should nats-py not have said so yet
 
     async def _on_error(self, error: Exception):
@@ -578,29 +561,25 @@ async def _abandon(client: Any):
             await transport.wait_closed()
 
 
-class Route:
+class Route(BaseRoute):
     """What a lane's sends need of its profile: the connection and the per-profile settings."""
 
-    def __init__(self, connection: Connection, subject: str | None, stream: str | None):
+    __slots__ = ("connection", "subject", "stream", "headers", "batch")
+
+    def __init__(self, connection: Connection, ctx):
+        super().__init__(connection)
         self.connection = connection
-        self.subject = subject
-        self.stream = stream
+        self.subject = ctx.acct.get("subject") or None
+        self.stream = connection.stream
         # The headers of its messages, their constant parts built once
-        self.headers = Headers(connection.jetstream, stream)
+        self.headers = Headers(connection.jetstream, self.stream)
         # Core NATS: the confirmation shared by the events published since the last PING
         self.batch: asyncio.Future | None = None
 
 
-def _connection_kwargs(ctx) -> dict:
-    connection = ctx.acct.get("connection") or {}
-    return {key: value for key, value in dict(connection).items() if key != "loop"}
-
-
 def _tls_block(ctx) -> Any:
     """:return: The profile's ``tls`` block, checked against nats-py's own TLS options"""
-    block = tls.block(ctx.acct)
-    tls.conflict(block, _connection_kwargs(ctx), native=("tls", "tls_hostname"))
-    return block
+    return tls_block(ctx, native=("tls", "tls_hostname"))
 
 
 def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
@@ -627,7 +606,7 @@ def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
 def _key(ctx) -> str:
     return repr(
         (
-            sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]),
+            sorted(options(ctx).items(), key=lambda kv: kv[0]),
             bool(ctx.acct.get("jetstream")),
             ctx.acct.get("stream") or None,
             tls.key(ctx.acct),
@@ -635,24 +614,15 @@ def _key(ctx) -> str:
     )
 
 
-def _route(hub, ctx) -> Route:
-    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    cached = hub.ingress.nats.BY_CTX.get(ctx)
-    if cached is not None:
-        return cached
-    connections = hub.ingress.nats.CONNECTIONS
-    key = _key(ctx)
-    connection = connections.get(key)
-    if connection is None:
-        connection = connections[key] = Connection(
-            _connection_kwargs(ctx),
-            jetstream=bool(ctx.acct.get("jetstream")),
-            stream=ctx.acct.get("stream") or None,
-            where=hub.ingress.nats.describe(ctx),
-            tls_block=_tls_block(ctx),
-        )
-    route = Route(connection, subject=ctx.acct.get("subject") or None, stream=connection.stream)
-    return hub.ingress.nats.BY_CTX.put(ctx, route)
+def _connection(hub, ctx) -> Connection:
+    """The connection of a profile (made once per connection key)."""
+    return Connection(
+        options(ctx),
+        jetstream=bool(ctx.acct.get("jetstream")),
+        stream=ctx.acct.get("stream") or None,
+        where=hub.ingress.nats.describe(ctx),
+        tls_block=_tls_block(ctx),
+    )
 
 
 def _login_refused(error: BaseException | None) -> bool:
@@ -715,30 +685,18 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     return tls.unchecked(ctx.acct)
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile now, so that a server that cannot be reached is
-    reported when the bus starts.
-    """
-    await _route(hub, ctx).connection.open()
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
+    await hub.ingress.nats.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Close the profile's connection; the lane has already waited for every
-    confirmation.
-    """
-    connection = hub.ingress.nats.CONNECTIONS.pop(_key(ctx), None)
-    hub.ingress.nats.BY_CTX.forget(ctx, lambda route: route.connection is connection)
-    if connection is not None:
-        await connection.close()
+    """Flush and close the profile's connection (at stop)."""
+    await hub.ingress.nats.CONNECTIONS.close(ctx)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -750,13 +708,13 @@ async def send(hub, ctx, routing_key: str, event):
     :param routing_key: The subject; the profile's ``subject`` when empty
     :param event: The event
     """
-    route = _route(hub, ctx)
+    route = hub.ingress.nats.CONNECTIONS.find(ctx)
     connection = route.connection
     if not connection.ready:
         await connection.open()
     subject = routing_key or route.subject
     if not subject:
-        raise NoSubjectError("no NATS subject: the event has no routing key and the profile names no subject")
+        raise NoDestinationError("no NATS subject: the event has no routing key and the profile names no subject")
     session = connection.session
     try:
         if connection.jetstream:
@@ -789,18 +747,9 @@ async def send(hub, ctx, routing_key: str, event):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for its confirmation (the ingress contract;
-    the lanes use ``send``).
-
-    :param routing_key: The subject; the profile's ``subject`` when empty
-    :param body: The serialized event body
-    """
-    from evbus.types import Event
-
-    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
     # shielded: a core NATS confirmation is shared with the other events of its batch
-    await asyncio.shield(receipt)
+    await send_and_wait(send, hub, ctx, routing_key, body, shield=True)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -818,15 +767,15 @@ async def listen(hub, ctx, routing_key: str | None = None):
 
     :param routing_key: The subject, overriding the profile's
     :return: An async iterator of (subject, body)
-    :raises NoSubjectError: The profile names no subject and no routing key was given
+    :raises NoDestinationError: The profile names no subject and no routing key was given
     :raises ListenError: No server could be reached, or the connection was lost
     """
     subject = routing_key or ctx.acct.get("routing_key") or ctx.acct.get("subject")
     if not subject:
-        raise NoSubjectError(
+        raise NoDestinationError(
             "no NATS subject to listen on: the profile names no subject and no --routing-key was given"
         )
-    kwargs = _client_kwargs(_connection_kwargs(ctx), _tls_block(ctx))
+    kwargs = _client_kwargs(options(ctx), _tls_block(ctx))
     kwargs.setdefault("name", "evbus-listen")
     errors: list[BaseException] = []
 
@@ -856,7 +805,4 @@ async def listen(hub, ctx, routing_key: str | None = None):
         raise ListenError(f"lost the connection{reason()}")
     finally:
         if not client.is_closed:
-            try:
-                await client.close()
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                pass
+            await close_quietly(client.close())

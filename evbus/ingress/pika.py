@@ -59,6 +59,8 @@ import asyncio
 import collections
 from typing import Any
 
+from evbus.connection import import_error
+
 try:
     import aio_pika
     import aiormq.exceptions
@@ -67,64 +69,52 @@ try:
 
     from evbus import amqp
 
-    HAS_LIBS = True
-    IMPORT_ERROR = ""
-except ImportError as e:  # missing, or a version older than the extra's floor
-    HAS_LIBS = False
-    IMPORT_ERROR = str(e)
+    IMPORT_ERROR = None
+except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
+    IMPORT_ERROR = import_error(e, ("aio_pika", "aiormq"))
 
 from evbus import cloudevents
 from evbus import tls
-from evbus.connection import LoopLock
-from evbus.connection import PerCtx
+from evbus.connection import Holder
+from evbus.connection import Route as BaseRoute
+from evbus.connection import close_quietly
 from evbus.connection import error_text
-from evbus.exc import EvbusError
+from evbus.connection import options
+from evbus.connection import registry
+from evbus.connection import send_and_wait
+from evbus.connection import virtual
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
+from evbus.exc import NackedError
+from evbus.exc import NoDestinationError
 from evbus.exc import RefusedError
 
-
-class PublishNacked(EvbusError, ConnectionError):
-    """RabbitMQ refused (nacked) a message."""
-
-
-class MessageReturned(RefusedError):
-    """RabbitMQ returned a mandatory message: no queue is bound to take it."""
+__contracts__ = ["broker"]
 
 
 def __virtual__(hub):
-    if not HAS_LIBS:
-        return False, (
-            f"the pika ingress (acct providers pika, amqp, rabbitmq) needs aio-pika: "
-            f'pip install "evbus-ng[pika]" ({IMPORT_ERROR})'
-        )
-    return True
+    return virtual(IMPORT_ERROR, "the pika ingress (acct providers pika, amqp, rabbitmq) needs aio-pika", "pika")
 
 
 def __init__(hub):
     hub.ingress.pika.ACCT = ["pika", "amqp", "rabbitmq"]
-    # connection key -> Publisher
-    hub.ingress.pika.PUBLISHERS = {}
-    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.pika.BY_CTX = PerCtx()
+    # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
+    registry(hub.ingress.pika, _key, lambda ctx: _publisher(hub, ctx), _route)
 
 
-class Publisher:
+class Publisher(Holder):
     """One profile's connection and confirming channel, opened once."""
 
     def __init__(self, connection_kwargs: dict, exchange: str, where: str, tls_block: Any = None):
+        super().__init__(where)
         self.connection_kwargs = connection_kwargs
         self.tls_block = tls_block
         self.exchange_name = exchange
-        self.where = where
         self.connection: Any = None
         self.channel: Any = None
         self.raw_channel: Any = None
         # The publishes on the open channel
         self.outbox: Outbox | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # Serializes open(): lanes of profiles that share this connection open it once
-        self.lock = LoopLock()
 
     @property
     def ready(self) -> bool:
@@ -135,41 +125,33 @@ class Publisher:
             and not self.raw_channel.is_closed
         )
 
-    async def open(self):
+    async def connect(self):
         """Connect, open a channel with publisher confirms, check the exchange exists."""
-        async with self.lock.get():
-            if self.ready:
-                return
+        try:
+            self.connection = await aio_pika.connect(**_with_tls(self.connection_kwargs, self.tls_block))
+        except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as e:
+            raise _login_refused(e, self.where) from e
+        except Exception as e:
+            refusal = tls.refusal(e, self.where)
+            if refusal is not None:
+                raise refusal from e
+            raise
+        try:
+            self.channel = await self.connection.channel(publisher_confirms=True)
+            if self.exchange_name:
+                # Fails early, with a clear 404 from the broker, when the exchange does not exist
+                await self.channel.get_exchange(self.exchange_name, ensure=True)
+            self.raw_channel = await self.channel.get_underlay_channel()
+            self.outbox = Outbox(self.raw_channel, self.exchange_name, self.where)
+        except BaseException:
             await self.close()
-            self.loop = asyncio.get_running_loop()
-            try:
-                self.connection = await aio_pika.connect(**_with_tls(self.connection_kwargs, self.tls_block))
-            except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as e:
-                raise _login_refused(e, self.where) from e
-            except Exception as e:
-                refusal = tls.refusal(e, self.where)
-                if refusal is not None:
-                    raise refusal from e
-                raise
-            try:
-                self.channel = await self.connection.channel(publisher_confirms=True)
-                if self.exchange_name:
-                    # Fails early, with a clear 404 from the broker, when the exchange does not exist
-                    await self.channel.get_exchange(self.exchange_name, ensure=True)
-                self.raw_channel = await self.channel.get_underlay_channel()
-                self.outbox = Outbox(self.raw_channel, self.exchange_name, self.where)
-            except BaseException:
-                await self.close()
-                raise
+            raise
 
     async def close(self):
         connection, self.connection = self.connection, None
         self.channel = self.raw_channel = self.outbox = None
         if connection is not None and not connection.is_closed:
-            try:
-                await connection.close()
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                pass
+            await close_quietly(connection.close())
 
 
 class Confirmation(asyncio.Future):
@@ -177,7 +159,7 @@ class Confirmation(asyncio.Future):
     RabbitMQ's answer to one publish. aiormq's channel resolves it from its
     map of delivery tags (``channel.confirmations``): basic.ack resolves it;
     basic.nack fails it (aiormq's ``DeliveryError``), and so do a basic.return
-    (:class:`MessageReturned`), the channel closing (its reason) and the
+    (:class:`~evbus.exc.RefusedError`), the channel closing (its reason) and the
     profile's ``timeout`` (``TimeoutError``).
     """
 
@@ -190,11 +172,11 @@ class Confirmation(asyncio.Future):
         returned = getattr(result, "delivery", None)
         if isinstance(returned, spec.Basic.Return):
             # what aiormq hands over for a basic.return when the channel does not raise on returns
-            self._fail(MessageReturned(_returned_text(returned, self.outbox.exchange, self.routing_key)))
+            self._fail(RefusedError(_returned_text(returned, self.outbox.exchange, self.routing_key)))
         elif isinstance(result, spec.Basic.Ack):
             _SET_RESULT(self, result)
         else:
-            self._fail(PublishNacked(f"RabbitMQ did not accept the message ({type(result).__name__})"))
+            self._fail(NackedError(f"RabbitMQ did not accept the message ({type(result).__name__})"))
 
     def set_exception(self, exception: Any):
         if self.done():
@@ -429,13 +411,12 @@ def _exchange(ctx) -> str:
 
 
 def _connection_kwargs(ctx) -> dict:
-    connection = ctx.acct.get("connection") or {}
-    kwargs = {key: value for key, value in dict(connection).items() if key != "loop"}
+    kwargs = options(ctx)
     kwargs.setdefault("connection_class", QuietConnection)
     return kwargs
 
 
-if HAS_LIBS:
+if IMPORT_ERROR is None:
 
     class QuietConnection(aio_pika.Connection):
         """
@@ -485,7 +466,7 @@ def _key(ctx) -> tuple:
     return (connection, _exchange(ctx), tls.key(ctx.acct))
 
 
-class Route:
+class Route(BaseRoute):
     """
     What a lane's sends need of its profile: the publisher and the settings of
     every message, read once per lane.
@@ -494,32 +475,27 @@ class Route:
     __slots__ = ("publisher", "delivery_mode", "mandatory", "timeout")
 
     def __init__(self, publisher: Publisher, delivery_mode: int, mandatory: bool, timeout: float | None):
+        super().__init__(publisher)
         self.publisher = publisher
         self.delivery_mode = delivery_mode
         self.mandatory = mandatory
         self.timeout = timeout
 
 
-def _route(hub, ctx) -> Route:
-    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    cached = hub.ingress.pika.BY_CTX.get(ctx)
-    if cached is not None:
-        return cached
-    publishers = hub.ingress.pika.PUBLISHERS
-    key = _key(ctx)
-    publisher = publishers.get(key)
-    if publisher is None:
-        publisher = publishers[key] = Publisher(
-            _connection_kwargs(ctx), _exchange(ctx), hub.ingress.pika.describe(ctx), tls_block=_tls_block(ctx)
-        )
+def _publisher(hub, ctx) -> Publisher:
+    """The publisher of a profile's connection and exchange (made once per connection key)."""
+    return Publisher(_connection_kwargs(ctx), _exchange(ctx), hub.ingress.pika.describe(ctx), _tls_block(ctx))
+
+
+def _route(publisher: Publisher, ctx) -> Route:
+    """The route of a lane's profile (made once per lane)."""
     timeout = ctx.acct.get("timeout")
-    route = Route(
+    return Route(
         publisher,
         delivery_mode=2 if ctx.acct.get("persistent") else 1,
         mandatory=_mandatory(ctx),
         timeout=float(timeout) if timeout else None,
     )
-    return hub.ingress.pika.BY_CTX.put(ctx, route)
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -582,10 +558,7 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     connection = ctx.acct.get("connection") or {}
     query = aio_pika.connection.make_url(str(connection["url"])).query if connection.get("url") else {}
     options = connection.get("ssl_options") or {}
@@ -595,22 +568,13 @@ def unchecked_hostname(hub, ctx) -> str | None:
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile's publisher now, so that a broker that cannot be
-    reached is reported when the bus starts.
-    """
-    await _route(hub, ctx).publisher.open()
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
+    await hub.ingress.pika.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Close the profile's connection; the lane has already waited for every
-    confirmation.
-    """
-    publisher = hub.ingress.pika.PUBLISHERS.pop(_key(ctx), None)
-    hub.ingress.pika.BY_CTX.forget(ctx, lambda route: route.publisher is publisher)
-    if publisher is not None:
-        await publisher.close()
+    """Flush and close the profile's connection (at stop)."""
+    await hub.ingress.pika.CONNECTIONS.close(ctx)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -621,7 +585,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param routing_key: The AMQP routing key
     :param event: The event
     """
-    route = _route(hub, ctx)
+    route = hub.ingress.pika.CONNECTIONS.find(ctx)
     publisher = route.publisher
     if not publisher.ready:
         await publisher.open()
@@ -647,17 +611,8 @@ def _returned_text(frame, exchange: str, routing_key: str) -> str:
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for RabbitMQ's confirmation (the ingress contract;
-    the lanes use ``send``).
-
-    :param routing_key: The AMQP routing key
-    :param body: The serialized event body
-    """
-    from evbus.types import Event
-
-    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
-    await receipt
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
+    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -676,7 +631,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
     """
     queue_name = routing_key or ctx.acct.get("routing_key")
     if not queue_name:
-        raise EvbusError("no queue to listen on: the profile names no routing_key and no --routing-key was given")
+        raise NoDestinationError("no queue to listen on: the profile names no routing_key and no --routing-key was given")
     try:
         connection = await aio_pika.connect(**_with_tls(_connection_kwargs(ctx), _tls_block(ctx)))
     except Exception as e:
@@ -710,7 +665,4 @@ async def listen(hub, ctx, routing_key: str | None = None):
         raise ListenError(f"lost the connection{reason}")
     finally:
         if not connection.is_closed:
-            try:
-                await connection.close()
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                pass
+            await close_quietly(connection.close())

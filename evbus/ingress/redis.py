@@ -56,6 +56,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from evbus.connection import import_error
+
 try:
     import redis.asyncio
     import redis.exceptions
@@ -65,29 +67,29 @@ try:
     # redis-py before 5.3 wants a command name for a connection of the pool; later ones warn about it
     _COMMAND = inspect.signature(redis.asyncio.ConnectionPool.get_connection).parameters.get("command_name")
     _NAMES_A_COMMAND = _COMMAND is not None and _COMMAND.default is inspect.Parameter.empty
-    HAS_LIBS = True
-    IMPORT_ERROR = ""
-except ImportError as e:  # missing, or a version older than the extra's floor
-    HAS_LIBS = False
-    IMPORT_ERROR = str(e)
+    IMPORT_ERROR = None
+except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
+    IMPORT_ERROR = import_error(e, ("redis",))
 
 from evbus import cloudevents
 from evbus import tls
-from evbus.connection import LoopLock
-from evbus.connection import PerCtx
+from evbus.connection import Holder
+from evbus.connection import Route as BaseRoute
+from evbus.connection import close_quietly
 from evbus.connection import error_text
-from evbus.exc import EvbusError
+from evbus.connection import options
+from evbus.connection import registry
+from evbus.connection import send_and_wait
+from evbus.connection import tls_block
+from evbus.connection import virtual
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
+from evbus.exc import NoDestinationError
 from evbus.exc import ProfileError
 from evbus.exc import TlsConfigError
 from evbus.exc import TlsRefusedError
 
-
-class NoKeyError(EvbusError, ValueError):
-    """An event with no stream or channel: the profile names none and the event has no routing key."""
-
-    retriable = False
+__contracts__ = ["broker"]
 
 
 async def _take_connection(pool):
@@ -98,20 +100,13 @@ async def _take_connection(pool):
 
 
 def __virtual__(hub):
-    if not HAS_LIBS:
-        return False, (
-            f"the redis ingress (acct provider redis) needs redis-py: "
-            f'pip install "evbus-ng[redis]" ({IMPORT_ERROR})'
-        )
-    return True
+    return virtual(IMPORT_ERROR, "the redis ingress (acct provider redis) needs redis-py", "redis")
 
 
 def __init__(hub):
     hub.ingress.redis.ACCT = ["redis"]
-    # connection key -> Writer
-    hub.ingress.redis.WRITERS = {}
-    # id(ctx) -> (ctx, Route): the lookup of every send, without rebuilding the key
-    hub.ingress.redis.BY_CTX = PerCtx()
+    # CONNECTIONS: connection key -> Writer; BY_CTX: a lane's ctx -> its Route
+    registry(hub.ingress.redis, _key, lambda ctx: _writer(hub, ctx), Route)
 
 
 def command(*args: bytes, more: int = 0) -> bytes:
@@ -135,22 +130,19 @@ ENTRY = (
 ENTRY_ARGUMENTS = 7
 
 
-class Writer:
+class Writer(Holder):
     """
     One profile's Redis client and connection, and the commands waiting for
     the next pipeline: they are written in one go, and the replies read in order.
     """
 
     def __init__(self, connection_kwargs: dict, where: str, tls_block: Mapping | None = None):
+        super().__init__(where)
         self.connection_kwargs = connection_kwargs
-        self.where = where
         self.tls_block = tls_block
         self.client: Any = None
         # The pool connection the writer keeps for itself
         self.connection: Any = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # Serializes open(): lanes of profiles that share this connection open it at once
-        self.lock = LoopLock()
         # (command in RESP, future of its reply), in order
         self.queue: list[tuple[bytes, asyncio.Future]] = []
         self.flusher: asyncio.Task | None = None
@@ -159,26 +151,22 @@ class Writer:
     def ready(self) -> bool:
         return self.client is not None and self.loop is asyncio.get_running_loop()
 
-    async def open(self):
+    async def connect(self):
         """Make the client, check that the server answers, and take a connection of the pool."""
-        async with self.lock.get():
-            if self.ready:
-                return
-            await self.close()
-            kwargs = dict(self.connection_kwargs)
-            # One quick retry of redis-py's own when it connects (its default: 10); the lane does the rest
-            kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1))
-            client = _client(kwargs, self.tls_block)
-            try:
-                await client.ping()
-                self.connection = await _take_connection(client.connection_pool)
-            except BaseException as e:
-                await client.aclose()
-                refusal = _refusal(e, self.where)
-                if refusal is not None:
-                    raise refusal from e
-                raise
-            self.client, self.loop = client, asyncio.get_running_loop()
+        kwargs = dict(self.connection_kwargs)
+        # One quick retry of redis-py's own when it connects (its default: 10); the lane does the rest
+        kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1))
+        client = _client(kwargs, self.tls_block)
+        try:
+            await client.ping()
+            self.connection = await _take_connection(client.connection_pool)
+        except BaseException as e:
+            await client.aclose()
+            refusal = _refusal(e, self.where)
+            if refusal is not None:
+                raise refusal from e
+            raise
+        self.client = client
 
     async def close(self):
         client, self.client = self.client, None
@@ -189,10 +177,7 @@ class Writer:
         self._fail(self.queue, redis.exceptions.ConnectionError("the connection was closed"))
         self.queue = []
         if client is not None:
-            try:
-                await client.aclose()  # disconnects the pool's connections, the writer's too
-            except Exception:  # closing a broken connection may fail; it is gone either way
-                pass
+            await close_quietly(client.aclose())  # disconnects the pool's connections, the writer's too
 
     def submit(self, packed: bytes) -> asyncio.Future:
         """
@@ -261,7 +246,7 @@ class Writer:
                 future.set_exception(error)
 
 
-if HAS_LIBS:
+if IMPORT_ERROR is None:
 
     class TlsConnection(redis.asyncio.SSLConnection):
         """
@@ -328,12 +313,16 @@ def _refusal(error: BaseException, where: str) -> LoginRefusedError | TlsRefused
     return None
 
 
-class Route:
+class Route(BaseRoute):
     """What a lane's sends need of its profile: the writer and the commands it makes."""
 
-    def __init__(self, writer: Writer, acct, pubsub: bool):
+    __slots__ = ("writer", "pubsub", "key", "xadd_options", "heads")
+
+    def __init__(self, writer: Writer, ctx):
+        super().__init__(writer)
+        acct = ctx.acct
         self.writer = writer
-        self.pubsub = pubsub
+        self.pubsub = pubsub = _mode(ctx) == "pubsub"
         key = (acct.get("channel") if pubsub else acct.get("stream")) or None
         self.key: str | None = str(key) if key else None
         maxlen = acct.get("maxlen")
@@ -359,41 +348,30 @@ class Route:
         return head
 
 
-def _connection_kwargs(ctx) -> dict:
-    connection = ctx.acct.get("connection") or {}
-    return {key: value for key, value in dict(connection).items() if key != "loop"}
-
-
 def _tls_block(ctx) -> Mapping | None:
     """:return: The profile's ``tls`` block, checked against redis-py's own TLS options"""
-    block = tls.block(ctx.acct)
-    tls.conflict(block, _connection_kwargs(ctx), native=(), prefix="ssl_")
-    return block
+    return tls_block(ctx, native=(), prefix="ssl_")
 
 
 def _key(ctx) -> str:
-    return repr((sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
+    return repr((sorted(options(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
 
 
-def _route(hub, ctx) -> Route:
-    """The route of a profile: found by the lane's ctx (once per lane, then from a cache)."""
-    cached = hub.ingress.redis.BY_CTX.get(ctx)
-    if cached is not None:
-        return cached
+def _mode(ctx) -> str:
+    """
+    :return: The profile's mode, ``stream`` or ``pubsub``
+    :raises ProfileError: for another
+    """
     mode = str(ctx.acct.get("mode") or "stream").lower()
     if mode not in ("stream", "pubsub"):
-        error = ProfileError("redis", None, f"mode '{mode}' is neither stream nor pubsub")
-        error.retriable = False
-        raise error
-    writers = hub.ingress.redis.WRITERS
-    key = _key(ctx)
-    writer = writers.get(key)
-    if writer is None:
-        writer = writers[key] = Writer(
-            _connection_kwargs(ctx), where=hub.ingress.redis.describe(ctx), tls_block=_tls_block(ctx)
-        )
-    route = Route(writer, ctx.acct, pubsub=mode == "pubsub")
-    return hub.ingress.redis.BY_CTX.put(ctx, route)
+        raise ProfileError("redis", None, f"mode '{mode}' is neither stream nor pubsub")
+    return mode
+
+
+def _writer(hub, ctx) -> Writer:
+    """The writer of a profile's connection (made once per connection key)."""
+    _mode(ctx)  # a profile of neither mode has no writer
+    return Writer(options(ctx), where=hub.ingress.redis.describe(ctx), tls_block=_tls_block(ctx))
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -457,10 +435,7 @@ def describe(hub, ctx) -> str:
 
 
 def unchecked_hostname(hub, ctx) -> str | None:
-    """
-    :return: The option of the profile that turns the checking of the
-        server's host name off, or None
-    """
+    """:return: The option of the profile that turns the checking of host names off, or None"""
     connection = ctx.acct.get("connection") or {}
     if not tls.flag(connection.get("ssl_check_hostname"), True):
         return "connection ssl_check_hostname: false"
@@ -470,21 +445,13 @@ def unchecked_hostname(hub, ctx) -> str | None:
 
 
 async def open(hub, ctx):
-    """
-    Connect the profile's client now, so that a server that cannot be
-    reached is reported when the bus starts.
-    """
-    await _route(hub, ctx).writer.open()
+    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
+    await hub.ingress.redis.CONNECTIONS.open(ctx)
 
 
 async def close(hub, ctx):
-    """
-    Close the profile's client; the lane has already waited for every reply.
-    """
-    writer = hub.ingress.redis.WRITERS.pop(_key(ctx), None)
-    hub.ingress.redis.BY_CTX.forget(ctx, lambda route: route.writer is writer)
-    if writer is not None:
-        await writer.close()
+    """Flush and close the profile's connection (at stop)."""
+    await hub.ingress.redis.CONNECTIONS.close(ctx)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -496,13 +463,13 @@ async def send(hub, ctx, routing_key: str, event):
     :param routing_key: The stream or channel when the profile names none
     :param event: The event
     """
-    route = _route(hub, ctx)
+    route = hub.ingress.redis.CONNECTIONS.find(ctx)
     writer = route.writer
     if not writer.ready:
         await writer.open()
     key = route.key or routing_key
     if not key:
-        raise NoKeyError(
+        raise NoDestinationError(
             f"no Redis {'channel' if route.pubsub else 'stream'}: "
             "the profile names none and the event has no routing key"
         )
@@ -532,17 +499,8 @@ async def send(hub, ctx, routing_key: str, event):
 
 
 async def publish(hub, ctx, routing_key: str, body: bytes):
-    """
-    Publish one body and wait for Redis's reply (the ingress contract; the
-    lanes use ``send``).
-
-    :param routing_key: The stream or channel when the profile names none
-    :param body: The serialized event body
-    """
-    from evbus.types import Event
-
-    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
-    await receipt
+    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
+    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -562,24 +520,19 @@ async def listen(hub, ctx, routing_key: str | None = None):
     :param routing_key: The stream or channel, overriding the profile's
         ``stream``/``channel`` (then its ``routing_key``)
     :return: An async iterator of (stream or channel, body)
-    :raises NoKeyError: The profile names no stream or channel and no routing key was given
+    :raises NoDestinationError: The profile names no stream or channel and no routing key was given
     :raises ListenError: Redis cannot be reached or refused the login, or the
         connection was lost (after redis-py's own retries)
     """
-    mode = str(ctx.acct.get("mode") or "stream").lower()
-    if mode not in ("stream", "pubsub"):
-        error = ProfileError("redis", None, f"mode '{mode}' is neither stream nor pubsub")
-        error.retriable = False
-        raise error
-    pubsub = mode == "pubsub"
+    pubsub = _mode(ctx) == "pubsub"
     key = routing_key or ctx.acct.get("channel" if pubsub else "stream") or ctx.acct.get("routing_key")
     if not key:
-        raise NoKeyError(
+        raise NoDestinationError(
             f"no Redis {'channel' if pubsub else 'stream'} to listen on: "
             "the profile names none and no --routing-key was given"
         )
     key = str(key)
-    kwargs = _connection_kwargs(ctx)
+    kwargs = options(ctx)
     kwargs.setdefault("socket_connect_timeout", kwargs.get("socket_timeout") or 5)
     kwargs["socket_timeout"] = None  # a blocking read waits as long as it takes
     kwargs["decode_responses"] = False  # bodies are bytes

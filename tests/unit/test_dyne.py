@@ -71,6 +71,33 @@ def test_broker_plugin_without_its_library_says_which_extra(tmp_path, plugin, li
     assert f'pip install "evbus-ng[{extra}]"' in out.stdout
 
 
+@pytest.mark.parametrize(
+    "inside,reason",
+    [
+        ("import a_dependency_it_lacks\n", "No module named 'a_dependency_it_lacks'"),
+        ("raise ImportError('libmqtt.so: cannot open shared object file')\n", "libmqtt.so: cannot open shared object file"),
+        ("raise RuntimeError('aiomqtt is broken')\n", "aiomqtt is broken"),
+    ],
+)
+def test_broker_plugin_whose_library_is_installed_but_broken_says_why(tmp_path, inside, reason):
+    """A client library that is there but fails to import: its own error, not the hint to install the extra."""
+    (tmp_path / "aiomqtt").mkdir()
+    (tmp_path / "aiomqtt" / "__init__.py").write_text(inside)
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import pop.hub\n"
+        "hub = pop.hub.Hub()\n"
+        "hub.pop.sub.add(dyne_name='evbus')\n"
+        "assert 'mqtt' not in [m.__name__ for m in hub.ingress]\n"
+        "error = hub.ingress._load_errors['mqtt']\n"
+        "print(error.edict.get('verror') or error.edict['exception'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert reason in out.stdout and "pip install" not in out.stdout
+
+
 def test_profiles_of_a_plugin_without_its_library_are_named_at_start(tmp_path):
     """Each profile of a provider whose plugin cannot load gets a warning that says which extra to install."""
     code = (

@@ -20,6 +20,7 @@ from pamqp.body import ContentBody  # noqa: E402
 from pamqp.header import ContentHeader  # noqa: E402
 
 from evbus.exc import LoginRefusedError  # noqa: E402
+from evbus.exc import RefusedError  # noqa: E402
 from evbus.ingress import pika  # noqa: E402
 from evbus.types import Event  # noqa: E402
 
@@ -122,7 +123,7 @@ async def test_a_return_fails_that_publish_alone_naming_exchange_and_routing_key
     await channel.answer(spec.Basic.Ack(delivery_tag=3, multiple=True))
     assert confirmations[0].result() and confirmations[2].result()
     error = confirmations[1].exception()
-    assert isinstance(error, pika.MessageReturned)
+    assert isinstance(error, RefusedError)
     assert "no queue is bound to routing key 'q' on the default exchange (NO_ROUTE)" in str(error)
     assert channel.message_id_delivery_tag == {}
 

@@ -53,7 +53,7 @@ async def test_each_plugin_profile_and_routing_key_receives_its_own(evbus_hub, e
     assert everything == [{"order": 1}, {"order": 2}, {"who": "me"}]
     assert evbus_capture.events(profile="nothing") == []
     # No broker was asked for anything
-    assert not evbus_hub.ingress.kafka.PRODUCERS
+    assert not evbus_hub.ingress.kafka.CONNECTIONS
     assert evbus_hub.evbus.broker.stats()["lanes"] and all(
         lane["failed"] == 0 for lane in evbus_hub.evbus.broker.stats()["lanes"]
     )

@@ -46,4 +46,14 @@ CloudEvents protocol binding of a profile's messages (a
 trace context, the CloudEvents attributes) to the message. ``def
 messaging(hub, ctx, routing_key)`` gives the OpenTelemetry messaging
 attributes of a message's span. Both are optional (see the README).
+
+A plugin that holds a connection per profile and pipelines can name the
+broker contract (``__contracts__ = ["broker"]``, ``contracts/broker.py``;
+``"batches"`` too for ``send_many``): pop then checks its ``open``,
+``close``, ``send``, ``describe``, ``retriable`` and ``listen`` when it
+loads, and the lanes call ``send`` as the contract declares
+(:func:`evbus.evbus.adapt.destination`). A plugin that names no broker
+contract and offers ``send``, ``send_many`` or ``publish_nowait`` with other
+parameters than above is an error when the bus starts, naming the plugin
+and the function.
 """

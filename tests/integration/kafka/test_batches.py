@@ -30,7 +30,7 @@ def hand_offs(hub):
     recorded: list[tuple[str, int]] = []
 
     def destination(plugin: str, provider: str, profile: str):
-        found = hub.evbus.route.destination(plugin)
+        found = hub.evbus.adapt.destination(plugin)
         send, send_many = found.send, found.send_many
         assert send_many is not None  # the plugin takes several events at once
 

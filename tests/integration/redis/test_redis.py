@@ -178,12 +178,12 @@ async def test_profiles_sharing_a_connection_share_one_client_closed_on_stop(hub
         return sum(1 for client in await redis_reader.client.client_list() if client["name"] == name)
 
     await wait_for(
-        lambda: any(w.client is not None for w in hub.ingress.redis.WRITERS.values()),
+        lambda: any(w.client is not None for w in hub.ingress.redis.CONNECTIONS.values()),
         10,
         "the client at start",
     )
     # Two profiles with the same connection share one client
-    [writer] = hub.ingress.redis.WRITERS.values()
+    [writer] = hub.ingress.redis.CONNECTIONS.values()
     client = writer.client
     for n in range(100):
         await hub.evbus.broker.put(body=n, profile="first")
@@ -198,7 +198,7 @@ async def test_profiles_sharing_a_connection_share_one_client_closed_on_stop(hub
             break
         await asyncio.sleep(0.05)
     assert count == 0, count
-    assert hub.ingress.redis.WRITERS == {} and len(hub.ingress.redis.BY_CTX) == 0
+    assert hub.ingress.redis.CONNECTIONS == {} and len(hub.ingress.redis.BY_CTX) == 0
 
 
 async def test_password_is_masked(hub, running, error_sink, caplog):
