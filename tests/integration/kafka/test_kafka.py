@@ -68,8 +68,8 @@ class TestKafka(TransportCase):
         }
 
     async def live_connection(self, hub):
-        await wait_for(lambda: any(p.ready for p in hub.ingress.kafka.PRODUCERS.values()), 10, "the producer at start")
-        [producer] = hub.ingress.kafka.PRODUCERS.values()
+        await wait_for(lambda: any(p.ready for p in hub.ingress.kafka.CONNECTIONS.values()), 10, "the producer at start")
+        [producer] = hub.ingress.kafka.CONNECTIONS.values()
         return producer, producer.producer
 
     def still_open(self, holder, client) -> bool:
@@ -79,7 +79,7 @@ class TestKafka(TransportCase):
         return holder.producer is None
 
     def nothing_kept(self, hub) -> bool:
-        return hub.ingress.kafka.PRODUCERS == {}
+        return hub.ingress.kafka.CONNECTIONS == {}
 
     def check_ordered(self, arrived: list[Arrived], destination: str):
         assert all(m.raw.key == b"k1" for m in arrived)

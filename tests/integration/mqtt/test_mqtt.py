@@ -81,8 +81,8 @@ class TestMqtt(TransportCase, RestartCase):
         return {"connection": connection, "topic": "x"}
 
     async def live_connection(self, hub):
-        await wait_for(lambda: any(p.ready for p in hub.ingress.mqtt.PUBLISHERS.values()), 10, "the connection at start")
-        [publisher] = hub.ingress.mqtt.PUBLISHERS.values()
+        await wait_for(lambda: any(p.ready for p in hub.ingress.mqtt.CONNECTIONS.values()), 10, "the connection at start")
+        [publisher] = hub.ingress.mqtt.CONNECTIONS.values()
         return publisher, publisher.paho
 
     def still_open(self, holder, client) -> bool:
@@ -92,7 +92,7 @@ class TestMqtt(TransportCase, RestartCase):
         return not client.is_connected()  # disconnected on stop
 
     def nothing_kept(self, hub) -> bool:
-        return hub.ingress.mqtt.PUBLISHERS == {} and len(hub.ingress.mqtt.BY_CTX) == 0
+        return hub.ingress.mqtt.CONNECTIONS == {} and len(hub.ingress.mqtt.BY_CTX) == 0
 
     def check_ordered(self, arrived: list[Arrived], destination: str):
         assert not any(m.raw.retain for m in arrived)

@@ -80,8 +80,8 @@ class TestRabbitMQ(TransportCase, RestartCase):
         return {"connection": {"url": f"amqp://guest:{secret}@127.0.0.1:1/"}, "routing_key": "x"}
 
     async def live_connection(self, hub):
-        await wait_for(lambda: len(hub.ingress.pika.PUBLISHERS) == 1, 10, "the connection at start")
-        [publisher] = hub.ingress.pika.PUBLISHERS.values()
+        await wait_for(lambda: len(hub.ingress.pika.CONNECTIONS) == 1, 10, "the connection at start")
+        [publisher] = hub.ingress.pika.CONNECTIONS.values()
         await wait_for(lambda: publisher.raw_channel is not None, 10, "the channel at start")
         return publisher, publisher.connection
 
@@ -92,7 +92,7 @@ class TestRabbitMQ(TransportCase, RestartCase):
         return client.is_closed
 
     def nothing_kept(self, hub) -> bool:
-        return hub.ingress.pika.PUBLISHERS == {}
+        return hub.ingress.pika.CONNECTIONS == {}
 
     def check_ordered(self, arrived: list[Arrived], destination: str):
         assert all(m.raw.delivery_mode.value == 1 for m in arrived)  # transient unless the profile says persistent
@@ -221,7 +221,7 @@ async def test_profiles_sharing_a_connection_open_it_once(hub, running, amqp, mo
     for profile in ("a", "b", "c"):
         await hub.evbus.broker.put(body=profile, profile=profile)
     assert sorted(json.loads(m.body) for m in await amqp.take(queue, 3)) == ["a", "b", "c"]
-    assert len(opened) == 1 and len(hub.ingress.pika.PUBLISHERS) == 1
+    assert len(opened) == 1 and len(hub.ingress.pika.CONNECTIONS) == 1
     await hub.evbus.init.stop()
     assert opened[0].is_closed
 

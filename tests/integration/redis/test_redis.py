@@ -57,9 +57,9 @@ class TestRedis(TransportCase, RestartCase):
 
     async def live_connection(self, hub):
         await wait_for(
-            lambda: any(w.client is not None for w in hub.ingress.redis.WRITERS.values()), 10, "the client at start"
+            lambda: any(w.client is not None for w in hub.ingress.redis.CONNECTIONS.values()), 10, "the client at start"
         )
-        [writer] = hub.ingress.redis.WRITERS.values()
+        [writer] = hub.ingress.redis.CONNECTIONS.values()
         return writer, writer.client
 
     def still_open(self, holder, client) -> bool:
@@ -69,7 +69,7 @@ class TestRedis(TransportCase, RestartCase):
         return holder.client is None
 
     def nothing_kept(self, hub) -> bool:
-        return hub.ingress.redis.WRITERS == {} and len(hub.ingress.redis.BY_CTX) == 0
+        return hub.ingress.redis.CONNECTIONS == {} and len(hub.ingress.redis.BY_CTX) == 0
 
     async def check_stored(self, reader: StreamReader, destination: str, count: int):
         # Published means Redis answered XADD: the stream holds every event now
