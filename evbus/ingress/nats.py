@@ -63,7 +63,9 @@ the SSL context of the connection (nats-py's ``tls``; ``server_hostname``
 is its ``tls_hostname``), with the server's certificate verified and its
 host name checked. A ``tls://`` server URL without a block is TLS with
 nats-py's defaults (verified too). A certificate that is not trusted or
-not for the host fails at once, saying so.
+not for the host fails at once, saying so. So does a server that does not
+require TLS where the profile asks for it (its INFO without
+``tls_required``): nothing, not even the login, is sent to it in the clear.
 """
 import asyncio
 import contextlib
@@ -104,6 +106,7 @@ from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NoDestinationError
 from evbus.exc import RefusedError
+from evbus.exc import TlsRefusedError
 
 # Connection options the plugin sets unless the profile does: one quick
 # connection attempt per server (nats-py would otherwise try each server 60
@@ -471,7 +474,7 @@ class Connection(Holder):
         session = Session()
         kwargs.update(error_cb=self._on_error, closed_cb=session.fail, disconnected_cb=session.fail)
         self.last_error = None
-        client = nats.NATS()
+        client = Client()
         try:
             await client.connect(**kwargs)
         except Exception as e:
@@ -559,6 +562,35 @@ async def _abandon(client: Any):
         transport.close()
         async with asyncio.timeout(1):
             await transport.wait_closed()
+
+
+if IMPORT_ERROR is None:
+
+    class Client(nats.NATS):
+        """
+        A nats-py client that never goes on in plain text where TLS was asked
+        for (the profile's ``tls`` block, nats-py's ``tls`` option or a
+        ``tls://`` server): nats-py starts TLS only when the server's INFO
+        says ``tls_required``, and would otherwise send the credentials and
+        the events in the clear to a server (or to whoever stands between)
+        that leaves it out. Refused before anything is sent.
+        """
+
+        async def _process_info(self, info: dict, initial_connection: bool = False):
+            if (
+                initial_connection
+                and not info.get("tls_required")
+                and not self.options.get("tls_handshake_first")
+                and self._current_server is not None
+                and ("tls" in self.options or self._current_server.uri.scheme == "tls")
+            ):
+                uri = self._current_server.uri
+                raise TlsRefusedError(
+                    f"the NATS server at {uri.hostname}:{uri.port} does not require TLS, which the "
+                    f"profile asks for: nothing was sent to it (make the server require TLS, or use "
+                    f"tls handshake_first on both sides with the connection's tls_handshake_first: true)"
+                )
+            await super()._process_info(info, initial_connection)
 
 
 class Route(BaseRoute):
@@ -786,9 +818,11 @@ async def listen(hub, ctx, routing_key: str | None = None):
         return f": {error_text(errors[-1])}" if errors else ""
 
     kwargs["error_cb"] = on_error
+    client = Client()
     try:
-        client = await nats.connect(**kwargs)
+        await client.connect(**kwargs)
     except Exception as e:  # refused credentials or certificate, a malformed server URL, ...
+        await _abandon(client)
         where = hub.ingress.nats.describe(ctx)
         refusal = tls.refusal(e, where) or tls.refusal(errors[-1] if errors else None, where)
         if refusal is not None:

@@ -236,6 +236,15 @@ async def test_listen_on_a_kafka_topic(tmp_path, tansu, topic):
     assert all(r["routing_key"] == topic and "try" in r["body"] for r in received)
 
 
+def test_listen_with_tls_on_a_nats_server_without_it_says_so(tmp_path):
+    """The machine's NATS does not speak TLS: listen refuses it, rather than log in in the clear."""
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"nats:\n  mine:\n    connection:\n      servers: {NATS_URL}\n    subject: x\n    tls: {{}}\n")
+    out = evbus("listen", "--acct-file", str(acct), "--profile", "mine", "--count", "1", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "does not require TLS" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_listen_with_an_unknown_profile(tmp_path):
     acct = tmp_path / "acct.yml"
     acct.write_text("internal:\n  default: {}\n")

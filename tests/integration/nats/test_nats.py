@@ -343,3 +343,65 @@ async def test_message_over_max_payload_fails_at_once_and_alone(hub, running, na
     assert [json.loads(m.data) for m in await nats_consumer.take(queue, 4)] == [0, 1, 3, 4]
     lane = hub.evbus.broker.stats()["lanes"][0]
     assert (lane["published"], lane["failed"], lane["retried"]) == (4, 1, 0)
+
+
+class PlainServer:
+    """A NATS server of the test's own that does not require TLS: it says INFO and keeps what clients send."""
+
+    def __init__(self):
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        info = {"server_id": "plain", "version": "2.10.0", "proto": 1, "max_payload": 1048576, "auth_required": True}
+        writer.write(b"INFO " + json.dumps(info).encode() + b"\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                self.received += data
+        writer.close()
+
+    async def close(self):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.mark.parametrize("asks", ["tls_block", "tls_url"])
+async def test_a_profile_that_asks_for_tls_sends_nothing_to_a_server_without_it(hub, running, error_sink, asks):
+    """nats-py would log in and publish in the clear where the server's INFO lacks tls_required: refused at once."""
+    plain = PlainServer()
+    port = await plain.start()
+    try:
+        scheme, block = ("nats", {"tls": {}}) if asks == "tls_block" else ("tls", {})
+        connection = {"servers": f"{scheme}://127.0.0.1:{port}", "user": "alice", "password": "plain-s3cret"}
+        await running({"nats": {"default": {"connection": connection, "subject": "x", **block}}})
+        await hub.evbus.broker.put(body={"secret": "event"})
+        await wait_for(lambda: len(error_sink) == 1, 30, "the refusal")
+        await hub.evbus.init.stop()
+    finally:
+        await plain.close()
+    [error] = error_sink
+    assert error["attempts"] == 1
+    assert f"127.0.0.1:{port} does not require TLS" in str(error["exception"])
+    assert not hub.ingress.nats.retriable(error["exception"])
+    # Not the login, not the event: nothing at all
+    assert bytes(plain.received) == b""
+    [lane] = hub.evbus.broker.stats()["lanes"]
+    assert (lane["published"], lane["retried"], lane["failed"]) == (0, 0, 1)
+
+
+async def test_a_tls_block_against_the_plain_nats_server_is_refused(hub, running, error_sink, nats_consumer):
+    """The machine's NATS, which does not speak TLS: the event is dead-lettered, not published in the clear."""
+    subject = unique()
+    queue = await nats_consumer.subscribe(subject)
+    await running({"nats": {"default": {"connection": {"servers": NATS_URL}, "subject": subject, "tls": {}}}})
+    await hub.evbus.broker.put(body=1)
+    await wait_for(lambda: len(error_sink) == 1, 30, "the refusal")
+    await hub.evbus.init.stop()
+    assert "does not require TLS" in str(error_sink[0]["exception"])
+    await asyncio.sleep(0.2)
+    assert queue.empty()
