@@ -7,6 +7,7 @@ event's profile name against the profile name patterns happens once per
 distinct event profile and is cached, so the hot path is a dict lookup.
 """
 import asyncio
+import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -245,6 +246,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             telemetry=hub.evbus.telemetry.lane(plugin_name, name, ctx),
         )
         _warn_unchecked_hostname(hub, lane, warn)
+        _warn_unknown_keys(hub, lane, warn)
         if connect and lane.destination.open is not None:
             # Connect now: a broker that cannot be reached is reported at start
             lane.start()
@@ -266,6 +268,32 @@ def _warn_unchecked_hostname(hub, lane: Lane, warn):
         warn(
             f"TLS hostname checking is off for {lane.where} of acct provider '{lane.provider}' ({option}): "
             f"any server with a certificate that a trusted CA signed, for whatever host name, is taken for it"
+        )
+
+
+# Keys of every profile, whatever its plugin: read by the lanes and the envelopes
+COMMON_PROFILE_KEYS = frozenset(("routing_key", "envelope", "cloudevents"))
+
+
+def _warn_unknown_keys(hub, lane: Lane, warn):
+    """
+    Say, once per profile when the bus starts, which of its keys its plugin
+    does not know (a typo: ``conection`` would otherwise leave the profile
+    connecting to the client's default server): plugins that declare their
+    keys (``PROFILE_KEYS``) only.
+    """
+    known = getattr(hub.ingress[lane.plugin], "PROFILE_KEYS", None)
+    if known is None:
+        return
+    known = known | COMMON_PROFILE_KEYS
+    for key in lane.ctx.acct:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (it knows {', '.join(sorted(known))})"
+        warn(
+            f"The acct profile '{lane.profile}' of provider '{lane.provider}' has a key that the "
+            f"{lane.plugin} ingress does not know, and ignores: '{key}'{hint}"
         )
 
 

@@ -139,6 +139,8 @@ def __virtual__(hub):
 
 def __init__(hub):
     hub.ingress.kafka.ACCT = ["kafka"]
+    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
+    hub.ingress.kafka.PROFILE_KEYS = frozenset(("topics", "key", "partition", "connection", "tls", "ssl"))
     # CONNECTIONS: connection key -> Producer; BY_CTX: a lane's ctx -> its Outbox
     registry(
         hub.ingress.kafka,

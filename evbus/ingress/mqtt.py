@@ -108,6 +108,8 @@ def __virtual__(hub):
 
 def __init__(hub):
     hub.ingress.mqtt.ACCT = ["mqtt"]
+    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
+    hub.ingress.mqtt.PROFILE_KEYS = frozenset(("connection", "topic", "qos", "retain", "tls"))
     # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
     registry(hub.ingress.mqtt, _key, lambda ctx: _publisher(hub, ctx), Route)
 

@@ -140,6 +140,8 @@ def __virtual__(hub):
 
 def __init__(hub):
     hub.ingress.nats.ACCT = ["nats"]
+    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
+    hub.ingress.nats.PROFILE_KEYS = frozenset(("connection", "jetstream", "stream", "subject", "tls"))
     # CONNECTIONS: connection key -> Connection; BY_CTX: a lane's ctx -> its Route
     registry(hub.ingress.nats, _key, lambda ctx: _connection(hub, ctx), Route)
 

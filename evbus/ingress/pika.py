@@ -98,6 +98,8 @@ def __virtual__(hub):
 
 def __init__(hub):
     hub.ingress.pika.ACCT = ["pika", "amqp", "rabbitmq"]
+    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
+    hub.ingress.pika.PROFILE_KEYS = frozenset(("connection", "exchange", "routing_key", "mandatory", "persistent", "timeout", "tls"))
     # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
     registry(hub.ingress.pika, _key, lambda ctx: _publisher(hub, ctx), _route)
 

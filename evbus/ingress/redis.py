@@ -105,6 +105,8 @@ def __virtual__(hub):
 
 def __init__(hub):
     hub.ingress.redis.ACCT = ["redis"]
+    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
+    hub.ingress.redis.PROFILE_KEYS = frozenset(("connection", "mode", "stream", "channel", "maxlen", "tls"))
     # CONNECTIONS: connection key -> Writer; BY_CTX: a lane's ctx -> its Route
     registry(hub.ingress.redis, _key, lambda ctx: _writer(hub, ctx), Route)
 

@@ -276,3 +276,24 @@ def test_retriable_says_no_to_refusals(hub):
     assert not retriable(redis.exceptions.NoPermissionError("this user has no permissions to run the 'xadd' command"))
     assert retriable(redis.exceptions.ConnectionError("Connection refused"))
     assert retriable(redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"))
+
+
+async def test_a_misspelt_profile_key_is_warned_of_at_start(hub, running, redis_reader, caplog):
+    """``conection`` would leave the profile on redis-py's default server, without a word: named, with a hint."""
+    stream = redis_reader.key()
+    await running(
+        {
+            "redis": {
+                "typo": {"conection": {"url": REDIS_URL}, "steam": stream, "routing_key": stream},
+                "right": {"connection": {"url": REDIS_URL}, "stream": stream, "envelope": "cloudevents"},
+            }
+        }
+    )
+    await hub.evbus.init.stop()
+    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert sorted(warnings) == [
+        "The acct profile 'typo' of provider 'redis' has a key that the redis ingress does not know, "
+        "and ignores: 'conection' (did you mean 'connection'?)",
+        "The acct profile 'typo' of provider 'redis' has a key that the redis ingress does not know, "
+        "and ignores: 'steam' (did you mean 'stream'?)",
+    ]
