@@ -243,6 +243,25 @@ class Connections(dict):
             await holder.close()
 
 
+def lifecycle(plugin_name: str) -> tuple[Callable, Callable]:
+    """
+    A broker plugin's ``open`` and ``close`` (``contracts/broker.py``), on its
+    registry: ``open, close = lifecycle("<plugin>")`` in its module.
+
+    :param plugin_name: The plugin's name under ``hub.ingress``
+    """
+
+    async def open(hub, ctx):
+        """Connect the profile now, so that a broker that cannot be reached is reported at start."""
+        await hub.ingress[plugin_name].CONNECTIONS.open(ctx)
+
+    async def close(hub, ctx):
+        """Flush and close the profile's connection (at stop)."""
+        await hub.ingress[plugin_name].CONNECTIONS.close(ctx)
+
+    return open, close
+
+
 def registry(plugin: Any, key: Callable, holder: Callable, route: Callable):
     """
     Set a broker plugin's registry in its ``__init__``: ``CONNECTIONS`` and ``BY_CTX``.

@@ -96,6 +96,7 @@ from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
 from evbus.connection import options
+from evbus.connection import lifecycle
 from evbus.connection import registry
 from evbus.connection import send_and_wait
 from evbus.connection import tls_block
@@ -723,14 +724,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-async def open(hub, ctx):
-    """Connect the profile now, so that a broker that cannot be reached is reported at start."""
-    await hub.ingress.nats.CONNECTIONS.open(ctx)
-
-
-async def close(hub, ctx):
-    """Flush and close the profile's connection (at stop)."""
-    await hub.ingress.nats.CONNECTIONS.close(ctx)
+# Connect a profile at start, close it at stop: on CONNECTIONS
+open, close = lifecycle("nats")
 
 
 async def send(hub, ctx, routing_key: str, event):
