@@ -31,6 +31,7 @@ from typing import Any
 from evbus.exc import BusClosedError
 from evbus.exc import BusFullError
 from evbus.exc import SerializeError
+from evbus.propagate import propagate as _propagate
 from evbus.spool import Spool
 from evbus.types import Event
 from evbus.types import event_of
@@ -634,18 +635,21 @@ async def _synced(synced: asyncio.Future):
 async def propagate(hub, contexts: dict[str, Any], event: Event, wait: bool = True):
     """
     Hand one event to the lane of every (ingress plugin, profile) whose profile
-    name pattern matches ``event.profile``.
+    name pattern matches ``event.profile``: the hop the listener takes with
+    every event (:func:`evbus.propagate.propagate`), so a full lane makes this
+    wait for room, the spool learns the lanes that settle the event, and an
+    event no lane takes is counted as unrouted.
 
     :param contexts: The output of ``hub.evbus.acct.profiles``
     :param event: The event to deliver
-    :param wait: Return once every lane has published the event (or failed to)
+    :param wait: Return once every lane has published the event (or failed to);
+        else once the lanes took it
     """
-    lanes = hub.evbus.route.lanes(contexts, event.profile)
-    if wait:
-        await asyncio.gather(*(lane.settled(lane.put(event)) for lane in lanes))
-    else:
-        for lane in lanes:
-            lane.put(event)
+    router = hub.evbus.route.router(contexts)
+    settle = [] if wait else None
+    await _propagate([event], router, hub.evbus.broker.STATE.spool, settle=settle)
+    if settle:
+        await asyncio.gather(*(lane.settled(seq) for lane, seq in settle))
 
 
 def stats(hub) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from evbus.exc import BusStoppedError
 from evbus.exc import EvbusTimeoutError
 from evbus.lane import CLOSE_GRACE
 from evbus.mask import Masker
-from evbus.types import RECORD_PROFILE
-from evbus.types import event_of
+from evbus.propagate import propagate
 
 
 class Stop:
@@ -82,8 +81,6 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         hub.evbus.init.ERROR = e
         hub.evbus.init.FAILED = asyncio.current_task()
         raise
-    route_state = hub.evbus.route.STATE
-    match, by_profile = router.match, router.by_profile
     spool = hub.evbus.broker.STATE.spool
     stop_item = None
     hub.evbus.init.RUNNING = True
@@ -92,78 +89,19 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     try:
         hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
         if spool is not None:
-            # What a crashed process left in the spool goes first
-            dropped = spool.dropped()
-            if dropped:
-                hub.log.warning(
-                    f"The spool {spool.path} ended in a record cut short (a crash as it was written): "
-                    f"{dropped} byte(s) dropped",
-                    extra={"evbus_internal": True},
-                )
-            left_over = spool.left_over()
-            if left_over:
-                hub.log.warning(
-                    f"Re-delivering {len(left_over)} event(s) left in the spool {spool.path}",
-                    extra={"evbus_internal": True},
-                )
-            kept = 0
-            for event in left_over:
-                lanes = match(event.profile)
-                if not lanes:
-                    kept += 1  # stays in the spool for a start whose profiles match it
-                    continue
-                spool.routed(event, len(lanes))
-                for lane in lanes:
-                    if lane.full:
-                        await lane.room()
-                    lane.put(event)
-            if kept:
-                hub.log.warning(
-                    f"{kept} event(s) left in the spool {spool.path} match no profile of this start: "
-                    f"they stay there until a start whose profiles match them",
-                    extra={"evbus_internal": True},
-                )
+            await _redeliver(hub, router, spool)
         while stop_item is None:
             if bus.empty():
                 pending_stop = hub.evbus.init.STOP
                 if pending_stop is not None and not pending_stop.queued:
                     stop_item = pending_stop
                     break
-            # Propagate: hand each event to its lanes, without waiting for them; the
-            # next one and every one queued behind it before yielding to the loop again
+            # Propagate the next event and every one queued behind it before yielding to the
+            # loop again; what is not handed on (it came after the stop, or the listener was
+            # cancelled while a lane made it wait) stays queued for the next start()
             batch = [await bus.get()]
             batch += bus.take_queued()
-            taken = 0
-            try:
-                for event in batch:
-                    taken += 1
-                    if event.__class__ is tuple:
-                        # A record (evbus.types.make_record): its Event is made by the lane that
-                        # needs it, or here, once, for several lanes
-                        profile = event[RECORD_PROFILE]
-                        lanes = by_profile.get(profile) or match(profile)
-                        if len(lanes) > 1:
-                            event = event_of(event)
-                    else:
-                        if event.__class__ is Stop:
-                            stop_item = event
-                            break
-                        lanes = by_profile.get(event.profile) or match(event.profile)
-                        if spool is not None:
-                            spool.routed(event, len(lanes))
-                    if lanes:
-                        for lane in lanes:
-                            if lane.full:
-                                # lane_full "wait": backpressure, up to put()
-                                await lane.room()
-                            lane.put(event)
-                    else:
-                        route_state.unrouted += 1
-            finally:
-                # What was not handed on (it came after the stop, or the listener was cancelled
-                # while a lane made it wait) stays queued for the next start()
-                if taken < len(batch):
-                    bus.put_back(batch[taken:])
+            stop_item = await propagate(batch, router, spool, left=bus.put_back)
     finally:
         hub.evbus.init.RUNNING = False
         # join() waits for the next start() from now on
@@ -186,6 +124,32 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                     stop_item.done.set_exception(BusStoppedError("The listener was cancelled while it stopped"))
                 else:
                     stop_item.done.set_result(undelivered)
+
+
+async def _redeliver(hub, router, spool):
+    """What a crashed process left in the spool goes first; what no profile of this start matches stays there."""
+    dropped = spool.dropped()
+    if dropped:
+        hub.log.warning(
+            f"The spool {spool.path} ended in a record cut short (a crash as it was written): "
+            f"{dropped} byte(s) dropped",
+            extra={"evbus_internal": True},
+        )
+    left_over = spool.left_over()
+    if not left_over:
+        return
+    hub.log.warning(
+        f"Re-delivering {len(left_over)} event(s) left in the spool {spool.path}",
+        extra={"evbus_internal": True},
+    )
+    await propagate(left_over, router, spool, keep_unrouted=True)
+    kept = sum(1 for event in left_over if not router.match(event.profile))
+    if kept:
+        hub.log.warning(
+            f"{kept} event(s) left in the spool {spool.path} match no profile of this start: "
+            f"they stay there until a start whose profiles match them",
+            extra={"evbus_internal": True},
+        )
 
 
 async def stop(hub, timeout: float | None = None) -> int:

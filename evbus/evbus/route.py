@@ -23,60 +23,17 @@ from evbus.lane import CLOSE_GRACE
 from evbus.lane import Destination
 from evbus.lane import Lane
 from evbus.report import Repeats
+from evbus.route import Router
+from evbus.route import RouteState
 
 # Keys of a contexts dict that are settings, not providers
 SETTING_KEYS = ("match_plugin",)
 
 
-class RouteState:
-    """Routers by contexts identity, and the lanes of the last router for stats."""
-
-    def __init__(self):
-        self.routers: dict[int, "Router"] = {}
-        self.retired: list[Lane] = []
-        self.unrouted = 0
-        # Failures of a destination that is down are written once, then counted
-        self.repeats = Repeats()
-        # When set, lanes deliver to what it returns instead of their ingress plugin:
-        # capture(plugin name, provider, acct profile name) -> Destination (see evbus.testing)
-        self.capture = None
-
-
-class Router:
-    """
-    The lanes of one contexts dict, and the event-profile -> lanes cache.
-    """
-
-    def __init__(self, contexts: Any, lanes: list[Lane], find):
-        # Hold the contexts so that its id() stays unique while routed
-        self.contexts = contexts
-        self.lanes = lanes
-        self._find = find
-        # The lanes of each event profile matched so far: the listener looks here first
-        self.by_profile: dict[str, tuple[Lane, ...]] = {}
-
-    def match(self, profile: str) -> tuple[Lane, ...]:
-        """
-        :param profile: An event's profile name
-        :return: The lanes whose profile pattern matches it (cached in ``by_profile``)
-        """
-        try:
-            return self.by_profile[profile]
-        except KeyError:
-            pass
-        matched = tuple(lane for lane in self.lanes if self._matches(profile, lane.profile))
-        self.by_profile[profile] = matched
-        return matched
-
-    def _matches(self, profile: str, pattern: str) -> bool:
-        try:
-            return bool(self._find(profile, pattern))
-        except Exception:  # a pattern the match plugin rejects matches nothing
-            return False
-
-
 def __init__(hub):
     hub.evbus.route.STATE = RouteState()
+    # Failures of a destination that is down are written once, then counted
+    hub.evbus.route.STATE.repeats = Repeats()
 
 
 def match_function(hub, name: str):
@@ -250,7 +207,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             # Connect now: a broker that cannot be reached is reported at start
             lane.start()
         lanes.append(lane)
-    new_router = Router(contexts, lanes, find)
+    new_router = Router(contexts, lanes, find, state)
     state.routers[id(contexts)] = new_router
     return new_router
 
@@ -292,18 +249,6 @@ def envelope(hub, plugin_name: str, provider: str, name: str, ctx: Any) -> cloud
     return cloudevents.envelope(ctx.acct, binding, plugin_name, provider, name)
 
 
-def lanes(hub, contexts: Any, profile: str) -> tuple[Lane, ...]:
-    """
-    :param contexts: The output of ``hub.evbus.acct.profiles``
-    :param profile: An event's profile name
-    :return: The lanes that events of this profile go to
-    """
-    matched = hub.evbus.route.router(contexts).match(profile)
-    if not matched:
-        hub.evbus.route.STATE.unrouted += 1
-    return matched
-
-
 def repeated(hub, lane: Lane, count: int):
     """Log the failures of a lane that were counted instead of written, in one line."""
     hub.log.error(
@@ -328,15 +273,14 @@ def running_lanes(hub) -> list[Lane]:
     """
     :return: The lanes of the routers in use (not those stopped)
     """
-    return [lane for found in list(hub.evbus.route.STATE.routers.values()) for lane in found.lanes]
+    return hub.evbus.route.STATE.running_lanes()
 
 
 def all_lanes(hub) -> list[Lane]:
     """
     :return: Every lane, running or stopped since the last start
     """
-    state: RouteState = hub.evbus.route.STATE
-    return state.retired + [lane for r in state.routers.values() for lane in r.lanes]
+    return hub.evbus.route.STATE.all_lanes()
 
 
 async def close(hub, timeout: float | None, grace: float = CLOSE_GRACE) -> int:
@@ -355,9 +299,7 @@ async def close(hub, timeout: float | None, grace: float = CLOSE_GRACE) -> int:
     :return: The number of events that were not delivered in time
     """
     state: RouteState = hub.evbus.route.STATE
-    current = [lane for r in state.routers.values() for lane in r.lanes]
-    state.routers.clear()
-    state.retired = current
+    current = state.retire()
     if current and (timeout is None or timeout > 0):
         drained = [asyncio.ensure_future(lane.drained()) for lane in current]
         try:
