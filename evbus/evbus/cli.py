@@ -142,7 +142,7 @@ def run(hub) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_no_plaintext_warning)
     try:
-        hub.evbus.settings.apply()
+        hub.evbus.broker.configure()
         if hub.SUBPARSER == "replay":
             command = hub.evbus.cli.replay()
         elif hub.SUBPARSER == "profiles":

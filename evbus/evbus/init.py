@@ -72,24 +72,26 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     try:
         if contexts is None:
             contexts = {}
+        hub.evbus.broker.configure()
         hub.evbus.broker.serializer()
         hub.evbus.route.error_callback()
-        hub.evbus.telemetry.resolve()
+        hub.evbus.broker.use_telemetry(hub.evbus.telemetry.resolve())
         router = hub.evbus.route.router(contexts)
         bus: asyncio.Queue = await hub.evbus.broker.init()
     except Exception as e:
         hub.evbus.init.ERROR = e
         hub.evbus.init.FAILED = asyncio.current_task()
         raise
-    spool = hub.evbus.broker.STATE.spool
+    spool = hub.evbus.spool.current()
     stop_item = None
     hub.evbus.init.RUNNING = True
-    hub.evbus.broker.STATE.closed = False
+    hub.evbus.broker.open_puts()
     hub.evbus.STARTED = True
     try:
         hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
         if spool is not None:
             await _redeliver(hub, router, spool)
+        put_back = bus.put_back
         while stop_item is None:
             if bus.empty():
                 pending_stop = hub.evbus.init.STOP
@@ -101,14 +103,14 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             # cancelled while a lane made it wait) stays queued for the next start()
             batch = [await bus.get()]
             batch += bus.take_queued()
-            stop_item = await propagate(batch, router, spool, left=bus.put_back)
+            stop_item = await propagate(batch, router, spool, None, False, None, put_back)
     finally:
         hub.evbus.init.RUNNING = False
         # join() waits for the next start() from now on
         hub.evbus.STARTED = False
         if stop_item is not None:
             # Stopped: puts are refused until the next start()
-            hub.evbus.broker.STATE.closed = True
+            hub.evbus.broker.close_puts()
         if hub.evbus.init.STOP is stop_item:
             hub.evbus.init.STOP = None
         timeout = stop_item.remaining() if stop_item is not None else 0
@@ -164,7 +166,7 @@ async def stop(hub, timeout: float | None = None) -> int:
     """
     if timeout is None:
         timeout = hub.evbus.settings.get("stop_timeout")
-    hub.evbus.broker.STATE.closed = True
+    hub.evbus.broker.close_puts()
     bus = await hub.evbus.broker.init()
     # Let puts that other threads scheduled before this call reach the queue first
     await asyncio.sleep(0)

@@ -50,7 +50,7 @@ def error_callback(hub):
     :return: The function that ``error_callback_ref`` names, or None
     :raises ConfigError: when the reference names nothing callable on the hub
     """
-    ref = hub.evbus.settings.get("error_callback_ref")
+    ref = hub.evbus.settings.read().error_callback_ref
     if not ref:
         return None
     try:
@@ -158,18 +158,15 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
     found = state.routers.get(id(contexts))
     if found is not None and found.contexts is contexts:
         return found
-    hub.evbus.settings.apply()
+    settings = hub.evbus.settings.apply()
     match_name = hub.match.PLUGIN
     if isinstance(contexts, Mapping) and contexts.get("match_plugin"):
         match_name = contexts["match_plugin"]
     find = hub.evbus.route.match_function(match_name)
     hub.evbus.route.ingress_plugins()
     on_failure = _failure_handler(hub, contexts)
-    policy = hub.evbus.settings.retry_policy()
-    window = hub.evbus.settings.get("max_in_flight")
-    lane_size = hub.evbus.settings.get("lane_size")
-    lane_full = hub.evbus.settings.get("lane_full")
-    spool = hub.evbus.broker.STATE.spool
+    policy = settings.retry_policy
+    spool = hub.evbus.spool.current()
     on_settled = spool.settled if spool is not None else None
 
     def warn(message: str):
@@ -194,10 +191,10 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             ),
             on_failure=on_failure,
             policy=policy,
-            window=window,
+            window=settings.max_in_flight,
             log=warn,
-            limit=lane_size,
-            when_full=lane_full,
+            limit=settings.lane_size,
+            when_full=settings.lane_full,
             on_settled=on_settled,
             envelope=hub.evbus.route.envelope(plugin_name, provider, name, ctx),
             telemetry=hub.evbus.telemetry.lane(plugin_name, name, ctx),

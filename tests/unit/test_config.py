@@ -8,7 +8,7 @@ import msgpack
 import pop.hub
 import pytest
 
-from evbus.evbus.settings import DEFAULTS
+from evbus.settings import DEFAULTS
 from evbus.exc import ConfigError
 
 
