@@ -110,7 +110,7 @@ async def replay(
     except asyncio.CancelledError:
         # Interrupted: the lanes give up what they still hold (dead-lettered again) as
         # they close, so every replayed record is settled and none is kept twice
-        await hub.evbus.route.close(0)
+        await hub.evbus.shutdown.close(0)
         _forget_replayed(hub, waiting)
         raise
     return {**_forget_replayed(hub, waiting), "no_destination": no_destination}

@@ -74,7 +74,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             contexts = {}
         hub.evbus.broker.configure()
         hub.evbus.broker.serializer()
-        hub.evbus.route.error_callback()
+        hub.evbus.report.error_callback()
         hub.evbus.broker.use_telemetry(hub.evbus.telemetry.resolve())
         router = hub.evbus.route.router(contexts)
         bus: asyncio.Queue = await hub.evbus.broker.init()
@@ -116,7 +116,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         timeout = stop_item.remaining() if stop_item is not None else 0
         undelivered = None
         try:
-            undelivered = await hub.evbus.route.close(timeout)
+            undelivered = await hub.evbus.shutdown.close(timeout)
         finally:
             if spool is not None:
                 spool.flush()
@@ -177,7 +177,7 @@ async def stop(hub, timeout: float | None = None) -> int:
         hub.evbus.init.STOP = stop_item
         if stop_item.deadline is not None:
             # Past the deadline no full lane holds the listener back from the stop
-            unbind = loop.call_at(stop_item.deadline, hub.evbus.route.unbind)
+            unbind = loop.call_at(stop_item.deadline, hub.evbus.shutdown.unbind)
             stop_item.done.add_done_callback(lambda _: unbind.cancel())
         try:
             bus.put_nowait(stop_item)
