@@ -8,8 +8,10 @@ The path of one event, one function per hop::
       -> Event                    evbus.types.Event          frozen: profile, routing_key, body, id, ...
                                   (its record, a plain tuple, until a lane needs the Event)
       -> broker queue             hub.evbus.BUS              a queue.Queue until init(), then an asyncio.Queue
-      -> listener                 evbus.init.start           one task; takes events in order
-      -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
+      -> listener                 evbus.init.start           one task; takes events in order, in batches
+      -> propagate                evbus.propagate.propagate  the lanes of the event's profile (evbus.route.Router,
+                                  cached), room on a full lane, spool accounting; also
+                                  for the spool's re-delivery, broker.propagate and replay
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
       -> envelope, span           evbus.cloudevents, evbus.telemetry   per destination, when configured
       -> ingress publish          ingress.<plugin>.publish(ctx, routing_key, body)
