@@ -56,10 +56,10 @@ async def propagate(
     :return: The item that ended the hop (the listener's stop), or None
     """
     if lanes is None:
-        match, by_profile = router.match, router.by_profile
+        # The lanes of a profile seen before are a dict lookup; match() only for a new one
+        by_profile, match = router.by_profile, None
     else:
-        match, by_profile = (lambda _: lanes), {}
-    counts = router.counts
+        by_profile, match = {}, (lambda _: lanes)
     taken = 0
     try:
         for event in items:
@@ -67,13 +67,13 @@ async def propagate(
             if event.__class__ is tuple:
                 # A record: its Event is made by the lane that needs it, or here, once, for several lanes
                 profile = event[RECORD_PROFILE]
-                found = by_profile.get(profile) or match(profile)
+                found = by_profile.get(profile) or (match or router.match)(profile)
                 if len(found) > 1:
                     event = event_of(event)
             else:
                 if not isinstance(event, Event):
                     return event
-                found = by_profile.get(event.profile) or match(event.profile)
+                found = by_profile.get(event.profile) or (match or router.match)(event.profile)
                 if spool is not None and (found or not keep_unrouted):
                     spool.routed(event, len(found))
             if found:
@@ -85,7 +85,7 @@ async def propagate(
                     if settle is not None:
                         settle.append((lane, seq))
             elif not keep_unrouted:
-                counts.unrouted += 1
+                router.counts.unrouted += 1
         return None
     finally:
         if left is not None and taken < len(items):
