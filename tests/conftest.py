@@ -129,7 +129,7 @@ async def _pop_loop(hub):
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     yield
     # Lanes that a test made with propagate() alone end with the test
-    await hub.evbus.route.close(timeout=1)
+    await hub.evbus.shutdown.close(timeout=1)
 
 
 def add_ingress(hub, *names: str):

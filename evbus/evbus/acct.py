@@ -59,7 +59,7 @@ async def profiles(
     if not isinstance(acct_data, Mapping):
         raise ConfigError(f"acct data must be a mapping of provider -> profiles, not {type(acct_data).__name__}")
 
-    accepted = {provider for _, providers in hub.evbus.route.ingress_plugins().values() for provider in providers}
+    accepted = {provider for _, providers in hub.evbus.contexts.ingress_plugins().values() for provider in providers}
     contexts = data.NamespaceDict()
     unserved = []
     for provider, provider_profiles in acct_data.items():
@@ -72,7 +72,7 @@ async def profiles(
         if provider_profiles is None:
             continue
         contexts[provider] = []
-        for name, info in hub.evbus.route.entries(provider, provider_profiles):
+        for name, info in hub.evbus.contexts.entries(provider, provider_profiles):
             hub.evbus.MASK.learn(info)
             contexts[provider].append(data.NamespaceDict({name: data.NamespaceDict(info)}))
             processed = await _process(hub, provider, name, info)
@@ -103,7 +103,7 @@ def _warn_unserved(hub, unserved: list[tuple[str, Any]], accepted: set[str]):
             others.append(provider)
             continue
         try:
-            names = [name for name, _ in hub.evbus.route.entries(provider, provider_profiles or {})]
+            names = [name for name, _ in hub.evbus.contexts.entries(provider, provider_profiles or {})]
         except ProfileError:
             names = []
         for name in names or ["(none)"]:

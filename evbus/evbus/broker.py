@@ -8,8 +8,10 @@ The path of one event, one function per hop::
       -> Event                    evbus.types.Event          frozen: profile, routing_key, body, id, ...
                                   (its record, a plain tuple, until a lane needs the Event)
       -> broker queue             hub.evbus.BUS              a queue.Queue until init(), then an asyncio.Queue
-      -> listener                 evbus.init.start           one task; takes events in order
-      -> propagate                evbus.route.Router.match   the lanes of the event's profile (cached)
+      -> listener                 evbus.init.start           one task; takes events in order, in batches
+      -> propagate                evbus.propagate.propagate  the lanes of the event's profile (evbus.route.Router,
+                                  cached), room on a full lane, spool accounting; also
+                                  for the spool's re-delivery, broker.propagate and replay
       -> lane                     evbus.lane.Lane            one per (ingress plugin, acct profile), ordered
       -> envelope, span           evbus.cloudevents, evbus.telemetry   per destination, when configured
       -> ingress publish          ingress.<plugin>.publish(ctx, routing_key, body)
@@ -28,19 +30,23 @@ import queue
 import threading
 from typing import Any
 
+from evbus import hubfunc
+from evbus.broker import BrokerState
+from evbus.broker import BusQueue
+from evbus.broker import Serializer
+from evbus.broker import ThreadBusQueue
 from evbus.exc import BusClosedError
 from evbus.exc import BusFullError
 from evbus.exc import SerializeError
+from evbus.propagate import propagate as _propagate
+from evbus.settings import Settings
 from evbus.spool import Spool
 from evbus.types import Event
-from evbus.types import event_of
 from evbus.types import make_event
 from evbus.types import make_record
 
 # Marks a missing ``body`` argument: ``None`` is a legitimate body.
 _MISSING = object()
-# The hub.OPT of a serializer not resolved yet
-_UNRESOLVED = object()
 
 _get_ident = threading.get_ident
 
@@ -64,117 +70,6 @@ async def _queued_let_run():
     await asyncio.sleep(0)
 
 
-class BrokerState:
-    """
-    What the broker keeps between calls: the loop the bus is bound to, the
-    lock that makes the hand-over from ``queue.Queue`` to ``asyncio.Queue``
-    safe, the serializer in use, and the events other threads put that wait
-    for the loop.
-    """
-
-    __slots__ = (
-        "hub", "evbus", "hub_attrs", "evbus_attrs", "serialize_attrs", "opt", "lock", "loop", "loop_thread",
-        "closed", "put_count", "serializer", "maxsize", "reserved", "handoff", "handoff_scheduled", "spool",
-        "make_event",
-    )
-
-    def __init__(self, hub):
-        self.hub = hub
-        self.evbus = hub.evbus
-        # Where put reads what it reads on every call: the attribute dicts of the hub (OPT),
-        # of the evbus sub (BUS, SERIAL_PLUGIN) and of the serialize sub (PLUGIN; set with
-        # the serializer). A program's assignment (hub.evbus.SERIAL_PLUGIN = ...) lands
-        # there; reading it there skips pop's attribute hooks, a few hundred instructions each
-        self.hub_attrs = vars(hub)
-        self.evbus_attrs = vars(hub.evbus)
-        self.serialize_attrs = {"PLUGIN": None}
-        # The hub.OPT the serializer was resolved under: another one is a config (re)load
-        self.opt = _UNRESOLVED
-        self.lock = threading.Lock()
-        # config queue_size (0: no bound), and the places other threads' puts have reserved
-        self.maxsize = 0
-        self.reserved = 0
-        # Events other threads put, in order, until the loop queues them; whether the loop
-        # was asked to (one call_soon_threadsafe for many events, not one each)
-        self.handoff: list = []
-        self.handoff_scheduled = False
-        # The durable spool (config spool), or None
-        self.spool = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.loop_thread: int | None = None
-        self.closed = False
-        self.put_count = 0
-        # (SERIAL_PLUGIN, serialize.PLUGIN, name, apply function, content type) last resolved
-        self.serializer: tuple = ("json", "json", None, None, None)
-        # What events are built with: make_event, or with tracing on, a function that
-        # also keeps the caller's OpenTelemetry context (set by evbus.telemetry.resolve)
-        self.make_event = make_event
-
-
-class BusQueue(asyncio.Queue):
-    """
-    The broker queue once the bus is bound to a loop: an ``asyncio.Queue`` of
-    events.
-
-    ``put`` queues a new event as a plain tuple of its fields when nothing
-    needs the Event yet (:func:`~evbus.types.make_record`). Python's garbage
-    collector stops tracking a tuple of strings, bytes and numbers, so a
-    backlog of events on the queue costs it nothing, where every Event would
-    be traversed by each full collection. ``get()`` and ``get_nowait()``
-    return the Event of a record (or what else was queued: an Event, the
-    listener's stop); the listener takes records as they are
-    (:meth:`take_nowait`) and leaves making the Event to the lanes that need it.
-    """
-
-    def __init__(self, maxsize: int = 0, state: BrokerState | None = None):
-        super().__init__(maxsize)
-        # qsize() is the length of the deque: its own __len__, one C call (see put_nowait)
-        self.qsize = self._queue.__len__
-        self._bound = maxsize
-        # Whose reservations count: the places other threads' puts reserved (see put_nowait)
-        self._state = state
-
-    def full(self) -> bool:
-        """
-        Whether a put must wait: the events queued and the places reserved for
-        puts from other threads fill the bound.
-        """
-        if self._bound <= 0:
-            return False
-        return self.qsize() + (self._state.reserved if self._state is not None else 0) >= self._bound
-
-    def get_nowait(self) -> Event:
-        item = super().get_nowait()
-        return event_of(item) if item.__class__ is tuple else item
-
-    #: The next item as it was queued: a record, an Event or the listener's stop
-    take_nowait = asyncio.Queue.get_nowait
-
-    def take_queued(self) -> list:
-        """
-        Every item queued now, as queued and in order, taken off the queue at
-        once: what the listener hands to the lanes before it yields to the loop.
-        """
-        if self._bound > 0:
-            # One at a time: each wakes a put that waits for room, as get_nowait() does
-            return [self.take_nowait() for _ in range(self.qsize())]
-        items = list(self._queue)
-        self._queue.clear()
-        return items
-
-    def put_back(self, items: list):
-        """Queue ``items`` again, in order, in front of what is queued (the listener stopped before them)."""
-        self._queue.extendleft(reversed(items))
-
-
-class ThreadBusQueue(queue.Queue):
-    """The broker queue before the bus is bound to a loop: a thread-safe :class:`BusQueue`."""
-
-    def _get(self):
-        item = self.queue.popleft()
-        return event_of(item) if item.__class__ is tuple else item
-
-
 def __init__(hub):
     # Start with a thread-safe queue; init() moves its events into an asyncio.Queue
     hub.evbus.BUS = ThreadBusQueue()
@@ -187,8 +82,8 @@ def __init__(hub):
     # of pop's fallback through a failed module attribute lookup), and called
     # without pop's per-call wrapper where it has no contract to run, with the
     # broker's state at hand instead of looked up on the hub
-    broker.put = direct(hub, broker._attrs["put"], _put, state)
-    broker.put_nowait = direct(hub, broker._attrs["put_nowait"], _put_nowait, state)
+    broker.put = hubfunc.direct(hub, broker._attrs["put"], _put, state)
+    broker.put_nowait = hubfunc.direct(hub, broker._attrs["put_nowait"], _put_nowait, state)
 
 
 async def init(hub) -> asyncio.Queue:
@@ -198,8 +93,47 @@ async def init(hub) -> asyncio.Queue:
     Events put before (with ``put_nowait``) are moved over in order. Called
     again from another loop, the queue is rebuilt on that loop.
     """
-    hub.evbus.settings.apply()
-    return _bind(hub, hub.evbus.broker.STATE)
+    state: BrokerState = hub.evbus.broker.STATE
+    _configure(hub, state, hub.evbus.settings.apply())
+    return _bind(hub, state)
+
+
+def configure(hub) -> Settings:
+    """
+    Apply the loaded config to the broker: the queue's bound (``queue_size``)
+    and the spool (``spool``, ``spool_sync``).
+
+    :return: The settings applied
+    :raises ConfigError: for a config that cannot be used
+    """
+    settings = hub.evbus.settings.apply()
+    _configure(hub, hub.evbus.broker.STATE, settings)
+    return settings
+
+
+def _configure(hub, state: BrokerState, settings: Settings):
+    _resize(hub, state, settings.queue_size)
+    state.spool = hub.evbus.spool.current()
+    state.configured = getattr(hub, "OPT", None)
+
+
+def close_puts(hub):
+    """Refuse puts from now on (the bus stops), until :func:`open_puts`."""
+    hub.evbus.broker.STATE.closed = True
+
+
+def open_puts(hub):
+    """Take puts again (the listener started)."""
+    hub.evbus.broker.STATE.closed = False
+
+
+def use_telemetry(hub, current: Any):
+    """
+    Build the events of puts from now on for the telemetry in use.
+
+    :param current: An :class:`evbus.telemetry.Telemetry`, or None: no telemetry
+    """
+    hub.evbus.broker.STATE.make_event = current.event_maker() if current is not None else make_event
 
 
 def _bind(hub, state: BrokerState) -> asyncio.Queue:
@@ -241,28 +175,12 @@ def _moved(old, kind, maxsize: int, more: list = ()):
     return new
 
 
-def open_spool(hub, path: str | None, sync: str = "normal"):
-    """
-    Use the durable spool at ``path`` (config ``spool``); None or "" for none.
-
-    :param sync: config ``spool_sync``
-    """
-    state: BrokerState = hub.evbus.broker.STATE
-    current = state.spool
-    if current is not None and current.path == path and current.sync == sync:
-        return
-    if current is not None:
-        current.close()
-    state.spool = Spool(path, sync) if path else None
-
-
-def resize(hub, size: int):
+def _resize(hub, state: BrokerState, size: int):
     """
     Bound the broker queue (config ``queue_size``), keeping what it holds.
 
     :param size: Events it holds at most; 0 for no bound
     """
-    state: BrokerState = hub.evbus.broker.STATE
     if size == state.maxsize:
         return
     with state.lock:
@@ -310,45 +228,45 @@ def _accept(state: BrokerState, routing_key, body, profile, put: bool = True) ->
         raise TypeError(f"profile must be a str, not {type(profile).__name__}")
     if routing_key is not None and not isinstance(routing_key, str):
         raise TypeError(f"routing_key must be a str or None, not {type(routing_key).__name__}")
-    serial, legacy, name, apply, content_type = state.serializer
+    serializer = state.serializer
     if (
         state.opt is not state.hub_attrs["OPT"]
-        or serial != state.evbus_attrs["SERIAL_PLUGIN"]
-        or legacy != state.serialize_attrs["PLUGIN"]
+        or serializer.name != state.evbus_attrs["SERIAL_PLUGIN"]
+        or serializer.name != state.serialize_attrs["PLUGIN"]
     ):
-        name, apply, content_type = _current_serializer(state)
+        serializer = _current_serializer(state)
     try:
-        data = apply(body)
+        data = serializer.apply(body)
     except RecursionError as e:
-        raise SerializeError(name, type(body).__name__, f"circular or too deeply nested ({e})") from None
+        raise SerializeError(serializer.name, type(body).__name__, f"circular or too deeply nested ({e})") from None
     except (TypeError, ValueError, OverflowError) as e:
-        raise SerializeError(name, type(body).__name__, str(e)) from None
+        raise SerializeError(serializer.name, type(body).__name__, str(e)) from None
     if data.__class__ is not bytes:
         data = data.encode() if isinstance(data, str) else bytes(data)
     if put:
         if state.closed:
             raise BusClosedError("The event bus was stopped; start() it again before putting events")
         if state.make_event is make_event:
-            return make_record(profile, routing_key, data, content_type)
-    return state.make_event(profile, routing_key, data, content_type)
+            return make_record(profile, routing_key, data, serializer.content_type)
+    return state.make_event(profile, routing_key, data, serializer.content_type)
 
 
-def _current_serializer(state: BrokerState) -> tuple[str, Any, str]:
+def _current_serializer(state: BrokerState) -> Serializer:
     """
     The serializer of a put after the config was (re)loaded or the program
     named another serialize plugin: the config applied first.
     """
     hub = state.hub
     opt = hub.OPT
-    if hub.evbus.settings.APPLIED is not opt:
-        hub.evbus.settings.apply()
+    if state.configured is not opt:
+        _configure(hub, state, hub.evbus.settings.apply())
     state.serialize_attrs = vars(hub.serialize)
     found = serializer(hub)
     state.opt = opt
     return found
 
 
-def serializer(hub) -> tuple[str, Any, str]:
+def serializer(hub) -> Serializer:
     """
     Resolve the serialize plugin in use.
 
@@ -356,63 +274,29 @@ def serializer(hub) -> tuple[str, Any, str]:
     (5.x) both name it; whichever was changed last wins and the other is set
     to match.
 
-    :return: (plugin name, its apply function, its content type)
     :raises ConfigError: when the name is no loaded serialize plugin
     """
     state: BrokerState = hub.evbus.broker.STATE
-    serial, legacy, name, apply, content_type = state.serializer
-    if apply is not None and serial == hub.evbus.SERIAL_PLUGIN and legacy == hub.serialize.PLUGIN:
-        return name, apply, content_type
-    return _resolve_serializer(hub, state)
-
-
-def _resolve_serializer(hub, state: BrokerState) -> tuple[str, Any, str]:
-    last_serial, _, _, _, _ = state.serializer
+    current = state.serializer
+    if current.apply is not None and current.name == hub.evbus.SERIAL_PLUGIN == hub.serialize.PLUGIN:
+        return current
     serial, legacy = hub.evbus.SERIAL_PLUGIN, hub.serialize.PLUGIN
     # The attribute that differs from what was last resolved was set by the program
-    name = serial if serial != last_serial and serial is not None else legacy
+    name = serial if serial != current.name and serial is not None else legacy
     plugin = hub.evbus.settings.plugin("serialize", name)
     hub.evbus.SERIAL_PLUGIN = hub.serialize.PLUGIN = name
-    content_type = getattr(plugin, "CONTENT_TYPE", "application/octet-stream")
-    apply = direct(hub, plugin.apply)
-    state.serializer = (name, name, name, apply, content_type)
-    return name, apply, content_type
+    state.serializer = Serializer(
+        name, hubfunc.direct(hub, plugin.apply), getattr(plugin, "CONTENT_TYPE", "application/octet-stream")
+    )
+    return state.serializer
 
 
 def direct(hub, contracted, implementation=None, *bound) -> Any:
     """
-    A hub function to call without pop's per-call wrapper.
-
-    pop wraps every plugin function in a ``Contracted`` object whose call
-    runs the contracts and resolves parameter aliases; with neither to do it
-    still costs microseconds per call. For such a function a plain
-    ``functools.partial`` (``func(hub, ...)``; a subclass of it would lose its
-    fast calling convention) is used instead; it keeps the ``ref``,
-    ``signature`` and ``contracted`` of the original.
-
-    :param contracted: A function from the hub, e.g. ``hub.serialize.json.apply``
-    :param implementation: What to call instead, with ``bound`` before the caller's
-        arguments, e.g. a function that takes its plugin's state instead of the hub
-    :return: The partial, or the hub function itself when its wrapper has work to do
+    A hub function to call without pop's per-call wrapper: the hub face of
+    :func:`evbus.hubfunc.direct`, for plugins.
     """
-    func = getattr(contracted, "func", None)
-    if (
-        func is None
-        or getattr(contracted, "_has_contracts", True)
-        or getattr(contracted, "param_aliases", None)
-        or not getattr(contracted, "implicit_hub", False)
-    ):
-        return contracted
-    if implementation is None:
-        implementation, bound = func, (hub,)
-    fast = functools.partial(implementation, *bound)
-    fast.ref = getattr(contracted, "ref", None)
-    fast.signature = getattr(contracted, "signature", None)
-    fast.contracted = contracted
-    fast.__name__ = getattr(contracted, "__name__", func.__name__)
-    fast.__doc__ = func.__doc__
-    fast.__wrapped__ = func
-    return fast
+    return hubfunc.direct(hub, contracted, implementation, *bound)
 
 
 def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"):
@@ -634,18 +518,21 @@ async def _synced(synced: asyncio.Future):
 async def propagate(hub, contexts: dict[str, Any], event: Event, wait: bool = True):
     """
     Hand one event to the lane of every (ingress plugin, profile) whose profile
-    name pattern matches ``event.profile``.
+    name pattern matches ``event.profile``: the hop the listener takes with
+    every event (:func:`evbus.propagate.propagate`), so a full lane makes this
+    wait for room, the spool learns the lanes that settle the event, and an
+    event no lane takes is counted as unrouted.
 
     :param contexts: The output of ``hub.evbus.acct.profiles``
     :param event: The event to deliver
-    :param wait: Return once every lane has published the event (or failed to)
+    :param wait: Return once every lane has published the event (or failed to);
+        else once the lanes took it
     """
-    lanes = hub.evbus.route.lanes(contexts, event.profile)
-    if wait:
-        await asyncio.gather(*(lane.settled(lane.put(event)) for lane in lanes))
-    else:
-        for lane in lanes:
-            lane.put(event)
+    router = hub.evbus.route.router(contexts)
+    settle = [] if wait else None
+    await _propagate([event], router, hub.evbus.spool.current(), settle=settle)
+    if settle:
+        await asyncio.gather(*(lane.settled(seq) for lane, seq in settle))
 
 
 def stats(hub) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def run(hub) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_no_plaintext_warning)
     try:
-        hub.evbus.settings.apply()
+        hub.evbus.broker.configure()
         if hub.SUBPARSER == "replay":
             command = hub.evbus.cli.replay()
         elif hub.SUBPARSER == "profiles":
@@ -357,7 +357,7 @@ async def replay(hub) -> int:
     finally:
         if interrupt is not None:
             interrupt.armed = False
-        await hub.evbus.route.close(hub.evbus.settings.get("timeout"))
+        await hub.evbus.shutdown.close(hub.evbus.settings.get("timeout"))
     print(
         f"evbus: {counts['replayed']} dead letter(s) replayed from {hub.evbus.deadletter.store().path}: "
         f"{counts['delivered']} delivered, {counts['failed']} failed again, "
@@ -384,7 +384,7 @@ async def profiles(hub) -> int:
     unreachable = 0
     with _libraries_quiet():
         unreachable = await _reach(hub, contexts, report, timeout)
-    await hub.evbus.route.close(timeout)
+    await hub.evbus.shutdown.close(timeout)
     if opt.output == "json":
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -438,7 +438,7 @@ async def listen(hub) -> int:
         contexts = await hub.evbus.acct.profiles(acct_data={"internal": {opt.profile: {}}})
     destinations = [
         (plugin, provider, name, data)
-        for plugin, provider, name, data in hub.evbus.route.destinations(contexts)
+        for plugin, provider, name, data in hub.evbus.contexts.destinations(contexts)
         if name == opt.profile
     ]
     if not destinations:

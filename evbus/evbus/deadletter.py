@@ -12,6 +12,7 @@ from evbus.deadletter import DeadLetterStore
 from evbus.deadletter import default_path
 from evbus.deadletter import to_event
 from evbus.deadletter import to_record
+from evbus.propagate import propagate
 
 
 def __init__(hub):
@@ -95,18 +96,21 @@ async def replay(
     router = hub.evbus.route.router(contexts)
     lanes = {(lane.plugin, lane.profile): lane for lane in router.lanes}
     waiting, no_destination = [], 0
-    for entry in entries:
-        lane = lanes.get((entry.get("plugin"), entry.get("acct_profile")))
-        if lane is None:
-            no_destination += 1
-            continue
-        waiting.append((entry, lane, lane.put(to_event(entry))))
     try:
+        for entry in entries:
+            lane = lanes.get((entry.get("plugin"), entry.get("acct_profile")))
+            if lane is None:
+                no_destination += 1
+                continue
+            # Back to its own destination through the propagate hop: a full lane makes it wait for room
+            settle: list = []
+            await propagate([to_event(entry)], router, lanes=(lane,), settle=settle)
+            waiting.extend((entry, lane, seq) for lane, seq in settle)
         await asyncio.gather(*(lane.settled(seq) for _, lane, seq in waiting))
     except asyncio.CancelledError:
         # Interrupted: the lanes give up what they still hold (dead-lettered again) as
         # they close, so every replayed record is settled and none is kept twice
-        await hub.evbus.route.close(0)
+        await hub.evbus.shutdown.close(0)
         _forget_replayed(hub, waiting)
         raise
     return {**_forget_replayed(hub, waiting), "no_destination": no_destination}

@@ -12,30 +12,10 @@ from evbus.distribution import check
 from evbus.exc import BusRunningError
 from evbus.exc import BusStoppedError
 from evbus.exc import EvbusTimeoutError
+from evbus.init import Stop
 from evbus.lane import CLOSE_GRACE
 from evbus.mask import Masker
-from evbus.types import RECORD_PROFILE
-from evbus.types import event_of
-
-
-class Stop:
-    """The item stop() puts on the broker queue: everything before it is delivered first."""
-
-    __slots__ = ("timeout", "deadline", "done", "queued")
-
-    def __init__(self, timeout: float | None, done: asyncio.Future):
-        self.timeout = timeout
-        # The loop time by which the lanes must have drained; None: no limit
-        self.deadline = None if timeout is None else done.get_loop().time() + timeout
-        self.done = done
-        # False when a full queue had no room for it: the listener stops once the queue is empty
-        self.queued = True
-
-    def remaining(self) -> float | None:
-        """:return: Seconds left until the deadline (never negative), or None for no limit"""
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - self.done.get_loop().time())
+from evbus.propagate import propagate
 
 
 def __init__(hub):
@@ -73,112 +53,51 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     try:
         if contexts is None:
             contexts = {}
+        hub.evbus.broker.configure()
         hub.evbus.broker.serializer()
-        hub.evbus.route.error_callback()
-        hub.evbus.telemetry.resolve()
+        hub.evbus.report.error_callback()
+        hub.evbus.broker.use_telemetry(hub.evbus.telemetry.resolve())
         router = hub.evbus.route.router(contexts)
         bus: asyncio.Queue = await hub.evbus.broker.init()
     except Exception as e:
         hub.evbus.init.ERROR = e
         hub.evbus.init.FAILED = asyncio.current_task()
         raise
-    route_state = hub.evbus.route.STATE
-    match, by_profile = router.match, router.by_profile
-    spool = hub.evbus.broker.STATE.spool
+    spool = hub.evbus.spool.current()
     stop_item = None
     hub.evbus.init.RUNNING = True
-    hub.evbus.broker.STATE.closed = False
+    hub.evbus.broker.open_puts()
     hub.evbus.STARTED = True
     try:
         hub.log.debug(f"Started the event bus with {len(router.lanes)} lane(s)", extra={"evbus_internal": True})
         if spool is not None:
-            # What a crashed process left in the spool goes first
-            dropped = spool.dropped()
-            if dropped:
-                hub.log.warning(
-                    f"The spool {spool.path} ended in a record cut short (a crash as it was written): "
-                    f"{dropped} byte(s) dropped",
-                    extra={"evbus_internal": True},
-                )
-            left_over = spool.left_over()
-            if left_over:
-                hub.log.warning(
-                    f"Re-delivering {len(left_over)} event(s) left in the spool {spool.path}",
-                    extra={"evbus_internal": True},
-                )
-            kept = 0
-            for event in left_over:
-                lanes = match(event.profile)
-                if not lanes:
-                    kept += 1  # stays in the spool for a start whose profiles match it
-                    continue
-                spool.routed(event, len(lanes))
-                for lane in lanes:
-                    if lane.full:
-                        await lane.room()
-                    lane.put(event)
-            if kept:
-                hub.log.warning(
-                    f"{kept} event(s) left in the spool {spool.path} match no profile of this start: "
-                    f"they stay there until a start whose profiles match them",
-                    extra={"evbus_internal": True},
-                )
+            await _redeliver(hub, router, spool)
+        put_back = bus.put_back
         while stop_item is None:
             if bus.empty():
                 pending_stop = hub.evbus.init.STOP
                 if pending_stop is not None and not pending_stop.queued:
                     stop_item = pending_stop
                     break
-            # Propagate: hand each event to its lanes, without waiting for them; the
-            # next one and every one queued behind it before yielding to the loop again
+            # Propagate the next event and every one queued behind it before yielding to the
+            # loop again; what is not handed on (it came after the stop, or the listener was
+            # cancelled while a lane made it wait) stays queued for the next start()
             batch = [await bus.get()]
             batch += bus.take_queued()
-            taken = 0
-            try:
-                for event in batch:
-                    taken += 1
-                    if event.__class__ is tuple:
-                        # A record (evbus.types.make_record): its Event is made by the lane that
-                        # needs it, or here, once, for several lanes
-                        profile = event[RECORD_PROFILE]
-                        lanes = by_profile.get(profile) or match(profile)
-                        if len(lanes) > 1:
-                            event = event_of(event)
-                        if spool is not None and len(lanes) != 1:
-                            spool.routed(event, len(lanes))
-                    else:
-                        if event.__class__ is Stop:
-                            stop_item = event
-                            break
-                        lanes = by_profile.get(event.profile) or match(event.profile)
-                        if spool is not None:
-                            spool.routed(event, len(lanes))
-                    if lanes:
-                        for lane in lanes:
-                            if lane.full:
-                                # lane_full "wait": backpressure, up to put()
-                                await lane.room()
-                            lane.put(event)
-                    else:
-                        route_state.unrouted += 1
-            finally:
-                # What was not handed on (it came after the stop, or the listener was cancelled
-                # while a lane made it wait) stays queued for the next start()
-                if taken < len(batch):
-                    bus.put_back(batch[taken:])
+            stop_item = await propagate(batch, router, spool, None, False, None, put_back)
     finally:
         hub.evbus.init.RUNNING = False
         # join() waits for the next start() from now on
         hub.evbus.STARTED = False
         if stop_item is not None:
             # Stopped: puts are refused until the next start()
-            hub.evbus.broker.STATE.closed = True
+            hub.evbus.broker.close_puts()
         if hub.evbus.init.STOP is stop_item:
             hub.evbus.init.STOP = None
         timeout = stop_item.remaining() if stop_item is not None else 0
         undelivered = None
         try:
-            undelivered = await hub.evbus.route.close(timeout)
+            undelivered = await hub.evbus.shutdown.close(timeout)
         finally:
             if spool is not None:
                 spool.flush()
@@ -188,6 +107,32 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                     stop_item.done.set_exception(BusStoppedError("The listener was cancelled while it stopped"))
                 else:
                     stop_item.done.set_result(undelivered)
+
+
+async def _redeliver(hub, router, spool):
+    """What a crashed process left in the spool goes first; what no profile of this start matches stays there."""
+    dropped = spool.dropped()
+    if dropped:
+        hub.log.warning(
+            f"The spool {spool.path} ended in a record cut short (a crash as it was written): "
+            f"{dropped} byte(s) dropped",
+            extra={"evbus_internal": True},
+        )
+    left_over = spool.left_over()
+    if not left_over:
+        return
+    hub.log.warning(
+        f"Re-delivering {len(left_over)} event(s) left in the spool {spool.path}",
+        extra={"evbus_internal": True},
+    )
+    await propagate(left_over, router, spool, keep_unrouted=True)
+    kept = sum(1 for event in left_over if not router.match(event.profile))
+    if kept:
+        hub.log.warning(
+            f"{kept} event(s) left in the spool {spool.path} match no profile of this start: "
+            f"they stay there until a start whose profiles match them",
+            extra={"evbus_internal": True},
+        )
 
 
 async def stop(hub, timeout: float | None = None) -> int:
@@ -202,7 +147,7 @@ async def stop(hub, timeout: float | None = None) -> int:
     """
     if timeout is None:
         timeout = hub.evbus.settings.get("stop_timeout")
-    hub.evbus.broker.STATE.closed = True
+    hub.evbus.broker.close_puts()
     bus = await hub.evbus.broker.init()
     # Let puts that other threads scheduled before this call reach the queue first
     await asyncio.sleep(0)
@@ -213,7 +158,7 @@ async def stop(hub, timeout: float | None = None) -> int:
         hub.evbus.init.STOP = stop_item
         if stop_item.deadline is not None:
             # Past the deadline no full lane holds the listener back from the stop
-            unbind = loop.call_at(stop_item.deadline, hub.evbus.route.unbind)
+            unbind = loop.call_at(stop_item.deadline, hub.evbus.shutdown.unbind)
             stop_item.done.add_done_callback(lambda _: unbind.cancel())
         try:
             bus.put_nowait(stop_item)

@@ -1,126 +1,100 @@
 """
-Configuration, read in one place.
+Configuration, read in one place: the hub face of :mod:`evbus.settings`.
 
-``apply()`` copies ``hub.OPT.evbus`` onto the hub once per loaded config:
-the serialize plugin (``hub.serialize.PLUGIN`` and ``hub.evbus.SERIAL_PLUGIN``)
-and the match plugin (``hub.match.PLUGIN``). A value the program assigned to
-one of those attributes itself is kept. Unknown plugin names are a
+``read()`` turns ``hub.OPT.evbus`` into a frozen :class:`~evbus.settings.Settings`,
+once per loaded config; the broker, the router and the lanes are handed
+that value. ``apply()`` also copies the plugin names of the config onto the
+hub, once per loaded config: the serialize plugin (``hub.serialize.PLUGIN``
+and ``hub.evbus.SERIAL_PLUGIN``) and the match plugin (``hub.match.PLUGIN``).
+A value the program assigned to one of those attributes itself is kept.
+Unknown plugin names and values of the wrong kind are a
 :class:`~evbus.exc.ConfigError` here, where the config is first used.
+
+This module calls no other module of the bus: they call it.
 """
 from collections.abc import Mapping
 from typing import Any
 
 from evbus.exc import ConfigError
 from evbus.lane import RetryPolicy
+from evbus.settings import DEFAULTS
+from evbus.settings import Settings
+from evbus.settings import value
 
-DEFAULTS = {
-    "serialize_plugin": "json",
-    "serial_plugin": None,
-    "match_plugin": "glob",
-    "error_callback_ref": None,
-    "stop_timeout": 30.0,
-    "timeout": 5.0,
-    "publish_timeout": 10.0,
-    "retry_attempts": 0,
-    "retry_seconds": 30.0,
-    "retry_backoff": 0.1,
-    "retry_backoff_max": 5.0,
-    "max_in_flight": 1000,
-    "queue_size": 0,
-    "lane_size": 100000,
-    "lane_full": "wait",
-    "dead_letter_file": None,
-    "spool": None,
-    "spool_sync": "normal",
-}
+# The hub.OPT of settings not read yet
+_UNREAD = object()
 
 
 def __init__(hub):
+    # The Settings last read, and the hub.OPT it was read from
+    hub.evbus.settings.CURRENT = None
+    hub.evbus.settings.READ_FROM = _UNREAD
+    # The hub.OPT whose plugin names were applied to the hub
     hub.evbus.settings.APPLIED = None
 
 
-# Options that are numbers; environment variables arrive as text
-NUMBERS = ("stop_timeout", "timeout", "publish_timeout", "retry_seconds", "retry_backoff", "retry_backoff_max")
-COUNTS = ("max_in_flight",)
-# Options that are sizes or caps: whole numbers, 0 for no bound
-SIZES = ("queue_size", "lane_size", "retry_attempts")
-CHOICES = {"lane_full": ("wait", "dead-letter"), "spool_sync": ("normal", "full", "off")}
+def read(hub) -> Settings:
+    """
+    :return: The settings of the loaded config (the defaults before a config is loaded)
+    :raises ConfigError: for an option whose value is not of its kind
+    """
+    opt = getattr(hub, "OPT", None)
+    mod = hub.evbus.settings
+    if mod.READ_FROM is opt:
+        return mod.CURRENT
+    current = Settings.read(opt.get("evbus") if opt is not None else None)
+    mod.CURRENT, mod.READ_FROM = current, opt
+    return current
+
+
+def apply(hub) -> Settings:
+    """
+    Apply the loaded config's plugin names to the hub, once per ``hub.OPT``.
+
+    :return: The settings of the loaded config
+    :raises ConfigError: when an option has a value of the wrong kind or a configured plugin name is unknown
+    """
+    current = hub.evbus.settings.read()
+    opt = getattr(hub, "OPT", None)
+    if hub.evbus.settings.APPLIED is opt:
+        return current
+    evbus_opt = opt.get("evbus") if opt is not None else None
+    if evbus_opt:
+        serialize_name = current.serial_plugin or current.serialize_plugin
+        # Keep a name the program set itself; otherwise take the config's
+        if serialize_name and hub.serialize.PLUGIN == "json" and hub.evbus.SERIAL_PLUGIN in ("json", None):
+            hub.serialize.PLUGIN = hub.evbus.SERIAL_PLUGIN = serialize_name
+        if current.match_plugin and hub.match.PLUGIN == "glob":
+            hub.match.PLUGIN = current.match_plugin
+        # Fail here, at load, for names that do not exist
+        for name in {hub.serialize.PLUGIN, hub.evbus.SERIAL_PLUGIN} - {None}:
+            hub.evbus.settings.plugin("serialize", name)
+        hub.evbus.settings.plugin("match", hub.match.PLUGIN)
+    # Only a config that passed is marked applied: a bad one raises on every use
+    hub.evbus.settings.APPLIED = opt
+    return current
 
 
 def get(hub, name: str) -> Any:
     """
     :param name: An option of the evbus dyne
-    :return: Its value from the loaded config (numbers as float), else its default
-    :raises ConfigError: for a number option whose value is not a number
+    :return: Its value from the loaded config (checked: numbers as float), else its default
+    :raises ConfigError: for an option of the bus whose value is not of its kind
     """
     opt = hub.OPT.get("evbus") if hasattr(hub, "OPT") else None
-    value = opt.get(name) if opt is not None else None
-    # No option is a mapping: pop's hub.OPT answers an empty NullMap before the config is loaded
-    if value is None or isinstance(value, Mapping):
-        return DEFAULTS.get(name)
-    if name in NUMBERS:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"The option {name} must be a number of seconds, not {value!r}") from None
-        if value < 0:
-            raise ConfigError(f"The option {name} must not be negative, not {value!r}")
-    elif name in COUNTS or name in SIZES:
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"The option {name} must be a whole number, not {value!r}") from None
-        least = 1 if name in COUNTS else 0
-        if value < least:
-            raise ConfigError(f"The option {name} must be at least {least}, not {value!r}")
-    elif name in CHOICES and value not in CHOICES[name]:
-        raise ConfigError(f"The option {name} must be one of {', '.join(CHOICES[name])}, not {value!r}")
-    return value
+    raw = opt.get(name) if opt is not None else None
+    if name in DEFAULTS:
+        # This option alone: one that is wrong does not stop what reads another (a stop, say)
+        return value(name, raw)
+    # pop's hub.OPT answers an empty NullMap before the config is loaded
+    return None if isinstance(raw, Mapping) else raw
 
 
 def retry_policy(hub) -> RetryPolicy:
     """
     :return: The lanes' retry policy from the config
     """
-    get = hub.evbus.settings.get
-    return RetryPolicy(
-        attempts=get("retry_attempts"),
-        seconds=get("retry_seconds"),
-        backoff=get("retry_backoff"),
-        backoff_max=get("retry_backoff_max"),
-        timeout=get("publish_timeout"),
-    )
-
-
-def apply(hub):
-    """
-    Apply the loaded config to the hub, once per ``hub.OPT``.
-
-    :raises ConfigError: when a configured plugin name is unknown
-    """
-    opt = getattr(hub, "OPT", None)
-    if hub.evbus.settings.APPLIED is opt:
-        return
-    evbus_opt = opt.get("evbus") if opt is not None else None
-    if not evbus_opt:
-        hub.evbus.settings.APPLIED = opt
-        return
-    serialize_name = evbus_opt.get("serial_plugin") or evbus_opt.get("serialize_plugin")
-    # Keep a name the program set itself; otherwise take the config's
-    if serialize_name and hub.serialize.PLUGIN == "json" and hub.evbus.SERIAL_PLUGIN in ("json", None):
-        hub.serialize.PLUGIN = hub.evbus.SERIAL_PLUGIN = serialize_name
-    match_name = evbus_opt.get("match_plugin")
-    if match_name and hub.match.PLUGIN == "glob":
-        hub.match.PLUGIN = match_name
-    # Fail here, at load, for names that do not exist
-    hub.evbus.broker.serializer()
-    hub.evbus.route.match_function(hub.match.PLUGIN)
-    for name in NUMBERS + COUNTS + SIZES + tuple(CHOICES):
-        hub.evbus.settings.get(name)
-    hub.evbus.broker.resize(hub.evbus.settings.get("queue_size"))
-    hub.evbus.broker.open_spool(hub.evbus.settings.get("spool"), hub.evbus.settings.get("spool_sync"))
-    # Only a config that passed is marked applied: a bad one raises on every use
-    hub.evbus.settings.APPLIED = opt
+    return hub.evbus.settings.read().retry_policy
 
 
 def plugin(hub, sub_name: str, name: str):

@@ -9,8 +9,8 @@ evbus uses OpenTelemetry's global providers (``trace.set_tracer_provider``,
 ``hub.evbus.TRACER_PROVIDER`` and ``hub.evbus.METER_PROVIDER`` before
 ``start()``.
 """
+from evbus import hubfunc
 from evbus import telemetry
-from evbus.types import make_event
 
 
 def __init__(hub):
@@ -23,9 +23,9 @@ def __init__(hub):
 
 def resolve(hub) -> telemetry.Telemetry | None:
     """
-    Find the providers to emit to and set up ``put`` and the lanes made from
-    now on for them: with none configured, ``put`` builds events as it
-    always does and lanes get no telemetry.
+    Find the providers to emit to and set up the lanes made from now on for
+    them (the listener hands the result to ``hub.evbus.broker.use_telemetry``
+    for ``put``): with none configured, lanes get no telemetry.
 
     :return: The telemetry in use, or None
     """
@@ -46,7 +46,6 @@ def resolve(hub) -> telemetry.Telemetry | None:
         if not current.active:
             current = None
     hub.evbus.telemetry.CURRENT = current
-    hub.evbus.broker.STATE.make_event = current.event_maker() if current is not None else make_event
     return current
 
 
@@ -63,7 +62,7 @@ def lane(hub, plugin_name: str, acct_profile: str, ctx) -> telemetry.LaneTelemet
     plugin = hub.ingress[plugin_name]
     messaging = None
     if hasattr(plugin, "messaging"):
-        hook = hub.evbus.broker.direct(plugin.messaging)
+        hook = hubfunc.direct(hub, plugin.messaging)
 
         def messaging(routing_key: str | None) -> dict:
             return hook(ctx, routing_key)

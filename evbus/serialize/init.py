@@ -17,6 +17,5 @@ def apply(hub, data) -> bytes:
     :param data: The event body
     :return: The serialized body
     """
-    _, apply_, _ = hub.evbus.broker.serializer()
-    ret = apply_(data)
+    ret = hub.evbus.broker.serializer().apply(data)
     return ret.encode() if isinstance(ret, str) else ret

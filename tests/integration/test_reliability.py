@@ -122,7 +122,7 @@ async def test_never_up_destination_dead_letters_everything_then_replay(hub, run
     assert counts == {"replayed": 100, "delivered": 100, "failed": 0, "no_destination": 0}
     assert [json.loads(b) for b in hub.ingress.flaky.SEEN] == list(range(100))
     assert hub.evbus.deadletter.read() == []
-    await hub.evbus.route.close(timeout=5)
+    await hub.evbus.shutdown.close(timeout=5)
 
 
 async def test_replay_keeps_what_fails_again_and_what_has_no_destination(hub, running, monkeypatch):
@@ -142,7 +142,7 @@ async def test_replay_keeps_what_fails_again_and_what_has_no_destination(hub, ru
     counts = await hub.evbus.deadletter.replay(contexts, acct_profile="b")
     assert counts["delivered"] == 1
     assert [d["acct_profile"] for d in hub.evbus.deadletter.read()] == ["a"]
-    await hub.evbus.route.close(timeout=5)
+    await hub.evbus.shutdown.close(timeout=5)
 
 
 async def test_stop_timeout_dead_letters_what_is_left(hub, running):
@@ -171,7 +171,7 @@ async def test_dead_letter_keeps_binary_bodies_exactly(hub, running):
     import msgpack
 
     assert [msgpack.unpackb(b) for b in hub.ingress.flaky.SEEN] == [body]
-    await hub.evbus.route.close(timeout=5)
+    await hub.evbus.shutdown.close(timeout=5)
 
 
 async def test_bad_lanes_do_not_hold_up_the_others(hub, running, monkeypatch):

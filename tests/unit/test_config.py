@@ -8,7 +8,7 @@ import msgpack
 import pop.hub
 import pytest
 
-from evbus.evbus.settings import DEFAULTS
+from evbus.settings import DEFAULTS
 from evbus.exc import ConfigError
 
 
@@ -163,7 +163,7 @@ def test_app_that_declares_evbus_options_like_idem(tmp_path):
         hub.pop.config.load(["myapp", "evbus"], cli="myapp", logs=False)
         hub.evbus.SERIAL_PLUGIN = hub.OPT.evbus.serial_plugin
         hub.evbus.broker.put_nowait(profile="p", body=[1])
-        assert hub.evbus.route.error_callback() == hub.myapp.init.handler
+        assert hub.evbus.report.error_callback() == hub.myapp.init.handler
         print(hub.OPT.evbus.serialize_plugin, hub.OPT.evbus.error_callback_ref, hub.evbus.BUS.get_nowait().body)
         """
     )

@@ -16,7 +16,7 @@ signature once per lane and calls either form. That is why this contract
 declares no ``sig_publish``: pop checks a signature's names and annotations
 exactly and would reject one of the two generations. evbus checks the ACCT
 list and the publish function when the bus starts
-(:func:`evbus.evbus.route.ingress_plugins`).
+(:func:`evbus.evbus.contexts.ingress_plugins`).
 
 A plugin whose client pipelines (evbus's broker plugins) offers ``async def
 send(hub, ctx, routing_key, event)``: it hands the event to the client in
