@@ -45,7 +45,6 @@ import json
 import urllib.parse
 from collections.abc import Callable
 from collections.abc import Mapping
-from typing import Any
 
 from evbus.exc import ProfileError
 from evbus.types import Event

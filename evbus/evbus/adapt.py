@@ -8,10 +8,12 @@ when it loaded, so the lane calls them as the contract declares. A plugin
 that names no broker contract (an app-merged one, of either pop-evbus
 generation) is adapted from what it offers (``ingress/contracts/init.py``).
 """
+import functools
 import inspect
 
 import dict_tools.data as data
 
+from evbus import hubfunc
 from evbus.exc import IngressPluginError
 from evbus.lane import Destination
 
@@ -88,7 +90,7 @@ def destination(hub, plugin_name: str) -> Destination:
         ``send``, ``send_many`` or ``publish_nowait`` of other parameters
     """
     plugin = hub.ingress[plugin_name]
-    direct = hub.evbus.broker.direct
+    direct = functools.partial(hubfunc.direct, hub)
     hooks = {
         name: direct(getattr(plugin, name))
         for name in ("open", "close", "describe", "retriable")

@@ -25,6 +25,8 @@ def __init__(hub):
     hub.evbus.MASK = Masker()
     # The listener's own state: whether it runs, why it could not start, the pending stop
     hub.evbus.init.RUNNING = False
+    # start() until its listener runs (or it fails)
+    hub.evbus.init.STARTING = False
     hub.evbus.init.ERROR = None
     # The task of the start() that failed, whose error join() reported
     hub.evbus.init.FAILED = None
@@ -50,6 +52,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     if hub.evbus.init.RUNNING:
         raise BusRunningError("The event bus listener is already running")
     hub.evbus.init.ERROR = hub.evbus.init.FAILED = None
+    # A stop() from now on is for this listener, even before it runs
+    hub.evbus.init.STARTING = True
     try:
         if contexts is None:
             contexts = {}
@@ -62,7 +66,15 @@ async def start(hub, contexts: dict[str, Any] | None = None):
     except Exception as e:
         hub.evbus.init.ERROR = e
         hub.evbus.init.FAILED = asyncio.current_task()
+        # A stop() meant for this start is answered: the listener that never ran has nothing left
+        pending_stop = hub.evbus.init.STOP
+        if pending_stop is not None:
+            hub.evbus.init.STOP = None
+            if not pending_stop.done.done():
+                pending_stop.done.set_result(0)
         raise
+    finally:
+        hub.evbus.init.STARTING = False
     spool = hub.evbus.spool.current()
     stop_item = None
     hub.evbus.init.RUNNING = True
@@ -85,6 +97,8 @@ async def start(hub, contexts: dict[str, Any] | None = None):
             batch = [await bus.get()]
             batch += bus.take_queued()
             stop_item = await propagate(batch, router, spool, None, False, None, put_back)
+            if stop_item is not None and stop_item.done.done():
+                stop_item = None  # the stop of a start that failed, answered then: not this listener's
     finally:
         hub.evbus.init.RUNNING = False
         # join() waits for the next start() from now on
@@ -151,6 +165,9 @@ async def stop(hub, timeout: float | None = None) -> int:
     bus = await hub.evbus.broker.init()
     # Let puts that other threads scheduled before this call reach the queue first
     await asyncio.sleep(0)
+    if not hub.evbus.init.RUNNING and not hub.evbus.init.STARTING:
+        # No listener to stop: a stop queued now would stop the next start() at once
+        return 0
     loop = asyncio.get_running_loop()
     stop_item = hub.evbus.init.STOP
     if stop_item is None or stop_item.done.get_loop() is not loop:
@@ -187,6 +204,9 @@ async def join(hub, timeout: float | None = 60.0):
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.0
+    # A start() task created just before this call runs its first step first: what an
+    # earlier start() raised is then no longer taken for its error
+    await asyncio.sleep(0)
     while not hub.evbus.STARTED:
         if hub.evbus.init.ERROR is not None:
             failed = hub.evbus.init.FAILED

@@ -438,17 +438,57 @@ async def test_put_from_a_new_loop_after_the_first_closed(hub):
     assert [json.loads(queue.get_nowait()) for _ in range(queue.qsize())] == ["from-loop-1", "between", "from-loop-2"]
 
 
-async def test_stop_before_start_still_refuses_puts_afterwards(hub):
-    """stop() with no listener: the next start() delivers what was put, ends, and the bus stays closed."""
+@pytest.mark.parametrize("stops", [1, 2])
+async def test_stop_with_no_listener_refuses_puts_until_the_next_start_which_runs(hub, stops):
+    """stop() before any start(), once or twice: puts are refused; the next start() runs until its own stop."""
     hub.evbus.broker.put_nowait(body="kept")
-    await hub.evbus.init.stop()
+    for _ in range(stops):
+        assert await asyncio.wait_for(hub.evbus.init.stop(), 5) == 0
     with pytest.raises(BusClosedError):
         hub.evbus.broker.put_nowait(body="refused")
     contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
-    await asyncio.wait_for(hub.evbus.init.start(contexts), 5)
-    assert await take_json(await hub.ingress.internal.get(), 1) == ["kept"]
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=5)
+    await hub.evbus.broker.put(body="after start")
+    assert not listener.done()
+    assert await hub.evbus.init.stop(timeout=5) == 0
+    await asyncio.wait_for(listener, 5)
+    assert await take_json(await hub.ingress.internal.get(), 2) == ["kept", "after start"]
     with pytest.raises(BusClosedError):
         hub.evbus.broker.put_nowait(body="refused")
+
+
+async def test_a_second_stop_is_a_no_op_and_the_bus_starts_again(hub):
+    """stop(), stop() again after the listener ended: the next start() runs as the first did."""
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    for round_ in range(2):
+        listener = asyncio.create_task(hub.evbus.init.start(contexts))
+        await hub.evbus.init.join(timeout=5)
+        await hub.evbus.broker.put(body=round_)
+        assert await hub.evbus.init.stop(timeout=5) == 0
+        await asyncio.wait_for(listener, 5)
+        assert await asyncio.wait_for(hub.evbus.init.stop(timeout=5), 5) == 0
+    assert await take_json(await hub.ingress.internal.get(), 2) == [0, 1]
+
+
+async def test_a_stop_for_a_start_that_fails_does_not_stop_the_next_start(hub):
+    """stop() while start() sets up, which then fails: answered with 0; the next start() runs."""
+    from evbus.exc import ProfileError
+
+    bad = await hub.evbus.acct.profiles(acct_data={"internal": {"*": {}}})
+    bad["match_plugin"] = "regex"
+    failing = asyncio.create_task(hub.evbus.init.start(bad))
+    assert await asyncio.wait_for(hub.evbus.init.stop(timeout=5), 5) == 0
+    with pytest.raises(ProfileError):
+        await asyncio.wait_for(failing, 5)
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=5)
+    await hub.evbus.broker.put(body="delivered")
+    assert not listener.done()
+    await hub.evbus.init.stop(timeout=5)
+    await asyncio.wait_for(listener, 5)
+    assert await take_json(await hub.ingress.internal.get(), 1) == ["delivered"]
 
 
 async def test_start_again_after_stop_and_join_waits_for_the_new_listener(hub):
