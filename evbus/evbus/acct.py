@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dict_tools.data as data
+import yaml
 
 from evbus.exc import ConfigError
 from evbus.exc import ProfileError
@@ -50,7 +51,18 @@ async def profiles(
         except Exception as e:
             if not os.path.isfile(acct_file):
                 raise ConfigError(f"Cannot read the acct file '{acct_file}': there is no such file") from None
-            hint = " (is the acct key right?)" if acct_key else _keyless_hint(acct_file)
+            if not acct_key and _looks_encrypted(acct_file):
+                raise ConfigError(
+                    f"Cannot read the acct file '{acct_file}': it is encrypted, and needs its key "
+                    f"(--acct-key or ACCT_KEY)"
+                ) from None
+            shape = None if acct_key else _not_a_mapping(acct_file)
+            if shape is not None:
+                raise ConfigError(
+                    f"Cannot read the acct file '{acct_file}': its top level is {shape}, not a mapping "
+                    f"of provider -> profiles (internal: {{default: {{}}}})"
+                ) from None
+            hint = " (is the acct key right?)" if acct_key else ""
             raise ConfigError(
                 f"Cannot read the acct file '{acct_file}': {hub.evbus.MASK.exception(e)}{hint}"
             ) from None
@@ -148,14 +160,24 @@ async def _process(hub, provider: str, name: str, info: Mapping) -> Any:
     return data.NamespaceDict(result)
 
 
-def _keyless_hint(acct_file: str) -> str:
-    """:return: The hint for an acct file read without a key that failed: a key, where the file looks encrypted"""
+def _looks_encrypted(acct_file: str) -> bool:
+    """:return: Whether an acct file read without a key looks encrypted (a Fernet token)"""
     try:
         with open(acct_file, "rb") as stream:
             start = stream.read(16).lstrip()
     except OSError:
-        return ""
+        return False
     # A Fernet token, as acct writes an encrypted file, starts with its version byte 0x80: "gA" in base64
-    if start.startswith(b"gA"):
-        return " (an encrypted acct file needs its key: --acct-key or ACCT_KEY)"
-    return ""
+    return start.startswith(b"gA")
+
+
+def _not_a_mapping(acct_file: str) -> str | None:
+    """:return: What the top level of a plain-text acct file is, when it is YAML but no mapping; else None"""
+    try:
+        with open(acct_file, encoding="utf-8") as stream:
+            content = yaml.safe_load(stream)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if content is None or isinstance(content, Mapping):
+        return None
+    return f"a {type(content).__name__}"

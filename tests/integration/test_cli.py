@@ -624,9 +624,10 @@ def test_a_plain_text_acct_file_is_read_without_a_warning(tmp_path):
     [
         (None, "there is no such file"),
         ("internal: [unclosed\n", "acct.yml"),
-        ("gAAAAABm" + "x" * 40 + "\n", "an encrypted acct file needs its key: --acct-key or ACCT_KEY"),
+        ("gAAAAABm" + "x" * 40 + "\n", "it is encrypted, and needs its key (--acct-key or ACCT_KEY)"),
+        ("- internal\n", "its top level is a list, not a mapping of provider -> profiles"),
     ],
-    ids=["missing", "not-yaml", "encrypted"],
+    ids=["missing", "not-yaml", "encrypted", "a-list"],
 )
 def test_an_acct_file_that_cannot_be_read_is_one_line(tmp_path, content, expected):
     acct = tmp_path / "acct.yml"

@@ -103,3 +103,24 @@ async def test_plain_text_acct_file_without_key(hub, tmp_path):
     plain.write_text("internal:\n  default:\n    routing_key: plain\n")
     contexts = await hub.evbus.acct.profiles(acct_file=str(plain))
     assert contexts == {"internal": [{"default": {"routing_key": "plain"}}]}
+
+
+@pytest.mark.parametrize("content, shape", [("- internal\n- pika\n", "a list"), ("just text\n", "a str")])
+async def test_an_acct_file_that_is_no_mapping_says_what_it_is(hub, tmp_path, content, shape):
+    plain = tmp_path / "creds.yml"
+    plain.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        await hub.evbus.acct.profiles(acct_file=str(plain))
+    assert str(info.value) == (
+        f"Cannot read the acct file '{plain}': its top level is {shape}, "
+        "not a mapping of provider -> profiles (internal: {default: {}})"
+    )
+
+
+async def test_an_encrypted_acct_file_without_its_key_says_so(hub, tmp_path):
+    acct_file, _ = _encrypt(tmp_path, "internal:\n  default: {}\n")
+    with pytest.raises(ConfigError) as info:
+        await hub.evbus.acct.profiles(acct_file=acct_file)
+    assert str(info.value) == (
+        f"Cannot read the acct file '{acct_file}': it is encrypted, and needs its key (--acct-key or ACCT_KEY)"
+    )
