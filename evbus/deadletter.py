@@ -141,6 +141,11 @@ class DeadLetterStore:
         with self._lock:
             return list(self._read())
 
+    def unreadable(self) -> int:
+        """:return: How many lines of the file hold no dead letter (not JSON, or not a record); blank ones aside"""
+        with self._lock:
+            return sum(1 for line, record in self._lines() if record is None and line.strip())
+
     def _read(self) -> Iterable[dict[str, Any]]:
         for _, record in self._lines():
             if record is not None:

@@ -336,11 +336,16 @@ async def replay(hub) -> int:
     Publish the dead letters (those of ``--plugin`` / ``--acct-profile`` only,
     when given) to their destinations in the configured profiles.
 
-    :return: 0 when every replayed dead letter was delivered, else 1
+    :return: 0 when every dead letter asked for was delivered, else 1 (one
+        failed again, or has no destination in the profiles)
     """
     opt = hub.OPT.evbus
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    store = hub.evbus.deadletter.store()
+    if not store.path.exists():
+        print(f"evbus: no dead letters to replay: there is no file {store.path}", file=sys.stderr)
+        return 0
     interrupt = hub.evbus.cli.INTERRUPT
     try:
         with _libraries_quiet():
@@ -359,12 +364,19 @@ async def replay(hub) -> int:
             interrupt.armed = False
         await hub.evbus.shutdown.close(hub.evbus.settings.get("timeout"))
     print(
-        f"evbus: {counts['replayed']} dead letter(s) replayed from {hub.evbus.deadletter.store().path}: "
+        f"evbus: {counts['replayed']} dead letter(s) replayed from {store.path}: "
         f"{counts['delivered']} delivered, {counts['failed']} failed again, "
         f"{counts['no_destination']} kept (no such destination in the profiles)",
         file=sys.stderr,
     )
-    return 1 if counts["failed"] else 0
+    unreadable = store.unreadable()
+    if unreadable:
+        print(
+            f"evbus: {unreadable} line(s) of {store.path} hold no dead letter (not a JSON record): "
+            f"left in the file as they are",
+            file=sys.stderr,
+        )
+    return 1 if counts["failed"] or counts["no_destination"] else 0
 
 
 async def profiles(hub) -> int:

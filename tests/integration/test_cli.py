@@ -140,6 +140,26 @@ async def test_replay_dead_letters_to_rabbitmq(tmp_path, amqp):
     assert dead.read_text() == ""
 
 
+def test_replay_says_what_it_could_not_do(tmp_path):
+    """No file: said, exit 0; a dead letter without a destination: kept, exit 1; lines that are none: counted, kept."""
+    dead = tmp_path / "dead.jsonl"
+    env = {"EVBUS_DEAD_LETTER_FILE": str(dead)}
+    acct = tmp_path / "acct.yml"
+    acct.write_text("internal:\n  default: {}\n")
+    out = evbus("replay", "--acct-file", str(acct), env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"evbus: no dead letters to replay: there is no file {dead}" in out.stderr
+    assert not dead.exists()
+
+    letter = {"id": "e-1", "plugin": "pika", "acct_profile": "gone", "profile": "default", "body": "1"}
+    dead.write_text(json.dumps(letter) + "\nnot json\n\n")
+    out = evbus("replay", "--acct-file", str(acct), env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "0 dead letter(s) replayed" in out.stderr and "1 kept (no such destination in the profiles)" in out.stderr
+    assert f"1 line(s) of {dead} hold no dead letter (not a JSON record): left in the file" in out.stderr
+    assert dead.read_text() == json.dumps(letter) + "\nnot json\n\n"
+
+
 def test_profiles_masks_secrets_and_checks_reachability(tmp_path, rabbitmq):
     acct = tmp_path / "acct.yml"
     acct.write_text(
