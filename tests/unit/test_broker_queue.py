@@ -256,12 +256,17 @@ async def test_what_the_listener_took_but_did_not_hand_on_stays_queued(hub, monk
 
 
 async def test_events_queued_behind_the_stop_wait_for_the_next_start(hub):
+    from evbus.init import Stop
+
     bus = await hub.evbus.broker.init()
     hub.evbus.broker.put_nowait(body="before")
-    await hub.evbus.init.stop(timeout=5)  # no listener yet: the stop waits on the queue for it
+    # The queue as a stop() leaves it while the listener is busy: its stop, then a later event
+    stop_item = Stop(5, asyncio.get_running_loop().create_future())
+    bus.put_nowait(stop_item)
     bus.put_nowait(make_record("default", None, b'"after"', "application/json"))
     contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
     await asyncio.wait_for(hub.evbus.init.start(contexts), 10)  # takes all three at once, ends at the stop
+    assert stop_item.done.result() == 0
     queue = await hub.ingress.internal.get()
     assert [queue.get_nowait() for _ in range(queue.qsize())] == [b'"before"']
     assert [bus.get_nowait().body for _ in range(bus.qsize())] == [b'"after"']
