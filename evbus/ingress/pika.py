@@ -84,6 +84,7 @@ from evbus.connection import lifecycle
 from evbus.connection import registry
 from evbus.connection import send_and_wait
 from evbus.connection import virtual
+from evbus.exc import ConnectError
 from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import NackedError
@@ -138,6 +139,9 @@ class Publisher(Holder):
             refusal = tls.refusal(e, self.where)
             if refusal is not None:
                 raise refusal from e
+            if isinstance(e, OSError):
+                # The socket's error names no address under every loop ("[Errno 111] Connection refused")
+                raise ConnectError(f"cannot connect to {self.where}: {error_text(e)}") from e
             raise
         try:
             self.channel = await self.connection.channel(publisher_confirms=True)

@@ -66,7 +66,7 @@ class TestRabbitMQ(TransportCase, RestartCase):
     # No routing key: the default exchange has no queue for '' and returns the message
     no_destination_says = "no queue is bound to routing key '' on the default exchange (NO_ROUTE)"
     # aiormq's error names the address its own way; the log says 127.0.0.1:1
-    wrong_port_says = ("Connect call failed ('127.0.0.1', 1)",)
+    wrong_port_says = ("cannot connect to amqp://127.0.0.1:1/",)
 
     @pytest.fixture
     def reader(self, amqp) -> AmqpReader:
