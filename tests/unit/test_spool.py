@@ -400,3 +400,12 @@ def test_off_never_syncs(tmp_path, syncs):
     spool.flush()
     spool.close()
     assert syncs.sizes == []
+
+
+def test_a_record_and_its_event_make_the_same_spool_record():
+    from evbus.types import event_of
+    from evbus.types import make_record
+
+    for routing_key in (None, "key"):
+        record = make_record("p", routing_key, b'{"n": 1}', "application/json")
+        assert spool_module.encode_record(record) == spool_module.encode(event_of(record))
