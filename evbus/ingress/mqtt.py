@@ -190,7 +190,7 @@ class Publisher(Holder):
             try:
                 await client.__aenter__()
             except BaseException:
-                abandon(client)  # cancelled or failed half way: its socket and task go now
+                await abandon(client)  # cancelled or failed half way: its socket and task go now
                 raise
         except aiomqtt.MqttCodeError as e:  # the broker answered: refused credentials, say
             if _code(e.rc) in REFUSED_CREDENTIALS:
@@ -268,10 +268,12 @@ def _retrieve(client: Any):
         disconnected.exception()
 
 
-def abandon(client: Any):
+async def abandon(client: Any, grace: float = 1.0):
     """
     Close what a client that did not finish connecting holds (its socket, its
-    housekeeping task), without waiting: it may be cancelled.
+    housekeeping task), and wait at most ``grace`` seconds for that task to
+    end. It may run while its caller is being cancelled: the cancel is
+    raised after it.
     """
     _retrieve(client)
     paho = getattr(client, "_client", None)
@@ -285,9 +287,7 @@ def abandon(client: Any):
     paho.on_socket_register_write = paho.on_socket_unregister_write = None
     if getattr(paho, "_sock", None) is not None:
         paho._reset_sockets()
-    misc = getattr(client, "_misc_task", None)
-    if misc is not None and not misc.done():
-        misc.cancel()
+    await _end_misc_task(client, grace)
 
 
 def _close_late(loop: asyncio.AbstractEventLoop, paho: Any):
@@ -311,12 +311,24 @@ async def disconnect(client: Any, grace: float = 1.0):
     paho = getattr(client, "_client", None)
     if paho is not None and getattr(paho, "_sock", None) is not None:
         paho._reset_sockets()  # closes the socket now; aiomqtt then cancels its task
+    await _end_misc_task(client, grace, cancel=False)
+
+
+async def _end_misc_task(client: Any, grace: float, cancel: bool = True):
+    """
+    Wait, at most ``grace`` seconds, for a client's housekeeping task to end
+    (a loop that closes right after would leave it pending); cancel it
+    first if ``cancel``, or when it has not ended by then.
+    """
     misc = getattr(client, "_misc_task", None)
-    if misc is not None and not misc.done():
-        done, _ = await asyncio.wait([misc], timeout=grace)
-        if not done:
-            misc.cancel()
-            await asyncio.wait([misc], timeout=grace)
+    if misc is None or misc.done():
+        return
+    if cancel:
+        misc.cancel()
+    done, _ = await asyncio.wait([misc], timeout=grace)
+    if not done and not cancel:
+        misc.cancel()
+        await asyncio.wait([misc], timeout=grace)
 
 
 def _code(rc: Any) -> Any:
@@ -519,7 +531,11 @@ async def listen(hub, ctx, routing_key: str | None = None):
     connection = {key: value for key, value in options(ctx).items() if key not in ("identifier", "will")}
     client = aiomqtt.Client(**hub.ingress.mqtt.client_kwargs(connection, _tls_block(ctx)))
     try:
-        await client.__aenter__()
+        try:
+            await client.__aenter__()
+        except BaseException:
+            await abandon(client)
+            raise
     except aiomqtt.MqttError as e:  # the socket, or the broker refused (credentials, a certificate, say)
         reason = tls.refusal(e, hub.ingress.mqtt.describe(ctx)) or e
         raise ListenError(f"cannot connect: {error_text(reason)}") from e
@@ -531,4 +547,4 @@ async def listen(hub, ctx, routing_key: str | None = None):
         except aiomqtt.MqttError as e:
             raise ListenError(f"lost the connection: {error_text(e)}") from e
     finally:
-        await close_quietly(client.__aexit__(None, None, None))
+        await disconnect(client)

@@ -280,3 +280,57 @@ def test_publish_refusals_a_retry_cannot_help(hub):
     assert isinstance(error(0x90), RefusedError) and not mqtt.retriable(error(0x90))
     assert mqtt.retriable(error(0x97))  # quota exceeded
     assert mqtt.retriable(ConnectionError("the MQTT connection was lost"))
+
+
+
+class SilentServer:
+    """Accepts MQTT clients and never sends a CONNACK (what a real broker cannot be made to do)."""
+
+    def __init__(self):
+        self.accepted = asyncio.Event()
+        self.closed = asyncio.Event()  # a client closed its socket
+        self.server = None
+
+    async def serve(self, reader, writer):
+        self.accepted.set()
+        await reader.read()  # until the client closes its socket
+        self.closed.set()
+        writer.close()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+@pytest.mark.parametrize("path", ["publisher", "listen"])
+async def test_a_connect_cancelled_mid_handshake_leaves_nothing_open(hub, path):
+    """
+    A connect cancelled while it waits for the CONNACK closes its socket and
+    ends aiomqtt's housekeeping task before the cancel is raised: nothing is
+    left for the loop's close ("Task was destroyed but it is pending", paho's
+    "Event loop is closed").
+    """
+    from dict_tools import data
+
+    silent = SilentServer()
+    async with silent as port:
+        connection = {"hostname": "127.0.0.1", "port": port, "timeout": 30}
+        if path == "publisher":
+            from evbus.ingress.mqtt import Publisher
+
+            connecting = asyncio.create_task(Publisher(connection, where=f"mqtt://127.0.0.1:{port}").open())
+        else:
+            ctx = data.NamespaceDict(acct=data.NamespaceDict({"connection": connection, "topic": "t"}))
+            connecting = asyncio.create_task(anext(hub.ingress.mqtt.listen(ctx)))
+        await asyncio.wait_for(silent.accepted.wait(), 10)
+        await asyncio.sleep(0.2)  # aiomqtt starts its housekeeping task once its socket is open
+        misc = [t for t in asyncio.all_tasks() if "_misc_loop" in repr(t.get_coro())]
+        assert misc and not connecting.done(), "no CONNACK came: the client waits, its task running"
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        assert all(task.done() for task in misc)
+        await asyncio.wait_for(silent.closed.wait(), 5)  # the socket was closed
