@@ -5,6 +5,7 @@ Their hub face is :mod:`evbus.evbus.broker` (``hub.evbus.broker``): ``put``,
 ``put_nowait``, ``init``, ``get``, ``propagate``, ``stats``.
 """
 import asyncio
+import collections
 import dataclasses
 import queue
 import threading
@@ -46,7 +47,7 @@ class BrokerState:
 
     __slots__ = (
         "hub", "evbus", "hub_attrs", "evbus_attrs", "serialize_attrs", "opt", "lock", "loop", "loop_thread",
-        "closed", "put_count", "serializer", "maxsize", "reserved", "handoff", "handoff_scheduled", "spool",
+        "closed", "put_count", "serializer", "maxsize", "handoff", "handoff_scheduled", "spool",
         "make_event", "configured",
     )
 
@@ -65,12 +66,12 @@ class BrokerState:
         # The hub.OPT whose settings the broker applied to itself (queue bound, spool)
         self.configured = UNRESOLVED
         self.lock = threading.Lock()
-        # config queue_size (0: no bound), and the places other threads' puts have reserved
+        # config queue_size (0: no bound)
         self.maxsize = 0
-        self.reserved = 0
-        # Events other threads put, in order, until the loop queues them; whether the loop
-        # was asked to (one call_soon_threadsafe for many events, not one each)
-        self.handoff: list = []
+        # Events other threads put, in order, until the loop queues them (they count
+        # against the bound); whether the loop was asked to (one call_soon_threadsafe
+        # for many events, not one each)
+        self.handoff: collections.deque = collections.deque()
         self.handoff_scheduled = False
         # The durable spool (config spool), or None
         self.spool = None
@@ -105,17 +106,25 @@ class BusQueue(asyncio.Queue):
         # qsize() is the length of the deque: its own __len__, one C call (see put_nowait)
         self.qsize = self._queue.__len__
         self._bound = maxsize
-        # Whose reservations count: the places other threads' puts reserved (see put_nowait)
+        # Whose handoff counts against the bound: the events other threads put (see put_nowait)
         self._state = state
 
     def full(self) -> bool:
         """
-        Whether a put must wait: the events queued and the places reserved for
-        puts from other threads fill the bound.
+        Whether a put must wait: the events queued and those other threads put
+        (not queued yet) fill the bound.
         """
         if self._bound <= 0:
             return False
-        return self.qsize() + (self._state.reserved if self._state is not None else 0) >= self._bound
+        return self.qsize() + (len(self._state.handoff) if self._state is not None else 0) >= self._bound
+
+    def put_over(self, item):
+        """Queue ``item`` even past the bound (events other threads put at once): never drop one."""
+        bound, self._bound = self._bound, 0
+        try:
+            self.put_nowait(item)
+        finally:
+            self._bound = bound
 
     def get_nowait(self) -> Event:
         item = super().get_nowait()

@@ -174,7 +174,7 @@ class Capture:
                     raise BusStoppedError("The capture's listener was cancelled")
                 listener.result()  # it ended: raise what ended it
                 return
-            if hub.evbus.BUS.empty() and not hub.evbus.broker.STATE.reserved:
+            if hub.evbus.BUS.empty() and not hub.evbus.broker.STATE.handoff:
                 # The listener hands what it takes to the lanes before it waits again
                 lanes = hub.evbus.route.all_lanes()
                 try:
@@ -184,7 +184,7 @@ class Capture:
                 except TimeoutError:
                     pass
                 else:
-                    if hub.evbus.BUS.empty() and not hub.evbus.broker.STATE.reserved:
+                    if hub.evbus.BUS.empty() and not hub.evbus.broker.STATE.handoff:
                         return
             if loop.time() > deadline:
                 raise EvbusTimeoutError(

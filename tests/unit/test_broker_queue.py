@@ -154,12 +154,12 @@ async def test_puts_from_a_thread_reach_the_loop_together(hub, running):
         thread = threading.Thread(target=lambda: [hub.evbus.broker.put_nowait(body=n) for n in range(50)])
         thread.start()
         thread.join()  # the loop is busy (blocked) meanwhile
-        assert hub.evbus.broker.STATE.reserved == 50
+        assert len(hub.evbus.broker.STATE.handoff) == 50
         assert await take_json(await hub.ingress.internal.get(), 50) == list(range(50))
     finally:
         del loop.call_soon_threadsafe
     assert len(calls) == 1
-    assert hub.evbus.broker.STATE.reserved == 0
+    assert len(hub.evbus.broker.STATE.handoff) == 0
 
 
 async def test_a_bounded_queue_keeps_the_places_of_threads_for_them(hub, running, monkeypatch):
@@ -302,4 +302,99 @@ async def test_an_event_the_spool_cannot_store_leaves_no_place_reserved(hub, run
     finally:
         state.spool = real
     assert len(errors) == 1
-    assert state.reserved == 0 and state.handoff == [] and hub.evbus.BUS.qsize() == 0
+    assert len(state.handoff) == 0 and hub.evbus.BUS.qsize() == 0
+
+
+async def test_threads_putting_at_once_keep_the_bound_within_one_event_each(hub, running, monkeypatch):
+    """
+    Eight threads put while the loop is busy: they take no lock, so each can
+    pass the bound by at most its own event; every event they were told was
+    accepted arrives once, in each thread's order, and the others were refused.
+    """
+    from evbus.exc import BusFullError
+
+    threads_count, bound = 8, 100
+    monkeypatch.setenv("EVBUS_QUEUE_SIZE", str(bound))
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    await running({"internal": {"*": {}}})
+    accepted: dict[int, list[int]] = {t: [] for t in range(threads_count)}
+    refused = []
+    start = threading.Barrier(threads_count)
+
+    def produce(t):
+        start.wait()
+        for n in range(50):
+            try:
+                hub.evbus.broker.put_nowait(body=[t, n])
+            except BusFullError:
+                refused.append((t, n))
+            else:
+                accepted[t].append(n)
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # the loop is blocked meanwhile: nothing is queued yet
+    state = hub.evbus.broker.STATE
+    held = len(state.handoff) + hub.evbus.BUS.qsize()
+    assert bound <= held < bound + threads_count
+    assert held + len(refused) == threads_count * 50
+    arrived = await take_json(await hub.ingress.internal.get(), held)
+    for t, numbers in accepted.items():
+        assert [n for who, n in arrived if who == t] == numbers
+    assert hub.evbus.broker.stats()["put"] == held
+
+
+def test_a_thread_putting_while_loops_end_and_start_loses_nothing(hub):
+    """
+    A thread puts throughout while the bus's loop ends and the next one takes
+    it over: every event it put arrives in the second loop, in order.
+    """
+    from evbus.exc import BusFullError
+
+    done = threading.Event()
+    first_ran = threading.Event()
+    put: list[int] = []
+
+    def produce():
+        n = 0
+        while not done.is_set():
+            try:
+                hub.evbus.broker.put_nowait(body=n)
+            except BusFullError:
+                time.sleep(0.001)
+                continue
+            put.append(n)
+            n += 1
+            if n % 50 == 0:
+                time.sleep(0.0005)
+
+    async def first():
+        await hub.evbus.broker.put(body="first")  # binds the bus to this loop
+        first_ran.set()
+        await asyncio.sleep(0.2)  # the thread's events are handed over to this loop meanwhile
+
+    async def second():
+        contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+        listener = asyncio.create_task(hub.evbus.init.start(contexts))
+        await hub.evbus.init.join(timeout=5)
+        await asyncio.sleep(0.2)
+        done.set()
+        await asyncio.to_thread(thread.join)
+        await hub.evbus.init.stop()
+        await listener
+        queue = await hub.ingress.internal.get()
+        return [json.loads(queue.get_nowait()) for _ in range(queue.qsize())]
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    try:
+        asyncio.run(first())
+        assert first_ran.is_set()
+        arrived = asyncio.run(second())
+    finally:
+        done.set()
+        thread.join(10)
+    assert arrived.count("first") == 1 and len(put) > 100
+    assert [n for n in arrived if n != "first"] == put

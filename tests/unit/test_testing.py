@@ -3,6 +3,7 @@ The pytest plugin evbus ships (``evbus.testing``): the bus on in-process
 capture, in this suite and in a pop project's own tests beside pytest-pop.
 """
 import asyncio
+import collections
 import threading
 
 import pytest
@@ -131,8 +132,8 @@ async def test_a_malformed_profile_fails_the_start(evbus_hub):
 
 
 async def test_settle_says_when_events_do_not_arrive_in_time(evbus_hub, evbus_capture, monkeypatch):
-    # A put another thread reserved a place for, that never reaches the loop
-    monkeypatch.setattr(evbus_hub.evbus.broker.STATE, "reserved", 1)
+    # An event another thread put, that never reaches the loop
+    monkeypatch.setattr(evbus_hub.evbus.broker.STATE, "handoff", collections.deque([("never", "queued")]))
     with pytest.raises(EvbusTimeoutError, match="within 0.05 s"):
         await evbus_capture.settle(timeout=0.05)
 
