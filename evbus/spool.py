@@ -66,7 +66,7 @@ from evbus.exc import SpoolError
 from evbus.types import Event
 from evbus.types import id_key
 from evbus.types import RECORD_NUMBER
-from evbus.types import record_id
+from evbus.types import OWN_ID_BYTES
 
 SYNC_MODES = ("normal", "full", "off")
 
@@ -119,7 +119,9 @@ def encode(event: Event, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _me
     return _frame(len(payload), _crc(payload)) + payload
 
 
-def encode_record(record: tuple, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _metas=_META) -> bytes:
+def encode_record(
+    record: tuple, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _metas=_META, _own=OWN_ID_BYTES
+) -> bytes:
     """
     :param record: An event's record (:func:`evbus.types.make_record`)
     :return: Its "add" record: the same as :func:`encode` of its Event
@@ -127,8 +129,8 @@ def encode_record(record: tuple, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.cr
     profile, routing_key, body, content_type, number, timestamp = record
     key = (profile, routing_key, content_type)
     meta = _metas.get(key) or _meta(key)
-    event_id = record_id(number).encode()
-    payload = b"".join((_pack(ADDED, timestamp, len(event_id)), event_id, meta, body))
+    event_id = b"%b%x" % (_own, number)  # evbus.types.record_id, as bytes
+    payload = _pack(ADDED, timestamp, len(event_id)) + event_id + meta + body
     return _frame(len(payload), _crc(payload)) + payload
 
 
@@ -331,8 +333,9 @@ class Log:
         self.fd = fd
         self.end = end
         self.mapped = 0
-        self._map: mmap.mmap | None = None
-        self._extend(end)
+        # The map of the file, up to ``mapped``: Spool.add stores records into it directly
+        self.map: mmap.mmap | None = None
+        self.extend(end)
 
     def append(self, record: bytes) -> int:
         """
@@ -342,24 +345,25 @@ class Log:
         start = self.end
         end = start + len(record)
         if end > self.mapped:
-            self._extend(end)
-        self._map[start:end] = record
+            self.extend(end)
+        self.map[start:end] = record
         self.end = end
         return start
 
     def record(self, offset: int) -> bytes:
         """:return: The record at ``offset``"""
-        size, _ = FRAME.unpack_from(self._map, offset)
-        return self._map[offset : offset + FRAME.size + size]
+        size, _ = FRAME.unpack_from(self.map, offset)
+        return self.map[offset : offset + FRAME.size + size]
 
-    def _extend(self, needed: int):
+    def extend(self, needed: int):
+        """Reserve and map the file up to ``needed`` bytes at least (and some room ahead)."""
         size = max(needed, self.mapped + min(self.mapped, 64 * MiB), MiB)
         size = -(-size // MiB) * MiB
         reserve(self.fd, size)
-        if self._map is None:
-            self._map = mmap.mmap(self.fd, size)
+        if self.map is None:
+            self.map = mmap.mmap(self.fd, size)
         else:
-            self._map.resize(size)
+            self.map.resize(size)
         self.mapped = size
 
     def reset(self):
@@ -372,8 +376,8 @@ class Log:
         used = self.end - HEADER.size
         if used <= ZERO_BYTES:
             first = min(used, FRAME.size)
-            self._map[HEADER.size : HEADER.size + first] = bytes(first)
-            self._map[HEADER.size + first : self.end] = bytes(used - first)
+            self.map[HEADER.size : HEADER.size + first] = bytes(first)
+            self.map[HEADER.size + first : self.end] = bytes(used - first)
             self.end = HEADER.size
             return
         mapped = self.mapped
@@ -387,8 +391,8 @@ class Log:
     def close(self, trim: bool = True):
         """:param trim: Cut the space reserved ahead off the file"""
         try:
-            if self._map is not None:
-                self._map.close()
+            if self.map is not None:
+                self.map.close()
             if trim:
                 os.ftruncate(self.fd, self.end)
         finally:
@@ -539,13 +543,19 @@ class Spool:
             record, key = encode_record(event), event[RECORD_NUMBER]
         else:
             record, key = encode(event), id_key(event.id)
+        size = len(record)
         with self._lock:
-            if self._closed:
-                raise SpoolError(f"The spool {self.path} is closed{self._failed}")
-            try:
-                self._live[key] = self._log.append(record)
-            except OSError as e:
-                raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
+            # No call in here while the file has room: a thread does not give up the GIL
+            # between calls, so it cannot lose it holding the lock (and make every other
+            # thread that adds queue up behind it, a context switch each)
+            log = self._log
+            start = log.end
+            end = start + size
+            if end > log.mapped or self._closed:
+                self._make_room(log, end)
+            log.map[start:end] = record
+            log.end = end
+            self._live[key] = start
             self._records += 1
             if self.sync != "full":
                 return None
@@ -554,9 +564,18 @@ class Spool:
                 self._waiting.append(synced)
                 self._wanted.notify()
                 return synced
-            generation, end = self._generation, self._log.end
+            generation = self._generation
         self._sync_to(generation, end)
         return None
+
+    def _make_room(self, log: "Log", end: int):
+        """Under the lock: grow the file for a record that ends at ``end``; raise if it cannot be added."""
+        if self._closed:
+            raise SpoolError(f"The spool {self.path} is closed{self._failed}")
+        try:
+            log.extend(end)
+        except OSError as e:
+            raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
 
     def routed(self, event: Event | tuple, lanes: int):
         """The listener handed the event (or its record) to ``lanes`` lanes (0: nobody takes it)."""

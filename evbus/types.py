@@ -120,6 +120,10 @@ def record_id(number: int) -> str:
     return f"{_OWN_IDS}{number:x}"
 
 
+#: The ids of this process's events begin with these bytes (:func:`record_id`, encoded)
+OWN_ID_BYTES = _OWN_IDS.encode()
+
+
 def id_key(event_id: str) -> int | str:
     """
     The key of an event in tables that hold both records and Events (the
