@@ -86,7 +86,40 @@ class BrokerState:
         self.make_event = make_event
 
 
-class BusQueue(asyncio.Queue):
+class LeanQueue(asyncio.Queue):
+    """
+    A FIFO ``asyncio.Queue`` whose ``put_nowait`` and ``get_nowait`` do their
+    work in line: asyncio's make four calls of Python functions each
+    (``full``, ``_put``, ``_finished.clear``, ``_wakeup_next``), and every
+    event goes through two queues (the broker queue, then the internal
+    ingress's). The same state changes as asyncio's, in the same order; a
+    full, empty or (Python 3.13) shut down queue is left to asyncio's own
+    methods, which raise what they raise.
+    """
+
+    _is_shutdown = False  # Python 3.13's shutdown() sets it on the queue
+
+    def put_nowait(self, item):
+        if self._is_shutdown or (self._maxsize > 0 and len(self._queue) >= self._maxsize):
+            return super().put_nowait(item)
+        self._queue.append(item)
+        self._unfinished_tasks += 1
+        if self._finished._value:  # set when task_done() was called for every item
+            self._finished.clear()
+        if self._getters:
+            self._wakeup_next(self._getters)
+
+    def get_nowait(self):
+        queue = self._queue
+        if not queue:
+            return super().get_nowait()
+        item = queue.popleft()
+        if self._putters:
+            self._wakeup_next(self._putters)
+        return item
+
+
+class BusQueue(LeanQueue):
     """
     The broker queue once the bus is bound to a loop: an ``asyncio.Queue`` of
     events.
@@ -102,36 +135,40 @@ class BusQueue(asyncio.Queue):
     """
 
     def __init__(self, maxsize: int = 0, state: BrokerState | None = None):
-        super().__init__(maxsize)
+        # The bound is this queue's own (asyncio's is 0): the events other threads put count too
+        super().__init__(0)
         # qsize() is the length of the deque: its own __len__, one C call (see put_nowait)
         self.qsize = self._queue.__len__
         self._bound = maxsize
-        # Whose handoff counts against the bound: the events other threads put (see put_nowait)
-        self._state = state
+        # The events other threads put, not queued yet: they count against the bound
+        self._handoff = state.handoff if state is not None else ()
+
+    @property
+    def maxsize(self) -> int:
+        return self._bound
 
     def full(self) -> bool:
         """
         Whether a put must wait: the events queued and those other threads put
         (not queued yet) fill the bound.
         """
-        if self._bound <= 0:
-            return False
-        return self.qsize() + (len(self._state.handoff) if self._state is not None else 0) >= self._bound
+        return 0 < self._bound <= len(self._queue) + len(self._handoff)
+
+    def put_nowait(self, item):
+        if 0 < self._bound <= len(self._queue) + len(self._handoff):
+            raise asyncio.QueueFull
+        LeanQueue.put_nowait(self, item)
 
     def put_over(self, item):
         """Queue ``item`` even past the bound (events other threads put at once): never drop one."""
-        bound, self._bound = self._bound, 0
-        try:
-            self.put_nowait(item)
-        finally:
-            self._bound = bound
+        LeanQueue.put_nowait(self, item)
 
     def get_nowait(self) -> Event:
-        item = super().get_nowait()
+        item = LeanQueue.get_nowait(self)
         return event_of(item) if item.__class__ is tuple else item
 
     #: The next item as it was queued: a record, an Event or the listener's stop
-    take_nowait = asyncio.Queue.get_nowait
+    take_nowait = LeanQueue.get_nowait
 
     def take_queued(self) -> list:
         """

@@ -24,6 +24,8 @@ is the one of routing key ``None``. Consume with::
 """
 import asyncio
 
+from evbus.broker import LeanQueue
+
 
 def __init__(hub):
     plugin = hub.ingress.internal
@@ -43,7 +45,7 @@ async def get(hub, routing_key: str | None = None) -> asyncio.Queue:
     queues = hub.ingress.internal.QUEUE
     channel = queues.get(routing_key)
     if channel is None:
-        channel = queues[routing_key] = asyncio.Queue()
+        channel = queues[routing_key] = LeanQueue()
     return channel
 
 
@@ -68,7 +70,7 @@ def _publish_nowait(namespace: dict, ctx, routing_key: str, body: bytes):
     queues = namespace["QUEUE"]
     channel = queues.get(routing_key)
     if channel is None:
-        channel = queues[routing_key] = asyncio.Queue()
+        channel = queues[routing_key] = LeanQueue()
     channel.put_nowait(body)
 
 

@@ -398,3 +398,52 @@ def test_a_thread_putting_while_loops_end_and_start_loses_nothing(hub):
         thread.join(10)
     assert arrived.count("first") == 1 and len(put) > 100
     assert [n for n in arrived if n != "first"] == put
+
+
+@pytest.mark.parametrize("queue_class", ["asyncio", "lean"])
+async def test_the_lean_queue_behaves_as_asyncio_s(queue_class):
+    """
+    LeanQueue (the internal ingress's queues, and the broker queue's base) does
+    asyncio.Queue's work in line: the same cases, checked against both.
+    """
+    from evbus.broker import LeanQueue
+
+    make = asyncio.Queue if queue_class == "asyncio" else LeanQueue
+    queue = make(maxsize=2)
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    with pytest.raises(asyncio.QueueFull):
+        queue.put_nowait(3)
+    # a put waiting for room is woken by get_nowait
+    waiting_put = asyncio.create_task(queue.put(3))
+    await asyncio.sleep(0)
+    assert not waiting_put.done()
+    assert queue.get_nowait() == 1
+    await asyncio.wait_for(waiting_put, 1)
+    assert [queue.get_nowait(), queue.get_nowait()] == [2, 3]
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    # a get waiting for an item is woken by put_nowait
+    waiting_get = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("x")
+    assert await asyncio.wait_for(waiting_get, 1) == "x"
+    # join() waits for task_done() of every item put, again after more puts
+    for _ in range(4):
+        queue.task_done()
+    await asyncio.wait_for(queue.join(), 1)
+    queue.put_nowait("y")
+    joined = asyncio.create_task(queue.join())
+    await asyncio.sleep(0)
+    assert not joined.done()
+    queue.get_nowait()
+    queue.task_done()
+    await asyncio.wait_for(joined, 1)
+    if hasattr(queue, "shutdown"):  # Python 3.13
+        queue.put_nowait("left")
+        queue.shutdown()
+        assert queue.get_nowait() == "left"
+        with pytest.raises(asyncio.QueueShutDown):
+            queue.put_nowait("z")
+        with pytest.raises(asyncio.QueueShutDown):
+            queue.get_nowait()
