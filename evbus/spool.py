@@ -613,9 +613,13 @@ class Spool:
 
     def _write_done(self):
         """Write the "done" of the settled events, or empty the file when none of its events is live."""
+        done, self._done = self._done, []
+        if not done:
+            return
+        record = encode_done(done)  # before the lock: no call under it while the file has room (see add)
+        size = len(record)
         with self._lock:
-            done, self._done = self._done, []
-            if self._closed or not done:
+            if self._closed:
                 return
             log = self._log
             try:
@@ -627,11 +631,16 @@ class Spool:
                         self._generation += 1
                         log.reset()
                     return
-                log.append(encode_done(done))
+                start = log.end
+                end = start + size
+                if end > log.mapped:
+                    log.extend(end)
             except OSError:
                 # Not written: these events come again after a crash (at least once)
                 return
-            due = log.end >= self._compact_at and len(self._live) * 4 <= self._records
+            log.map[start:end] = record
+            log.end = end
+            due = end >= self._compact_at and len(self._live) * 4 <= self._records
         if due:
             self._compact()
 
