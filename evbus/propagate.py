@@ -11,7 +11,8 @@ event gets the same treatment on its way to the lanes:
   profile (cached per profile), or the lanes the caller names (a replay:
   each dead letter goes back to its own destination);
 - backpressure: a full lane (``lane_full`` "wait") makes the caller wait
-  for room before the event is put on it;
+  for room before the event is put on it (cancelled meanwhile, the event
+  still goes to every lane of its own, past their bound);
 - spool accounting: the spool learns how many lanes must settle the event
   before its record is finished (none: finished now);
 - an event no lane takes is counted as unrouted (or, for the re-delivery
@@ -20,6 +21,7 @@ event gets the same treatment on its way to the lanes:
 The listener calls it once for every batch it takes: the loop over the
 events is here, in line, because this is the bus's hot path.
 """
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +85,7 @@ async def propagate(
                 for lane in found:
                     if lane.full:
                         # lane_full "wait": backpressure, up to put()
-                        await lane.room()
+                        await _room(lane, found, event, settle)
                     seq = lane.put(event)
                     if settle is not None:
                         settle.append((lane, seq))
@@ -93,3 +95,20 @@ async def propagate(
     finally:
         if left is not None and taken < len(items):
             left(items[taken:])
+
+
+async def _room(lane: Any, found: Any, event: Any, settle: list | None):
+    """
+    Wait until ``lane`` has room for ``event``. Cancelled meanwhile, the event
+    goes to ``lane`` and the lanes after it in ``found`` past their bound
+    before the cancel is raised: the lanes before it have it already, and the
+    caller puts back only the events it did not start.
+    """
+    try:
+        await lane.room()
+    except asyncio.CancelledError:
+        for rest in found[found.index(lane):]:
+            seq = rest.put(event)
+            if settle is not None:
+                settle.append((rest, seq))
+        raise

@@ -447,3 +447,34 @@ async def test_the_lean_queue_behaves_as_asyncio_s(queue_class):
             queue.put_nowait("z")
         with pytest.raises(asyncio.QueueShutDown):
             queue.get_nowait()
+
+
+async def test_a_listener_cancelled_while_one_lane_is_full_leaves_no_lane_without_its_event(hub, monkeypatch):
+    """
+    Two lanes take every event; the slow one is full and the listener waits for
+    room when it is cancelled: the event it had started goes to both lanes
+    (the full one past its bound), and the events behind it are queued again.
+    """
+    from tests.conftest import add_ingress
+
+    add_ingress(hub, "slow")
+    monkeypatch.setenv("EVBUS_LANE_SIZE", "1")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    for n in range(5):
+        hub.evbus.broker.put_nowait(body=n)
+    contexts = await hub.evbus.acct.profiles(
+        acct_data={"slow": {"default": {"delay": 30}}, "internal": {"default": {}}}
+    )
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=5)
+    lanes = hub.evbus.route.all_lanes()
+    [slow] = [lane for lane in lanes if lane.plugin == "slow"]
+    while not slow._room:  # the listener waits for room on the slow lane
+        await asyncio.sleep(0.01)
+    listener.cancel()
+    await asyncio.wait([listener])
+    queue = await hub.ingress.internal.get()
+    assert [json.loads(queue.get_nowait()) for _ in range(queue.qsize())] == [0, 1]
+    assert slow.queued == 2
+    bus = hub.evbus.BUS
+    assert [json.loads(bus.get_nowait().body) for _ in range(bus.qsize())] == [2, 3, 4]
