@@ -213,6 +213,8 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
     undelivered = None
     bar = None
     put = 0
+    # The bus counts what it queued: a put a signal cancels after its event was queued counts too
+    queued_before = hub.evbus.broker.stats()["put"]
     with _libraries_quiet():
         try:
             await hub.evbus.init.join(timeout=timeout)
@@ -246,6 +248,7 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
             print(json.dumps({"routing_key": routing_key, "body": body}, default=repr), flush=True)
 
     stats = hub.evbus.broker.stats()
+    put = stats["put"] - queued_before
     lanes = stats["lanes"]
     failed = sum(lane["failed"] for lane in lanes)
     published = sum(lane["published"] for lane in lanes)

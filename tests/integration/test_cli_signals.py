@@ -23,8 +23,8 @@ EVBUS = os.path.join(os.path.dirname(sys.executable), "evbus")
 EVENTS = 5000
 
 
-def _start(tmp_path, port: int) -> subprocess.Popen:
-    """evbus publish of EVENTS events from a file to a RabbitMQ profile on ``port``."""
+def _start(tmp_path, port: int, spool: bool = False) -> subprocess.Popen:
+    """evbus publish of EVENTS events from a file to a RabbitMQ profile on ``port`` (with the spool on)."""
     acct = tmp_path / "acct.yml"
     acct.write_text(
         yaml.safe_dump({"pika": {"default": {"connection": {"url": f"amqp://guest:guest@127.0.0.1:{port}/"},
@@ -34,6 +34,8 @@ def _start(tmp_path, port: int) -> subprocess.Popen:
     events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(EVENTS)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
     env.update(EVBUS_STOP_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
+    if spool:
+        env.update(EVBUS_SPOOL=str(tmp_path / "spool"), EVBUS_SPOOL_SYNC="full")
     return subprocess.Popen(
         [EVBUS, "publish", "--acct-file", str(acct), "--file", str(events)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
@@ -60,9 +62,15 @@ def _dead_letters(tmp_path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.parametrize("spool", [False, True], ids=["", "spool"])
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_publish_and_dead_letters_the_rest(tmp_path, signum, status):
-    proc = _start(tmp_path, _free_port())  # a broker that is down: nothing can be delivered
+def test_a_signal_stops_publish_and_dead_letters_the_rest(tmp_path, signum, status, spool):
+    """
+    A broker that is down: nothing can be delivered. The summary's count of
+    events put is what the bus queued (with spool_sync full, a put the signal
+    cancels while it waits for its sync has queued its event already).
+    """
+    proc = _start(tmp_path, _free_port(), spool)
     _wait_started(proc, tmp_path)
     sent = time.monotonic()
     proc.send_signal(signum)
@@ -110,6 +118,8 @@ def test_a_signal_stops_replay_and_keeps_every_dead_letter_once(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
     env.update(EVBUS_STOP_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
+    if spool:
+        env.update(EVBUS_SPOOL=str(tmp_path / "spool"), EVBUS_SPOOL_SYNC="full")
     replay = subprocess.Popen(
         [EVBUS, "replay", "--acct-file", str(tmp_path / "acct.yml")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
