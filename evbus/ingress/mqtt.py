@@ -76,10 +76,9 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import hub_functions
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConfigError
@@ -108,11 +107,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.mqtt.ACCT = ["mqtt"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.mqtt.PROFILE_KEYS = frozenset(("connection", "topic", "qos", "retain", "tls"))
+    profile_keys = ("connection", "topic", "qos", "retain", "tls")
     # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.mqtt, _key, lambda ctx: _publisher(hub, ctx), Route)
+    set_up(hub, "mqtt", acct=["mqtt"], profile_keys=profile_keys, holder=_publisher, route=Route)
 
 
 def client_kwargs(hub, connection: dict, tls_block: Any = None) -> dict:
@@ -366,12 +363,11 @@ def _packet_size(topic: str, qos: int, properties: Any, payload: bytes) -> int:
 class Route(BaseRoute):
     """What a lane's sends need of its profile: the publisher and the per-profile settings."""
 
-    __slots__ = ("publisher", "topic", "qos", "retain", "evbus_properties")
+    __slots__ = ("topic", "qos", "retain", "evbus_properties")
 
     def __init__(self, publisher: Publisher, ctx):
         super().__init__(publisher)
         acct = ctx.acct
-        self.publisher = publisher
         self.topic = acct.get("topic") or None
         qos = acct.get("qos")
         self.qos = 1 if qos is None or qos == "" else int(qos)
@@ -385,10 +381,6 @@ class Route(BaseRoute):
 def _tls_block(ctx) -> Any:
     """:return: The profile's ``tls`` block, checked against aiomqtt's own TLS options"""
     return tls_block(ctx, native=("tls_params", "tls_context", "tls_insecure"))
-
-
-def _key(ctx) -> str:
-    return repr((sorted((key, repr(value)) for key, value in options(ctx).items()), tls.key(ctx.acct)))
 
 
 def _publisher(hub, ctx) -> Publisher:
@@ -445,8 +437,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("mqtt")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send
+open, close, publish = hub_functions("mqtt")
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -459,7 +451,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.mqtt.CONNECTIONS.find(ctx)
-    publisher = route.publisher
+    publisher = route.holder
     if not publisher.ready:
         await publisher.open()
     topic = routing_key or route.topic
@@ -491,11 +483,6 @@ async def send(hub, ctx, routing_key: str, event):
     future = publisher.loop.create_future()
     publisher.pending[info.mid] = future
     return future
-
-
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):

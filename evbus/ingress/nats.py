@@ -94,11 +94,11 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
+from evbus.connection import connection_key
 from evbus.connection import error_text
+from evbus.connection import hub_functions
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConnectError
@@ -140,11 +140,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.nats.ACCT = ["nats"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.nats.PROFILE_KEYS = frozenset(("connection", "jetstream", "stream", "subject", "tls"))
+    profile_keys = ("connection", "jetstream", "stream", "subject", "tls")
     # CONNECTIONS: connection key -> Connection; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.nats, _key, lambda ctx: _connection(hub, ctx), Route)
+    set_up(hub, "nats", acct=["nats"], profile_keys=profile_keys, holder=_connection, route=Route, key=_key)
 
 
 def _header_block(headers: Mapping[str, str]) -> bytes:
@@ -599,11 +597,10 @@ if IMPORT_ERROR is None:
 class Route(BaseRoute):
     """What a lane's sends need of its profile: the connection and the per-profile settings."""
 
-    __slots__ = ("connection", "subject", "stream", "headers", "batch")
+    __slots__ = ("subject", "stream", "headers", "batch")
 
     def __init__(self, connection: Connection, ctx):
         super().__init__(connection)
-        self.connection = connection
         self.subject = ctx.acct.get("subject") or None
         self.stream = connection.stream
         # The headers of its messages, their constant parts built once
@@ -639,14 +636,8 @@ def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
 
 
 def _key(ctx) -> str:
-    return repr(
-        (
-            sorted(options(ctx).items(), key=lambda kv: kv[0]),
-            bool(ctx.acct.get("jetstream")),
-            ctx.acct.get("stream") or None,
-            tls.key(ctx.acct),
-        )
-    )
+    """:return: The connection key of a profile: with JetStream, and its stream, a connection of their own"""
+    return connection_key(ctx, bool(ctx.acct.get("jetstream")), ctx.acct.get("stream") or None)
 
 
 def _connection(hub, ctx) -> Connection:
@@ -724,8 +715,9 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("nats")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send (shielded: a core
+# NATS confirmation is shared with the other events of its batch)
+open, close, publish = hub_functions("nats", shield=True)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -738,7 +730,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.nats.CONNECTIONS.find(ctx)
-    connection = route.connection
+    connection = route.holder
     if not connection.ready:
         await connection.open()
     subject = routing_key or route.subject
@@ -773,12 +765,6 @@ async def send(hub, ctx, routing_key: str, event):
         batch = route.batch = loop.create_future()
         session.flushes[batch] = loop.create_task(session.flush(route, batch))
     return batch
-
-
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    # shielded: a core NATS confirmation is shared with the other events of its batch
-    await send_and_wait(send, hub, ctx, routing_key, body, shield=True)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):

@@ -77,10 +77,9 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import hub_functions
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ListenError
@@ -105,11 +104,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.redis.ACCT = ["redis"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.redis.PROFILE_KEYS = frozenset(("connection", "mode", "stream", "channel", "maxlen", "tls"))
+    profile_keys = ("connection", "mode", "stream", "channel", "maxlen", "tls")
     # CONNECTIONS: connection key -> Writer; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.redis, _key, lambda ctx: _writer(hub, ctx), Route)
+    set_up(hub, "redis", acct=["redis"], profile_keys=profile_keys, holder=_writer, route=Route)
 
 
 def command(*args: bytes, more: int = 0) -> bytes:
@@ -319,12 +316,11 @@ def _refusal(error: BaseException, where: str) -> LoginRefusedError | TlsRefused
 class Route(BaseRoute):
     """What a lane's sends need of its profile: the writer and the commands it makes."""
 
-    __slots__ = ("writer", "pubsub", "key", "xadd_options", "heads")
+    __slots__ = ("pubsub", "key", "xadd_options", "heads")
 
     def __init__(self, writer: Writer, ctx):
         super().__init__(writer)
         acct = ctx.acct
-        self.writer = writer
         self.pubsub = pubsub = _mode(ctx) == "pubsub"
         key = (acct.get("channel") if pubsub else acct.get("stream")) or None
         self.key: str | None = str(key) if key else None
@@ -354,10 +350,6 @@ class Route(BaseRoute):
 def _tls_block(ctx) -> Mapping | None:
     """:return: The profile's ``tls`` block, checked against redis-py's own TLS options"""
     return tls_block(ctx, native=(), prefix="ssl_")
-
-
-def _key(ctx) -> str:
-    return repr((sorted(options(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
 
 
 def _mode(ctx) -> str:
@@ -447,8 +439,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("redis")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send
+open, close, publish = hub_functions("redis")
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -461,7 +453,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.redis.CONNECTIONS.find(ctx)
-    writer = route.writer
+    writer = route.holder
     if not writer.ready:
         await writer.open()
     key = route.key or routing_key
@@ -493,11 +485,6 @@ async def send(hub, ctx, routing_key: str, event):
             for part in (name.encode(), value.encode())
         )
     return writer.submit(entry)
-
-
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
