@@ -7,6 +7,7 @@ import asyncio
 import os
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +65,13 @@ def error_text(error: BaseException) -> str:
     if not text:
         return name
     return text if text.startswith(name) else f"{name}: {text}"
+
+
+def fail_waiting(futures: Iterable[asyncio.Future], error: BaseException):
+    """Fail those of ``futures`` that still wait (for an answer that will not come: the connection is gone)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 class LoopLock:

@@ -115,6 +115,7 @@ from evbus.connection import Holder
 from evbus.connection import Route
 from evbus.connection import connection_key
 from evbus.connection import error_text
+from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
 from evbus.connection import set_up
@@ -400,9 +401,7 @@ class Outbox(Route):
         self.closed.clear()
         self.open.clear()
         self.partitions.clear()
-        for waiting in confirmations:
-            if not waiting.done():
-                waiting.set_exception(error)
+        fail_waiting(confirmations, error)
 
     def forget(self):
         """Stop handing off; what is not handed off yet fails."""

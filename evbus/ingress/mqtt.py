@@ -76,6 +76,7 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
 from evbus.connection import set_up
@@ -249,9 +250,7 @@ class Publisher(Holder):
 
     def _fail_pending(self, error: BaseException):
         pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting(pending.values(), error)
 
 
 def _retrieve(client: Any):

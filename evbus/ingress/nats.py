@@ -96,6 +96,7 @@ from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import connection_key
 from evbus.connection import error_text
+from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
 from evbus.connection import set_up
@@ -303,9 +304,7 @@ class Acks:
     def fail(self, error: BaseException):
         """Fail every future still waiting (the connection is gone)."""
         futures, self.futures = self.futures, {}
-        for future in futures.values():
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting(futures.values(), error)
 
 
 def _api_error(error: dict) -> Exception:
@@ -405,9 +404,7 @@ class Session:
             task.cancel()  # their PONG will not come
         if self.acks is not None:
             self.acks.fail(error)
-        for future in pending:
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting(pending, error)
 
     async def flush(self, route: "Route", batch: asyncio.Future):
         """

@@ -77,6 +77,7 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import error_text
+from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
 from evbus.connection import set_up
@@ -241,9 +242,7 @@ class Writer(Holder):
 
     @staticmethod
     def _fail(queued: list[tuple[bytes, asyncio.Future]], error: BaseException):
-        for _, future in queued:
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting((future for _, future in queued), error)
 
 
 if IMPORT_ERROR is None:
