@@ -74,6 +74,15 @@ def fail_waiting(futures: Iterable[asyncio.Future], error: BaseException):
             future.set_exception(error)
 
 
+def retry_helps(error: BaseException, refused: tuple[type[BaseException], ...] = ()) -> bool:
+    """
+    The rule of a broker plugin's ``retriable``, after its own cases: a retry
+    can help, unless the error is one of ``refused`` (what the broker refused
+    for good) or its class says it cannot (``retriable = False``).
+    """
+    return not isinstance(error, refused) and getattr(error, "retriable", True) is not False
+
+
 class LoopLock:
     """
     An ``asyncio.Lock`` for the running loop: a lock belongs to the loop that

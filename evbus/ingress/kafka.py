@@ -118,6 +118,7 @@ from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
+from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import virtual
 from evbus.exc import ListenError
@@ -493,15 +494,13 @@ def retriable(hub, error: BaseException) -> bool:
     since brokers answer so while they recover (a restarted broker
     re-creating a topic).
     """
-    if isinstance(error, LOGIN_REFUSED + NOT_AUTHORIZED + TOO_LARGE):
-        return False
     if isinstance(error, (TypeError, ValueError)) and not isinstance(error, aiokafka.errors.KafkaError):
         return False  # aiokafka refused the profile's connection options (acks: al, say)
     if isinstance(
         error, (aiokafka.errors.UnknownError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.KafkaUnavailableError)
     ):
         return True
-    return getattr(error, "retriable", True) is not False
+    return retry_helps(error, LOGIN_REFUSED + NOT_AUTHORIZED + TOO_LARGE)
 
 
 def binding(hub, ctx) -> cloudevents.Binding:

@@ -79,6 +79,7 @@ from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
+from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
@@ -395,11 +396,9 @@ def retriable(hub, error: BaseException) -> bool:
     for what paho-mqtt rejects as a ``ValueError`` (a topic with wildcards, a
     payload too large), nor for an event without a topic.
     """
-    if isinstance(error, ValueError):
-        return False
     if isinstance(error, aiomqtt.MqttCodeError) and _code(error.rc) in REFUSED_CREDENTIALS:
         return False
-    return getattr(error, "retriable", True) is not False
+    return retry_helps(error, (ValueError,))
 
 
 def binding(hub, ctx) -> cloudevents.Binding | None:

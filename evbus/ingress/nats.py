@@ -99,6 +99,7 @@ from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
+from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
@@ -665,12 +666,12 @@ def retriable(hub, error: BaseException) -> bool:
     retried: a server that restarts answers so while its streams come back.
     The next attempt checks again whether a stream takes the subject.
     """
-    if isinstance(error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError)) or _login_refused(error):
+    if _login_refused(error):
         return False
     if isinstance(error, nats.js.errors.NoStreamResponseError):
         for connection in hub.ingress.nats.CONNECTIONS.values():
             connection.covered.clear()
-    return getattr(error, "retriable", True) is not False
+    return retry_helps(error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError))
 
 
 def binding(hub, ctx) -> cloudevents.Binding:

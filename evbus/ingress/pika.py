@@ -69,6 +69,9 @@ try:
 
     from evbus import amqp
 
+    # Errors of a login the broker refused (the credentials, or no login mechanism in common)
+    LOGIN_REFUSED = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError)
+
     IMPORT_ERROR = None
 except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
     IMPORT_ERROR = import_error(e, ("aio_pika", "aiormq"))
@@ -82,6 +85,7 @@ from evbus.connection import connection_key
 from evbus.connection import error_text
 from evbus.connection import hub_functions
 from evbus.connection import options
+from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import virtual
 from evbus.exc import ConnectError
@@ -132,7 +136,7 @@ class Publisher(Holder):
         """Connect, open a channel with publisher confirms, check the exchange exists."""
         try:
             self.connection = await aio_pika.connect(**_with_tls(self.connection_kwargs, self.tls_block))
-        except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as e:
+        except LOGIN_REFUSED as e:
             raise _login_refused(e, self.where) from e
         except Exception as e:
             refusal = tls.refusal(e, self.where)
@@ -499,20 +503,11 @@ def retriable(hub, error: BaseException) -> bool:
     (``ACCESS_REFUSED``), an exchange that does not exist (``NOT_FOUND``), a
     message over RabbitMQ's ``max_message_size``, or a message RabbitMQ returned.
     """
-    if isinstance(
-        error,
-        (
-            aiormq.exceptions.ProbableAuthenticationError,
-            aiormq.exceptions.AuthenticationError,
-            aiormq.exceptions.ChannelAccessRefused,
-        ),
-    ):
-        return False
     if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed) and "message size" in str(error):
         return False
-    if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
-        return False  # the profile's exchange does not exist: declare it, or fix the profile
-    return getattr(error, "retriable", True) is not False
+    # (ChannelNotFoundEntity: the profile's exchange does not exist: declare it, or fix the profile)
+    refused = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelNotFoundEntity)
+    return retry_helps(error, LOGIN_REFUSED + refused)
 
 
 def binding(hub, ctx) -> cloudevents.Binding:

@@ -80,6 +80,7 @@ from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
 from evbus.connection import options
+from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
@@ -374,18 +375,10 @@ def retriable(hub, error: BaseException) -> bool:
     NOAUTH) or permissions (NOPERM), a key that holds no stream (WRONGTYPE),
     or an event without a stream or channel.
     """
-    if isinstance(
-        error,
-        (
-            redis.exceptions.AuthenticationError,
-            redis.exceptions.NoPermissionError,
-            redis.exceptions.DataError,
-        ),
-    ):
-        return False
     if isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE"):
         return False
-    return getattr(error, "retriable", True) is not False
+    refused = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, redis.exceptions.DataError)
+    return retry_helps(error, refused)
 
 
 def binding(hub, ctx) -> cloudevents.Binding | None:
