@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from evbus import tls
+from evbus.exc import ListenError
 from evbus.types import Event
 
 # evbus's own files: an import that fails here, not inside a client library, means the library is missing or old
@@ -81,6 +82,15 @@ def retry_helps(error: BaseException, refused: tuple[type[BaseException], ...] =
     for good) or its class says it cannot (``retriable = False``).
     """
     return not isinstance(error, refused) and getattr(error, "retriable", True) is not False
+
+
+def listen_error(what: str, why: BaseException | None = None) -> ListenError:
+    """
+    :param what: What went wrong in ``evbus listen``: ``cannot connect``, ``lost the connection``
+    :param why: The error that says why, if any
+    :return: The plugin's ``ListenError`` (``contracts/broker.py``): ``what: Type: message``
+    """
+    return ListenError(f"{what}: {error_text(why)}" if why is not None else what)
 
 
 class LoopLock:

@@ -114,14 +114,13 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route
 from evbus.connection import connection_key
-from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
 from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import virtual
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NoDestinationError
@@ -637,7 +636,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
         await _stop(consumer)
         if isinstance(e, Exception):
             refusal = await _tls_refusal(kwargs, hub.ingress.kafka.describe(ctx))
-            raise ListenError(f"cannot connect: {error_text(refusal or e)}") from e
+            raise listen_error("cannot connect", refusal or e) from e
         raise
     try:
         while True:
@@ -646,7 +645,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
                 try:
                     await consumer.topics()  # fails once no broker answers
                 except aiokafka.errors.KafkaError as e:
-                    raise ListenError(f"lost the connection: {error_text(e)}") from e
+                    raise listen_error("lost the connection", e) from e
             for records in batches.values():
                 for record in records:
                     yield record.topic, record.value

@@ -75,9 +75,9 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
-from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
 from evbus.connection import retry_helps
 from evbus.connection import set_up
@@ -85,7 +85,6 @@ from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConfigError
 from evbus.exc import ConnectError
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NackedError
@@ -522,14 +521,13 @@ async def listen(hub, ctx, routing_key: str | None = None):
             await abandon(client)
             raise
     except aiomqtt.MqttError as e:  # the socket, or the broker refused (credentials, a certificate, say)
-        reason = tls.refusal(e, hub.ingress.mqtt.describe(ctx)) or e
-        raise ListenError(f"cannot connect: {error_text(reason)}") from e
+        raise listen_error("cannot connect", tls.refusal(e, hub.ingress.mqtt.describe(ctx)) or e) from e
     try:
         await client.subscribe(str(topic), qos=qos)
         try:
             async for message in client.messages:
                 yield str(message.topic), bytes(message.payload)
         except aiomqtt.MqttError as e:
-            raise ListenError(f"lost the connection: {error_text(e)}") from e
+            raise listen_error("lost the connection", e) from e
     finally:
         await disconnect(client)

@@ -95,16 +95,15 @@ from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
 from evbus.connection import connection_key
-from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
 from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConnectError
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NoDestinationError
@@ -795,9 +794,6 @@ async def listen(hub, ctx, routing_key: str | None = None):
     async def on_error(error: Exception):
         errors.append(error)  # reported with the ListenError, instead of nats-py's log
 
-    def reason() -> str:
-        return f": {error_text(errors[-1])}" if errors else ""
-
     kwargs["error_cb"] = on_error
     client = Client()
     try:
@@ -807,17 +803,17 @@ async def listen(hub, ctx, routing_key: str | None = None):
         where = hub.ingress.nats.describe(ctx)
         refusal = tls.refusal(e, where) or tls.refusal(errors[-1] if errors else None, where)
         if refusal is not None:
-            raise ListenError(f"cannot connect: {error_text(refusal)}") from e
+            raise listen_error("cannot connect", refusal) from e
         if isinstance(e, nats.errors.NoServersError):
-            raise ListenError(f"cannot connect{reason()}") from None
-        raise ListenError(f"cannot connect: {error_text(e)}") from e
+            raise listen_error("cannot connect", errors[-1] if errors else None) from None
+        raise listen_error("cannot connect", e) from e
     try:
         subscription = await client.subscribe(str(subject))
         await client.flush()  # the server has the subscription (and answers) before the first message
         async for message in subscription.messages:
             yield message.subject, message.data
         # The iterator ends when the client closed: not by us, so the connection was lost
-        raise ListenError(f"lost the connection{reason()}")
+        raise listen_error("lost the connection", errors[-1] if errors else None)
     finally:
         if not client.is_closed:
             await close_quietly(client.close())

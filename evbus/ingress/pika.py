@@ -84,6 +84,7 @@ from evbus.connection import close_quietly
 from evbus.connection import connection_key
 from evbus.connection import error_text
 from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
 from evbus.connection import retry_helps
 from evbus.connection import set_up
@@ -614,8 +615,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
     try:
         connection = await aio_pika.connect(**_with_tls(_connection_kwargs(ctx), _tls_block(ctx)))
     except Exception as e:
-        reason = tls.refusal(e, hub.ingress.pika.describe(ctx)) or e
-        raise ListenError(f"cannot connect: {error_text(reason)}") from e
+        raise listen_error("cannot connect", tls.refusal(e, hub.ingress.pika.describe(ctx)) or e) from e
     # Why the connection or the channel closed, when the broker or the network closed it
     lost: list[BaseException] = []
 
@@ -638,10 +638,9 @@ async def listen(hub, ctx, routing_key: str | None = None):
                     await message.ack()
                     yield queue_name, message.body
         except aio_pika.exceptions.AMQPError as e:
-            raise ListenError(f"lost the connection: {error_text(e)}") from e
+            raise listen_error("lost the connection", e) from e
         # The iterator ends when the channel closed: not by us, so the connection was lost
-        reason = f": {error_text(lost[0])}" if lost else ""
-        raise ListenError(f"lost the connection{reason}")
+        raise listen_error("lost the connection", lost[0] if lost else None)
     finally:
         if not connection.is_closed:
             await close_quietly(connection.close())

@@ -76,15 +76,14 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
-from evbus.connection import error_text
 from evbus.connection import fail_waiting
 from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
 from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import NoDestinationError
 from evbus.exc import ProfileError
@@ -517,15 +516,14 @@ async def listen(hub, ctx, routing_key: str | None = None):
         try:
             await client.ping()
         except redis.exceptions.RedisError as e:
-            reason = _refusal(e, hub.ingress.redis.describe(ctx)) or e
-            raise ListenError(f"cannot connect: {error_text(reason)}") from e
+            raise listen_error("cannot connect", _refusal(e, hub.ingress.redis.describe(ctx)) or e) from e
         try:
             bodies = _subscribed(client, key) if pubsub else _entries(client, key)
             async with contextlib.aclosing(bodies):
                 async for body in bodies:
                     yield key, body
         except redis.exceptions.ConnectionError as e:
-            raise ListenError(f"lost the connection: {error_text(e)}") from e
+            raise listen_error("lost the connection", e) from e
     finally:
         await client.aclose()
 
