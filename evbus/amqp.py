@@ -161,7 +161,12 @@ class Frames:
         seconds = int(timestamp)
         mid = message_id.encode("utf-8") if message_id.__class__ is str else b""
         if shared is None or not mid or len(mid) > 255 or not 0 <= seconds < _DATETIME_END:
-            return self._pamqp_header(body_size, content_type, delivery_mode, message_id, timestamp, headers)
+            # Out of the ordinary (see the module docstring): pamqp marshals it, and decides
+            content = header.ContentHeader(
+                body_size=body_size,
+                properties=properties(content_type, delivery_mode, message_id, timestamp, headers),
+            )
+            return frame.marshal(content, self.channel)
         encoded_type, encoded_mode = shared
         flags = _FLAGS
         table = b""
@@ -181,22 +186,6 @@ class Frames:
                 FRAME_END,
             )
         )
-
-    def _pamqp_header(
-        self,
-        body_size: int,
-        content_type: str,
-        delivery_mode: int,
-        message_id: str,
-        timestamp: float,
-        headers: tuple,
-    ) -> bytes:
-        """The content header frame by pamqp, for what the fast encoding leaves to it."""
-        content = header.ContentHeader(
-            body_size=body_size,
-            properties=properties(content_type, delivery_mode, message_id, timestamp, headers),
-        )
-        return frame.marshal(content, self.channel)
 
 
 def _shared(content_type: str, delivery_mode: int) -> tuple[bytes, bytes] | None:

@@ -7,10 +7,13 @@ import asyncio
 import os
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 
 from evbus import tls
+from evbus.exc import ListenError
+from evbus.types import Event
 
 # evbus's own files: an import that fails here, not inside a client library, means the library is missing or old
 _EVBUS = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -63,6 +66,31 @@ def error_text(error: BaseException) -> str:
     if not text:
         return name
     return text if text.startswith(name) else f"{name}: {text}"
+
+
+def fail_waiting(futures: Iterable[asyncio.Future], error: BaseException):
+    """Fail those of ``futures`` that still wait (for an answer that will not come: the connection is gone)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+
+
+def retry_helps(error: BaseException, refused: tuple[type[BaseException], ...] = ()) -> bool:
+    """
+    The rule of a broker plugin's ``retriable``, after its own cases: a retry
+    can help, unless the error is one of ``refused`` (what the broker refused
+    for good) or its class says it cannot (``retriable = False``).
+    """
+    return not isinstance(error, refused) and getattr(error, "retriable", True) is not False
+
+
+def listen_error(what: str, why: BaseException | None = None) -> ListenError:
+    """
+    :param what: What went wrong in ``evbus listen``: ``cannot connect``, ``lost the connection``
+    :param why: The error that says why, if any
+    :return: The plugin's ``ListenError`` (``contracts/broker.py``): ``what: Type: message``
+    """
+    return ListenError(f"{what}: {error_text(why)}" if why is not None else what)
 
 
 class LoopLock:
@@ -243,12 +271,55 @@ class Connections(dict):
             await holder.close()
 
 
-def lifecycle(plugin_name: str) -> tuple[Callable, Callable]:
+def connection_key(ctx, *more: Any, aliases: tuple[str, ...] = ()) -> str:
     """
-    A broker plugin's ``open`` and ``close`` (``contracts/broker.py``), on its
-    registry: ``open, close = lifecycle("<plugin>")`` in its module.
+    A broker plugin's connection key (``Connections.key``): profiles with the
+    same key share a connection.
+
+    :param more: What else of the profile the plugin's connection depends on
+    :param aliases: Other names of the profile's ``tls`` block
+    :return: The profile's ``connection`` and ``tls`` block, and ``more``
+    """
+    connection = sorted((name, repr(value)) for name, value in options(ctx).items())
+    return repr((connection, tls.key(ctx.acct, aliases), *more))
+
+
+def set_up(
+    hub,
+    plugin_name: str,
+    acct: list[str],
+    profile_keys: tuple[str, ...],
+    holder: Callable,
+    route: Callable,
+    key: Callable = connection_key,
+):
+    """
+    Set a broker plugin up, in its ``__init__``: the acct providers it takes
+    (``ACCT``), the keys of its profiles (``PROFILE_KEYS``: beside
+    ``routing_key``, ``envelope`` and ``cloudevents``; others are warned of),
+    and its registry (``CONNECTIONS``: connection key -> holder; ``BY_CTX``: a
+    lane's ctx -> its route).
 
     :param plugin_name: The plugin's name under ``hub.ingress``
+    :param holder: ``holder(hub, ctx)``: a new :class:`Holder` of a profile's connection
+    :param route: ``route(holder, ctx)``: a lane's :class:`Route`
+    :param key: ``key(ctx)``: the connection key of a profile (:func:`connection_key`)
+    """
+    plugin = hub.ingress[plugin_name]
+    plugin.ACCT = acct
+    plugin.PROFILE_KEYS = frozenset(profile_keys)
+    plugin.BY_CTX = PerCtx()
+    plugin.CONNECTIONS = Connections(plugin.BY_CTX, key, lambda ctx: holder(hub, ctx), route)
+
+
+def hub_functions(plugin_name: str, shield: bool = False) -> tuple[Callable, Callable, Callable]:
+    """
+    A broker plugin's ``open`` and ``close`` (``contracts/broker.py``), on its
+    registry, and its ``publish`` (``contracts/init.py``), on its ``send``:
+    ``open, close, publish = hub_functions("<plugin>")`` in its module.
+
+    :param plugin_name: The plugin's name under ``hub.ingress``
+    :param shield: ``publish`` shields the confirmation (one that other events share)
     """
 
     async def open(hub, ctx):
@@ -259,28 +330,10 @@ def lifecycle(plugin_name: str) -> tuple[Callable, Callable]:
         """Flush and close the profile's connection (at stop)."""
         await hub.ingress[plugin_name].CONNECTIONS.close(ctx)
 
-    return open, close
+    async def publish(hub, ctx, routing_key: str, body: bytes):
+        """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
+        event = Event(profile="", routing_key=routing_key, body=body)
+        receipt = await hub.ingress[plugin_name].send(ctx, routing_key, event)
+        await (asyncio.shield(receipt) if shield else receipt)
 
-
-def registry(plugin: Any, key: Callable, holder: Callable, route: Callable):
-    """
-    Set a broker plugin's registry in its ``__init__``: ``CONNECTIONS`` and ``BY_CTX``.
-
-    :param plugin: The plugin on the hub (``hub.ingress.<plugin>``)
-    """
-    plugin.BY_CTX = PerCtx()
-    plugin.CONNECTIONS = Connections(plugin.BY_CTX, key, holder, route)
-
-
-async def send_and_wait(send: Callable, hub, ctx, routing_key: str, body: bytes, shield: bool = False):
-    """
-    A broker plugin's ``publish``: one body, sent and waited for (the ingress
-    contract; the lanes use ``send``).
-
-    :param send: The plugin's ``send(hub, ctx, routing_key, event)``
-    :param shield: Shield the confirmation (one that other events share)
-    """
-    from evbus.types import Event
-
-    receipt = await send(hub, ctx, routing_key, Event(profile="", routing_key=routing_key, body=body))
-    await (asyncio.shield(receipt) if shield else receipt)
+    return open, close, publish

@@ -463,10 +463,7 @@ class Lane:
                 if elapsed > self.max_publish_seconds:
                     self.max_publish_seconds = elapsed
                 self.published += 1
-                if self._settle_waiters:
-                    self._wake_settled()
-                if self._room:
-                    self._wake_room()
+                self._wake_waiters()
                 continue
             # Failure: keep what was confirmed
             self._harvest_confirmed()
@@ -589,10 +586,7 @@ class Lane:
                 self.telemetry.published(done)
             if self._on_settled is not None:
                 self._on_settled(done)
-        if self._settle_waiters:
-            self._wake_settled()
-        if self._room:
-            self._wake_room()
+        self._wake_waiters()
 
     def _forget_in_flight(self):
         """Drop the receipts of unconfirmed events; they will be handed off again."""
@@ -622,10 +616,7 @@ class Lane:
             self.telemetry.given_up(event, error, attempts, routing_key)
         if self._on_settled is not None:
             self._on_settled(event)
-        if self._settle_waiters:
-            self._wake_settled()
-        if self._room:
-            self._wake_room()
+        self._wake_waiters()
 
     @property
     def depth(self) -> int:
@@ -651,6 +642,13 @@ class Lane:
             waiter = asyncio.get_running_loop().create_future()
             self._room.append(waiter)
             await waiter
+
+    def _wake_waiters(self):
+        """An event was published or given up: wake who waits for it to settle, and for room."""
+        if self._settle_waiters:
+            self._wake_settled()
+        if self._room:
+            self._wake_room()
 
     def _wake_room(self):
         waiters, self._room = self._room, []

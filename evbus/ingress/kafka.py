@@ -113,13 +113,14 @@ from evbus import cloudevents
 from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route
-from evbus.connection import error_text
+from evbus.connection import connection_key
+from evbus.connection import fail_waiting
+from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import retry_helps
+from evbus.connection import set_up
 from evbus.connection import virtual
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NoDestinationError
@@ -139,16 +140,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.kafka.ACCT = ["kafka"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.kafka.PROFILE_KEYS = frozenset(("topics", "key", "partition", "connection", "tls", "ssl"))
+    profile_keys = ("topics", "key", "partition", "connection", "tls", "ssl")
     # CONNECTIONS: connection key -> Producer; BY_CTX: a lane's ctx -> its Outbox
-    registry(
-        hub.ingress.kafka,
-        _key,
-        lambda ctx: Producer(hub.ingress.kafka.describe(ctx), lambda: _producer_kwargs(hub, ctx)),
-        lambda producer, ctx: Outbox(producer, ctx, hub.ingress.kafka.describe(ctx)),
-    )
+    set_up(hub, "kafka", acct=["kafka"], profile_keys=profile_keys, holder=_producer, route=Outbox, key=_key)
 
 
 # The names of a profile's tls block: evbus-kafka's "ssl" is an alias
@@ -195,8 +189,8 @@ def _producer_kwargs(hub, ctx) -> dict:
 
 
 def _key(ctx) -> str:
-    connection = dict(ctx.acct.get("connection") or {})
-    return repr((sorted(connection.items(), key=lambda kv: kv[0]), tls.key(ctx.acct, TLS_NAMES)))
+    """:return: The connection key of a profile, whose tls block may be named ssl"""
+    return connection_key(ctx, aliases=TLS_NAMES)
 
 
 class Producer(Holder):
@@ -242,6 +236,11 @@ class Producer(Holder):
             await producer.stop()  # flushes what it holds
 
 
+def _producer(hub, ctx) -> Producer:
+    """The producer of a profile's connection (made once per connection key)."""
+    return Producer(hub.ingress.kafka.describe(ctx), lambda: _producer_kwargs(hub, ctx))
+
+
 class Outbox(Route):
     """
     One lane's messages on their way to its producer.
@@ -257,14 +256,13 @@ class Outbox(Route):
 
     :param producer: The profile's producer
     :param ctx: The lane's ctx; ``ctx.acct`` is the profile
-    :param where: The brokers, for messages
     """
 
-    def __init__(self, producer: Producer, ctx, where: str):
+    def __init__(self, producer: Producer, ctx):
         super().__init__(producer)
-        self.producer = producer
         self.acct = ctx.acct
-        self.where = where
+        # The brokers, for messages
+        self.where = producer.where
         partition = ctx.acct.get("partition")
         self.partition: int | None = None if partition in (None, "") else partition
         # routing key -> (topics, message key)
@@ -299,7 +297,7 @@ class Outbox(Route):
 
     async def learn(self, topics: list[str]):
         """Learn the partitions of the topics that the outbox does not know (now)."""
-        producer = self.producer
+        producer = self.holder
         # (again when the partitions learned were forgotten while the metadata of another was awaited)
         while missing := [topic for topic in topics if topic not in self.partitions]:
             for topic in missing:
@@ -331,7 +329,7 @@ class Outbox(Route):
         if event.headers:  # trace context, CloudEvents attributes
             headers += [(name, value.encode()) for name, value in event.headers]
         value = event.body
-        limit = self.producer.max_request_size
+        limit = self.holder.max_request_size
         # aiokafka's size check of send(), made where the body is not far below the limit
         if len(value) > limit >> 1:
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
@@ -352,19 +350,19 @@ class Outbox(Route):
         if partition is None:
             every, available, by_key = self.partitions[topic]
             if by_key is None:
-                partition = self.producer.partitioner(key, every, available)
+                partition = self.holder.partitioner(key, every, available)
             else:
                 partition = by_key.get(key)
                 if partition is None:
-                    partition = by_key[key] = self.producer.partitioner(key, every, available)
+                    partition = by_key[key] = self.holder.partitioner(key, every, available)
         tp = (topic, partition)
         entry = self.open.get(tp)
         if entry is None or entry[1].done():  # (done: dropped by the lane, which hands its events off again)
-            entry = self.open[tp] = [self.producer.producer.create_batch(), asyncio.get_running_loop().create_future()]
+            entry = self.open[tp] = [self.holder.producer.create_batch(), asyncio.get_running_loop().create_future()]
         if entry[0].append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
             # Full: it goes as it is, the event starts the next one
             self.closed.append((topic, partition, entry[0], entry[1]))
-            entry = self.open[tp] = [self.producer.producer.create_batch(), asyncio.get_running_loop().create_future()]
+            entry = self.open[tp] = [self.holder.producer.create_batch(), asyncio.get_running_loop().create_future()]
             entry[0].append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._hand_off())
@@ -385,7 +383,7 @@ class Outbox(Route):
                 if confirmation.done():  # dropped by the lane
                     continue
                 batch.close()
-                client = self.producer.producer
+                client = self.holder.producer
                 try:
                     if client is None:
                         raise aiokafka.errors.KafkaConnectionError(f"the producer to {self.where} was closed")
@@ -403,9 +401,7 @@ class Outbox(Route):
         self.closed.clear()
         self.open.clear()
         self.partitions.clear()
-        for waiting in confirmations:
-            if not waiting.done():
-                waiting.set_exception(error)
+        fail_waiting(confirmations, error)
 
     def forget(self):
         """Stop handing off; what is not handed off yet fails."""
@@ -497,15 +493,13 @@ def retriable(hub, error: BaseException) -> bool:
     since brokers answer so while they recover (a restarted broker
     re-creating a topic).
     """
-    if isinstance(error, LOGIN_REFUSED + NOT_AUTHORIZED + TOO_LARGE):
-        return False
     if isinstance(error, (TypeError, ValueError)) and not isinstance(error, aiokafka.errors.KafkaError):
         return False  # aiokafka refused the profile's connection options (acks: al, say)
     if isinstance(
         error, (aiokafka.errors.UnknownError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.KafkaUnavailableError)
     ):
         return True
-    return getattr(error, "retriable", True) is not False
+    return retry_helps(error, LOGIN_REFUSED + NOT_AUTHORIZED + TOO_LARGE)
 
 
 def binding(hub, ctx) -> cloudevents.Binding:
@@ -553,8 +547,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct, TLS_NAMES)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("kafka")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send
+open, close, publish = hub_functions("kafka")
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -566,8 +560,8 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     outbox = hub.ingress.kafka.BY_CTX.get(ctx) or hub.ingress.kafka.CONNECTIONS.find(ctx)
-    if not outbox.producer.ready:
-        await outbox.producer.open()
+    if not outbox.holder.ready:
+        await outbox.holder.open()
     route = outbox.route(routing_key)
     for topic in route[0]:
         if topic not in outbox.partitions:
@@ -590,8 +584,8 @@ async def send_many(hub, ctx, events: list):
     :raises Exception: What the first event cannot go for
     """
     outbox = hub.ingress.kafka.BY_CTX.get(ctx) or hub.ingress.kafka.CONNECTIONS.find(ctx)
-    if not outbox.producer.ready:
-        await outbox.producer.open()
+    if not outbox.holder.ready:
+        await outbox.holder.open()
     confirmations = []
     partitions = outbox.partitions
     for routing_key, event in events:
@@ -607,11 +601,6 @@ async def send_many(hub, ctx, events: list):
                 raise
             break  # the lane hands this event off again, alone, and learns why
     return confirmations
-
-
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -647,7 +636,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
         await _stop(consumer)
         if isinstance(e, Exception):
             refusal = await _tls_refusal(kwargs, hub.ingress.kafka.describe(ctx))
-            raise ListenError(f"cannot connect: {error_text(refusal or e)}") from e
+            raise listen_error("cannot connect", refusal or e) from e
         raise
     try:
         while True:
@@ -656,7 +645,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
                 try:
                     await consumer.topics()  # fails once no broker answers
                 except aiokafka.errors.KafkaError as e:
-                    raise ListenError(f"lost the connection: {error_text(e)}") from e
+                    raise listen_error("lost the connection", e) from e
             for records in batches.values():
                 for record in records:
                     yield record.topic, record.value

@@ -75,16 +75,16 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
-from evbus.connection import error_text
+from evbus.connection import fail_waiting
+from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import retry_helps
+from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConfigError
 from evbus.exc import ConnectError
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NackedError
@@ -108,11 +108,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.mqtt.ACCT = ["mqtt"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.mqtt.PROFILE_KEYS = frozenset(("connection", "topic", "qos", "retain", "tls"))
+    profile_keys = ("connection", "topic", "qos", "retain", "tls")
     # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.mqtt, _key, lambda ctx: _publisher(hub, ctx), Route)
+    set_up(hub, "mqtt", acct=["mqtt"], profile_keys=profile_keys, holder=_publisher, route=Route)
 
 
 def client_kwargs(hub, connection: dict, tls_block: Any = None) -> dict:
@@ -252,9 +250,7 @@ class Publisher(Holder):
 
     def _fail_pending(self, error: BaseException):
         pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting(pending.values(), error)
 
 
 def _retrieve(client: Any):
@@ -366,12 +362,11 @@ def _packet_size(topic: str, qos: int, properties: Any, payload: bytes) -> int:
 class Route(BaseRoute):
     """What a lane's sends need of its profile: the publisher and the per-profile settings."""
 
-    __slots__ = ("publisher", "topic", "qos", "retain", "evbus_properties")
+    __slots__ = ("topic", "qos", "retain", "evbus_properties")
 
     def __init__(self, publisher: Publisher, ctx):
         super().__init__(publisher)
         acct = ctx.acct
-        self.publisher = publisher
         self.topic = acct.get("topic") or None
         qos = acct.get("qos")
         self.qos = 1 if qos is None or qos == "" else int(qos)
@@ -387,10 +382,6 @@ def _tls_block(ctx) -> Any:
     return tls_block(ctx, native=("tls_params", "tls_context", "tls_insecure"))
 
 
-def _key(ctx) -> str:
-    return repr((sorted((key, repr(value)) for key, value in options(ctx).items()), tls.key(ctx.acct)))
-
-
 def _publisher(hub, ctx) -> Publisher:
     """The publisher of a profile's connection (made once per connection key)."""
     kwargs = hub.ingress.mqtt.client_kwargs(options(ctx), _tls_block(ctx))
@@ -404,11 +395,9 @@ def retriable(hub, error: BaseException) -> bool:
     for what paho-mqtt rejects as a ``ValueError`` (a topic with wildcards, a
     payload too large), nor for an event without a topic.
     """
-    if isinstance(error, ValueError):
-        return False
     if isinstance(error, aiomqtt.MqttCodeError) and _code(error.rc) in REFUSED_CREDENTIALS:
         return False
-    return getattr(error, "retriable", True) is not False
+    return retry_helps(error, (ValueError,))
 
 
 def binding(hub, ctx) -> cloudevents.Binding | None:
@@ -445,8 +434,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("mqtt")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send
+open, close, publish = hub_functions("mqtt")
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -459,7 +448,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.mqtt.CONNECTIONS.find(ctx)
-    publisher = route.publisher
+    publisher = route.holder
     if not publisher.ready:
         await publisher.open()
     topic = routing_key or route.topic
@@ -491,11 +480,6 @@ async def send(hub, ctx, routing_key: str, event):
     future = publisher.loop.create_future()
     publisher.pending[info.mid] = future
     return future
-
-
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -537,14 +521,13 @@ async def listen(hub, ctx, routing_key: str | None = None):
             await abandon(client)
             raise
     except aiomqtt.MqttError as e:  # the socket, or the broker refused (credentials, a certificate, say)
-        reason = tls.refusal(e, hub.ingress.mqtt.describe(ctx)) or e
-        raise ListenError(f"cannot connect: {error_text(reason)}") from e
+        raise listen_error("cannot connect", tls.refusal(e, hub.ingress.mqtt.describe(ctx)) or e) from e
     try:
         await client.subscribe(str(topic), qos=qos)
         try:
             async for message in client.messages:
                 yield str(message.topic), bytes(message.payload)
         except aiomqtt.MqttError as e:
-            raise ListenError(f"lost the connection: {error_text(e)}") from e
+            raise listen_error("lost the connection", e) from e
     finally:
         await disconnect(client)

@@ -94,15 +94,16 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
-from evbus.connection import error_text
+from evbus.connection import connection_key
+from evbus.connection import fail_waiting
+from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import retry_helps
+from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
 from evbus.exc import ConnectError
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NoDestinationError
@@ -140,11 +141,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.nats.ACCT = ["nats"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.nats.PROFILE_KEYS = frozenset(("connection", "jetstream", "stream", "subject", "tls"))
+    profile_keys = ("connection", "jetstream", "stream", "subject", "tls")
     # CONNECTIONS: connection key -> Connection; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.nats, _key, lambda ctx: _connection(hub, ctx), Route)
+    set_up(hub, "nats", acct=["nats"], profile_keys=profile_keys, holder=_connection, route=Route, key=_key)
 
 
 def _header_block(headers: Mapping[str, str]) -> bytes:
@@ -305,9 +304,7 @@ class Acks:
     def fail(self, error: BaseException):
         """Fail every future still waiting (the connection is gone)."""
         futures, self.futures = self.futures, {}
-        for future in futures.values():
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting(futures.values(), error)
 
 
 def _api_error(error: dict) -> Exception:
@@ -407,9 +404,7 @@ class Session:
             task.cancel()  # their PONG will not come
         if self.acks is not None:
             self.acks.fail(error)
-        for future in pending:
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting(pending, error)
 
     async def flush(self, route: "Route", batch: asyncio.Future):
         """
@@ -599,11 +594,10 @@ if IMPORT_ERROR is None:
 class Route(BaseRoute):
     """What a lane's sends need of its profile: the connection and the per-profile settings."""
 
-    __slots__ = ("connection", "subject", "stream", "headers", "batch")
+    __slots__ = ("subject", "stream", "headers", "batch")
 
     def __init__(self, connection: Connection, ctx):
         super().__init__(connection)
-        self.connection = connection
         self.subject = ctx.acct.get("subject") or None
         self.stream = connection.stream
         # The headers of its messages, their constant parts built once
@@ -639,14 +633,8 @@ def _client_kwargs(connection_kwargs: dict, tls_block: Any) -> dict:
 
 
 def _key(ctx) -> str:
-    return repr(
-        (
-            sorted(options(ctx).items(), key=lambda kv: kv[0]),
-            bool(ctx.acct.get("jetstream")),
-            ctx.acct.get("stream") or None,
-            tls.key(ctx.acct),
-        )
-    )
+    """:return: The connection key of a profile: with JetStream, and its stream, a connection of their own"""
+    return connection_key(ctx, bool(ctx.acct.get("jetstream")), ctx.acct.get("stream") or None)
 
 
 def _connection(hub, ctx) -> Connection:
@@ -677,12 +665,12 @@ def retriable(hub, error: BaseException) -> bool:
     retried: a server that restarts answers so while its streams come back.
     The next attempt checks again whether a stream takes the subject.
     """
-    if isinstance(error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError)) or _login_refused(error):
+    if _login_refused(error):
         return False
     if isinstance(error, nats.js.errors.NoStreamResponseError):
         for connection in hub.ingress.nats.CONNECTIONS.values():
             connection.covered.clear()
-    return getattr(error, "retriable", True) is not False
+    return retry_helps(error, (nats.errors.MaxPayloadError, nats.errors.BadSubjectError))
 
 
 def binding(hub, ctx) -> cloudevents.Binding:
@@ -724,8 +712,9 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("nats")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send (shielded: a core
+# NATS confirmation is shared with the other events of its batch)
+open, close, publish = hub_functions("nats", shield=True)
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -738,7 +727,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.nats.CONNECTIONS.find(ctx)
-    connection = route.connection
+    connection = route.holder
     if not connection.ready:
         await connection.open()
     subject = routing_key or route.subject
@@ -775,12 +764,6 @@ async def send(hub, ctx, routing_key: str, event):
     return batch
 
 
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    # shielded: a core NATS confirmation is shared with the other events of its batch
-    await send_and_wait(send, hub, ctx, routing_key, body, shield=True)
-
-
 async def listen(hub, ctx, routing_key: str | None = None):
     """
     Subscribe to the profile's subject (``evbus listen``) and take what is
@@ -811,9 +794,6 @@ async def listen(hub, ctx, routing_key: str | None = None):
     async def on_error(error: Exception):
         errors.append(error)  # reported with the ListenError, instead of nats-py's log
 
-    def reason() -> str:
-        return f": {error_text(errors[-1])}" if errors else ""
-
     kwargs["error_cb"] = on_error
     client = Client()
     try:
@@ -823,17 +803,17 @@ async def listen(hub, ctx, routing_key: str | None = None):
         where = hub.ingress.nats.describe(ctx)
         refusal = tls.refusal(e, where) or tls.refusal(errors[-1] if errors else None, where)
         if refusal is not None:
-            raise ListenError(f"cannot connect: {error_text(refusal)}") from e
+            raise listen_error("cannot connect", refusal) from e
         if isinstance(e, nats.errors.NoServersError):
-            raise ListenError(f"cannot connect{reason()}") from None
-        raise ListenError(f"cannot connect: {error_text(e)}") from e
+            raise listen_error("cannot connect", errors[-1] if errors else None) from None
+        raise listen_error("cannot connect", e) from e
     try:
         subscription = await client.subscribe(str(subject))
         await client.flush()  # the server has the subscription (and answers) before the first message
         async for message in subscription.messages:
             yield message.subject, message.data
         # The iterator ends when the client closed: not by us, so the connection was lost
-        raise ListenError(f"lost the connection{reason()}")
+        raise listen_error("lost the connection", errors[-1] if errors else None)
     finally:
         if not client.is_closed:
             await close_quietly(client.close())

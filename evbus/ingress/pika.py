@@ -69,6 +69,9 @@ try:
 
     from evbus import amqp
 
+    # Errors of a login the broker refused (the credentials, or no login mechanism in common)
+    LOGIN_REFUSED = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError)
+
     IMPORT_ERROR = None
 except ImportError as e:  # missing or older than the extra's floor (raised again when broken)
     IMPORT_ERROR = import_error(e, ("aio_pika", "aiormq"))
@@ -78,11 +81,13 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
+from evbus.connection import connection_key
 from evbus.connection import error_text
+from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import retry_helps
+from evbus.connection import set_up
 from evbus.connection import virtual
 from evbus.exc import ConnectError
 from evbus.exc import ListenError
@@ -99,11 +104,10 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.pika.ACCT = ["pika", "amqp", "rabbitmq"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.pika.PROFILE_KEYS = frozenset(("connection", "exchange", "routing_key", "mandatory", "persistent", "timeout", "tls"))
+    acct = ["pika", "amqp", "rabbitmq"]
+    profile_keys = ("connection", "exchange", "routing_key", "mandatory", "persistent", "timeout", "tls")
     # CONNECTIONS: connection key -> Publisher; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.pika, _key, lambda ctx: _publisher(hub, ctx), _route)
+    set_up(hub, "pika", acct=acct, profile_keys=profile_keys, holder=_publisher, route=Route, key=_key)
 
 
 class Publisher(Holder):
@@ -133,7 +137,7 @@ class Publisher(Holder):
         """Connect, open a channel with publisher confirms, check the exchange exists."""
         try:
             self.connection = await aio_pika.connect(**_with_tls(self.connection_kwargs, self.tls_block))
-        except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as e:
+        except LOGIN_REFUSED as e:
             raise _login_refused(e, self.where) from e
         except Exception as e:
             refusal = tls.refusal(e, self.where)
@@ -468,9 +472,9 @@ def _with_tls(kwargs: dict, tls_block: Any) -> dict:
     return kwargs
 
 
-def _key(ctx) -> tuple:
-    connection = repr(sorted(_connection_kwargs(ctx).items(), key=lambda kv: kv[0]))
-    return (connection, _exchange(ctx), tls.key(ctx.acct))
+def _key(ctx) -> str:
+    """:return: The connection key of a profile: a channel publishes to one exchange"""
+    return connection_key(ctx, _exchange(ctx))
 
 
 class Route(BaseRoute):
@@ -479,30 +483,19 @@ class Route(BaseRoute):
     every message, read once per lane.
     """
 
-    __slots__ = ("publisher", "delivery_mode", "mandatory", "timeout")
+    __slots__ = ("delivery_mode", "mandatory", "timeout")
 
-    def __init__(self, publisher: Publisher, delivery_mode: int, mandatory: bool, timeout: float | None):
+    def __init__(self, publisher: Publisher, ctx):
         super().__init__(publisher)
-        self.publisher = publisher
-        self.delivery_mode = delivery_mode
-        self.mandatory = mandatory
-        self.timeout = timeout
+        self.delivery_mode = 2 if ctx.acct.get("persistent") else 1
+        self.mandatory = _mandatory(ctx)
+        timeout = ctx.acct.get("timeout")
+        self.timeout = float(timeout) if timeout else None
 
 
 def _publisher(hub, ctx) -> Publisher:
     """The publisher of a profile's connection and exchange (made once per connection key)."""
     return Publisher(_connection_kwargs(ctx), _exchange(ctx), hub.ingress.pika.describe(ctx), _tls_block(ctx))
-
-
-def _route(publisher: Publisher, ctx) -> Route:
-    """The route of a lane's profile (made once per lane)."""
-    timeout = ctx.acct.get("timeout")
-    return Route(
-        publisher,
-        delivery_mode=2 if ctx.acct.get("persistent") else 1,
-        mandatory=_mandatory(ctx),
-        timeout=float(timeout) if timeout else None,
-    )
 
 
 def retriable(hub, error: BaseException) -> bool:
@@ -511,20 +504,11 @@ def retriable(hub, error: BaseException) -> bool:
     (``ACCESS_REFUSED``), an exchange that does not exist (``NOT_FOUND``), a
     message over RabbitMQ's ``max_message_size``, or a message RabbitMQ returned.
     """
-    if isinstance(
-        error,
-        (
-            aiormq.exceptions.ProbableAuthenticationError,
-            aiormq.exceptions.AuthenticationError,
-            aiormq.exceptions.ChannelAccessRefused,
-        ),
-    ):
-        return False
     if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed) and "message size" in str(error):
         return False
-    if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
-        return False  # the profile's exchange does not exist: declare it, or fix the profile
-    return getattr(error, "retriable", True) is not False
+    # (ChannelNotFoundEntity: the profile's exchange does not exist: declare it, or fix the profile)
+    refused = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelNotFoundEntity)
+    return retry_helps(error, LOGIN_REFUSED + refused)
 
 
 def binding(hub, ctx) -> cloudevents.Binding:
@@ -574,8 +558,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("pika")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send
+open, close, publish = hub_functions("pika")
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -587,7 +571,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.pika.CONNECTIONS.find(ctx)
-    publisher = route.publisher
+    publisher = route.holder
     if not publisher.ready:
         await publisher.open()
     return publisher.outbox.publish(
@@ -611,11 +595,6 @@ def _returned_text(frame, exchange: str, routing_key: str) -> str:
     )
 
 
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    await send_and_wait(send, hub, ctx, routing_key, body)
-
-
 async def listen(hub, ctx, routing_key: str | None = None):
     """
     Consume the profile's queue (``evbus listen``): the queue named by the
@@ -636,8 +615,7 @@ async def listen(hub, ctx, routing_key: str | None = None):
     try:
         connection = await aio_pika.connect(**_with_tls(_connection_kwargs(ctx), _tls_block(ctx)))
     except Exception as e:
-        reason = tls.refusal(e, hub.ingress.pika.describe(ctx)) or e
-        raise ListenError(f"cannot connect: {error_text(reason)}") from e
+        raise listen_error("cannot connect", tls.refusal(e, hub.ingress.pika.describe(ctx)) or e) from e
     # Why the connection or the channel closed, when the broker or the network closed it
     lost: list[BaseException] = []
 
@@ -660,10 +638,9 @@ async def listen(hub, ctx, routing_key: str | None = None):
                     await message.ack()
                     yield queue_name, message.body
         except aio_pika.exceptions.AMQPError as e:
-            raise ListenError(f"lost the connection: {error_text(e)}") from e
+            raise listen_error("lost the connection", e) from e
         # The iterator ends when the channel closed: not by us, so the connection was lost
-        reason = f": {error_text(lost[0])}" if lost else ""
-        raise ListenError(f"lost the connection{reason}")
+        raise listen_error("lost the connection", lost[0] if lost else None)
     finally:
         if not connection.is_closed:
             await close_quietly(connection.close())

@@ -76,14 +76,14 @@ from evbus import tls
 from evbus.connection import Holder
 from evbus.connection import Route as BaseRoute
 from evbus.connection import close_quietly
-from evbus.connection import error_text
+from evbus.connection import fail_waiting
+from evbus.connection import hub_functions
+from evbus.connection import listen_error
 from evbus.connection import options
-from evbus.connection import lifecycle
-from evbus.connection import registry
-from evbus.connection import send_and_wait
+from evbus.connection import retry_helps
+from evbus.connection import set_up
 from evbus.connection import tls_block
 from evbus.connection import virtual
-from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import NoDestinationError
 from evbus.exc import ProfileError
@@ -105,11 +105,9 @@ def __virtual__(hub):
 
 
 def __init__(hub):
-    hub.ingress.redis.ACCT = ["redis"]
-    # The keys of its profiles (beside routing_key, envelope and cloudevents): others are warned of
-    hub.ingress.redis.PROFILE_KEYS = frozenset(("connection", "mode", "stream", "channel", "maxlen", "tls"))
+    profile_keys = ("connection", "mode", "stream", "channel", "maxlen", "tls")
     # CONNECTIONS: connection key -> Writer; BY_CTX: a lane's ctx -> its Route
-    registry(hub.ingress.redis, _key, lambda ctx: _writer(hub, ctx), Route)
+    set_up(hub, "redis", acct=["redis"], profile_keys=profile_keys, holder=_writer, route=Route)
 
 
 def command(*args: bytes, more: int = 0) -> bytes:
@@ -244,9 +242,7 @@ class Writer(Holder):
 
     @staticmethod
     def _fail(queued: list[tuple[bytes, asyncio.Future]], error: BaseException):
-        for _, future in queued:
-            if not future.done():
-                future.set_exception(error)
+        fail_waiting((future for _, future in queued), error)
 
 
 if IMPORT_ERROR is None:
@@ -319,12 +315,11 @@ def _refusal(error: BaseException, where: str) -> LoginRefusedError | TlsRefused
 class Route(BaseRoute):
     """What a lane's sends need of its profile: the writer and the commands it makes."""
 
-    __slots__ = ("writer", "pubsub", "key", "xadd_options", "heads")
+    __slots__ = ("pubsub", "key", "xadd_options", "heads")
 
     def __init__(self, writer: Writer, ctx):
         super().__init__(writer)
         acct = ctx.acct
-        self.writer = writer
         self.pubsub = pubsub = _mode(ctx) == "pubsub"
         key = (acct.get("channel") if pubsub else acct.get("stream")) or None
         self.key: str | None = str(key) if key else None
@@ -356,10 +351,6 @@ def _tls_block(ctx) -> Mapping | None:
     return tls_block(ctx, native=(), prefix="ssl_")
 
 
-def _key(ctx) -> str:
-    return repr((sorted(options(ctx).items(), key=lambda kv: kv[0]), tls.key(ctx.acct)))
-
-
 def _mode(ctx) -> str:
     """
     :return: The profile's mode, ``stream`` or ``pubsub``
@@ -383,18 +374,10 @@ def retriable(hub, error: BaseException) -> bool:
     NOAUTH) or permissions (NOPERM), a key that holds no stream (WRONGTYPE),
     or an event without a stream or channel.
     """
-    if isinstance(
-        error,
-        (
-            redis.exceptions.AuthenticationError,
-            redis.exceptions.NoPermissionError,
-            redis.exceptions.DataError,
-        ),
-    ):
-        return False
     if isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE"):
         return False
-    return getattr(error, "retriable", True) is not False
+    refused = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, redis.exceptions.DataError)
+    return retry_helps(error, refused)
 
 
 def binding(hub, ctx) -> cloudevents.Binding | None:
@@ -447,8 +430,8 @@ def unchecked_hostname(hub, ctx) -> str | None:
     return tls.unchecked(ctx.acct)
 
 
-# Connect a profile at start, close it at stop: on CONNECTIONS
-open, close = lifecycle("redis")
+# Connect a profile at start, close it at stop: on CONNECTIONS; publish on send
+open, close, publish = hub_functions("redis")
 
 
 async def send(hub, ctx, routing_key: str, event):
@@ -461,7 +444,7 @@ async def send(hub, ctx, routing_key: str, event):
     :param event: The event
     """
     route = hub.ingress.redis.CONNECTIONS.find(ctx)
-    writer = route.writer
+    writer = route.holder
     if not writer.ready:
         await writer.open()
     key = route.key or routing_key
@@ -493,11 +476,6 @@ async def send(hub, ctx, routing_key: str, event):
             for part in (name.encode(), value.encode())
         )
     return writer.submit(entry)
-
-
-async def publish(hub, ctx, routing_key: str, body: bytes):
-    """Publish one body and wait for its confirmation (the ingress contract; the lanes use ``send``)."""
-    await send_and_wait(send, hub, ctx, routing_key, body)
 
 
 async def listen(hub, ctx, routing_key: str | None = None):
@@ -538,15 +516,14 @@ async def listen(hub, ctx, routing_key: str | None = None):
         try:
             await client.ping()
         except redis.exceptions.RedisError as e:
-            reason = _refusal(e, hub.ingress.redis.describe(ctx)) or e
-            raise ListenError(f"cannot connect: {error_text(reason)}") from e
+            raise listen_error("cannot connect", _refusal(e, hub.ingress.redis.describe(ctx)) or e) from e
         try:
             bodies = _subscribed(client, key) if pubsub else _entries(client, key)
             async with contextlib.aclosing(bodies):
                 async for body in bodies:
                     yield key, body
         except redis.exceptions.ConnectionError as e:
-            raise ListenError(f"lost the connection: {error_text(e)}") from e
+            raise listen_error("lost the connection", e) from e
     finally:
         await client.aclose()
 

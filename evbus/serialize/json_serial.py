@@ -17,10 +17,6 @@ __virtualname__ = "json"
 CONTENT_TYPE = "application/json"
 
 
-def __init__(hub):
-    hub.serialize.json.CONTENT_TYPE = CONTENT_TYPE
-
-
 def _default(data):
     if isinstance(data, (set, frozenset)):
         try:

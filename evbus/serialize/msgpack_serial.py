@@ -8,10 +8,6 @@ __virtualname__ = "msgpack"
 CONTENT_TYPE = "application/msgpack"
 
 
-def __init__(hub):
-    hub.serialize.msgpack.CONTENT_TYPE = CONTENT_TYPE
-
-
 def apply(hub, data) -> bytes:
     """
     :param data: The event body

@@ -10,10 +10,6 @@ __virtualname__ = "str"
 CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
-def __init__(hub):
-    hub.serialize.str.CONTENT_TYPE = CONTENT_TYPE
-
-
 def apply(hub, data) -> bytes:
     """
     :param data: The event body

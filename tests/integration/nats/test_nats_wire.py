@@ -99,7 +99,7 @@ async def test_a_subscriber_reads_the_header_bytes_nats_py_sends(
         receipt = await hub.ingress.nats.send(ctx, subject, event)
         ack = await asyncio.wait_for(receipt, 10)
         route_of_ctx = hub.ingress.nats.BY_CTX.get(ctx)
-        assert route_of_ctx.connection.session._buffered is (write == "buffer")
+        assert route_of_ctx.holder.session._buffered is (write == "buffer")
         mapping = route_of_ctx.headers.mapping(event)
         await nats_consumer.client.publish(subject, event.body, headers=dict(mapping))
     finally:
