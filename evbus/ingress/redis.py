@@ -61,7 +61,7 @@ from evbus.connection import import_error
 try:
     import redis.asyncio
     import redis.exceptions
-    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.backoff import NoBackoff
     from redis.asyncio.retry import Retry
 
     # redis-py before 5.3 wants a command name for a connection of the pool; later ones warn about it
@@ -155,8 +155,9 @@ class Writer(Holder):
     async def connect(self):
         """Make the client, check that the server answers, and take a connection of the pool."""
         kwargs = dict(self.connection_kwargs)
-        # One quick retry of redis-py's own when it connects (its default: 10); the lane does the rest
-        kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1))
+        # No retry of redis-py's own (its default: several, with backoff): the lane's retry
+        # policy decides, and with retry_attempts 1 an event gets one attempt, not redis-py's
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         client = _client(kwargs, self.tls_block)
         try:
             await client.ping()

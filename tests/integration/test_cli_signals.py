@@ -118,8 +118,6 @@ def test_a_signal_stops_replay_and_keeps_every_dead_letter_once(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
     env.update(EVBUS_STOP_TIMEOUT="1", EVBUS_DEAD_LETTER_FILE=str(tmp_path / "dead.jsonl"), EVBUS_RETRY_SECONDS="60")
-    if spool:
-        env.update(EVBUS_SPOOL=str(tmp_path / "spool"), EVBUS_SPOOL_SYNC="full")
     replay = subprocess.Popen(
         [EVBUS, "replay", "--acct-file", str(tmp_path / "acct.yml")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,

@@ -122,11 +122,11 @@ def test_profiles_of_a_plugin_without_its_library_are_named_at_start(tmp_path):
 
 
 def test_profiles_of_a_plugin_whose_library_is_too_old_say_why_at_start(tmp_path):
-    """redis-py older than the extra's floor (no ExponentialWithJitterBackoff): each profile is named, and why."""
+    """A redis-py without a name the plugin imports (as one older than the extra's floor): each profile is named, and why."""
     code = (
         "import asyncio, logging, sys\n"
         "import redis.backoff\n"
-        "del redis.backoff.ExponentialWithJitterBackoff\n"
+        "del redis.backoff.NoBackoff\n"
         "import pop.hub\n"
         "hub = pop.hub.Hub()\n"
         "hub.pop.sub.add(dyne_name='evbus')\n"
@@ -142,7 +142,7 @@ def test_profiles_of_a_plugin_whose_library_is_too_old_say_why_at_start(tmp_path
     for profile in ("one", "two"):
         [line] = [line for line in lines if f"Profile '{profile}' of acct provider 'redis'" in line]
         assert "ingress.redis cannot load" in line and 'pip install "evbus-ng[redis]"' in line
-        assert "cannot import name 'ExponentialWithJitterBackoff'" in line
+        assert "cannot import name 'NoBackoff'" in line
     assert lines[-1] == "['internal']"
 
 

@@ -297,3 +297,33 @@ async def test_a_misspelt_profile_key_is_warned_of_at_start(hub, running, redis_
         "The acct profile 'typo' of provider 'redis' has a key that the redis ingress does not know, "
         "and ignores: 'steam' (did you mean 'stream'?)",
     ]
+
+
+async def test_one_attempt_is_one_connect_without_retries_of_redis_py(hub, running, error_sink, monkeypatch):
+    """
+    With retry_attempts 1, an event whose connection cannot be made gets one
+    attempt: one connect, not redis-py's own retries as well (a server that
+    drops every connection at once counts them).
+    """
+    accepted = []
+
+    async def drop(reader, writer):
+        accepted.append(1)
+        writer.close()
+
+    monkeypatch.setenv("EVBUS_RETRY_ATTEMPTS", "1")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await running({"redis": {"default": {"connection": {"url": f"redis://127.0.0.1:{port}/0"}, "stream": "s"}}})
+        # The lane's early connection at start: made (and dropped) before the event is put
+        await wait_for(lambda: accepted, 10, "the early connection")
+        await asyncio.sleep(0.2)
+        accepted.clear()
+        await hub.evbus.broker.put(body=1)
+        await wait_for(lambda: len(error_sink) == 1, 10, "the event given up")
+    finally:
+        server.close()
+    assert error_sink[0]["attempts"] == 1
+    assert len(accepted) == 1
