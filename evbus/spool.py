@@ -337,19 +337,6 @@ class Log:
         self.map: mmap.mmap | None = None
         self.extend(end)
 
-    def append(self, record: bytes) -> int:
-        """
-        :param record: Written after the last record
-        :return: Where it starts
-        """
-        start = self.end
-        end = start + len(record)
-        if end > self.mapped:
-            self.extend(end)
-        self.map[start:end] = record
-        self.end = end
-        return start
-
     def record(self, offset: int) -> bytes:
         """:return: The record at ``offset``"""
         size, _ = FRAME.unpack_from(self.map, offset)
@@ -357,14 +344,23 @@ class Log:
 
     def extend(self, needed: int):
         """Reserve and map the file up to ``needed`` bytes at least (and some room ahead)."""
+        larger, size = self.larger_map(needed)
+        if self.map is not None:
+            self.map.close()
+        self.map, self.mapped = larger, size
+
+    def larger_map(self, needed: int) -> tuple[mmap.mmap, int]:
+        """
+        Reserve the file up to ``needed`` bytes at least (and some room ahead:
+        doubling, in steps of 64 MiB at most) and map it anew; this log's map
+        is left as it is, for the caller to replace.
+
+        :return: The new map, and its size
+        """
         size = max(needed, self.mapped + min(self.mapped, 64 * MiB), MiB)
         size = -(-size // MiB) * MiB
         reserve(self.fd, size)
-        if self.map is None:
-            self.map = mmap.mmap(self.fd, size)
-        else:
-            self.map.resize(size)
-        self.mapped = size
+        return mmap.mmap(self.fd, size), size
 
     def reset(self):
         """
@@ -544,38 +540,51 @@ class Spool:
         else:
             record, key = encode(event), id_key(event.id)
         size = len(record)
-        with self._lock:
-            # No call in here while the file has room: a thread does not give up the GIL
-            # between calls, so it cannot lose it holding the lock (and make every other
-            # thread that adds queue up behind it, a context switch each)
-            log = self._log
-            start = log.end
-            end = start + size
-            if end > log.mapped or self._closed:
-                self._make_room(log, end)
-            log.map[start:end] = record
-            log.end = end
-            self._live[key] = start
-            self._records += 1
-            if self.sync != "full":
-                return None
-            if awaited:
-                synced = asyncio.get_running_loop().create_future()
-                self._waiting.append(synced)
-                self._wanted.notify()
-                return synced
-            generation = self._generation
+        while True:
+            with self._lock:
+                # No call in here while the file has room: a thread gives up the GIL only
+                # between calls, so none holds the lock while it waits for the GIL (threads
+                # that block on the lock would take it in turn, each then waiting for the
+                # GIL while it holds the lock: a convoy that outlasts what started it)
+                log = self._log
+                start = log.end
+                end = start + size
+                if end <= log.mapped and not self._closed:
+                    log.map[start:end] = record
+                    log.end = end
+                    self._live[key] = start
+                    self._records += 1
+                    if self.sync != "full":
+                        return None
+                    if awaited:
+                        synced = asyncio.get_running_loop().create_future()
+                        self._waiting.append(synced)
+                        self._wanted.notify()
+                        return synced
+                    generation = self._generation
+                    break
+            self._make_room(log, end)
         self._sync_to(generation, end)
         return None
 
     def _make_room(self, log: "Log", end: int):
-        """Under the lock: grow the file for a record that ends at ``end``; raise if it cannot be added."""
+        """
+        Not under the lock: map the file up to ``end`` at least; raise if the
+        spool is closed or cannot grow. The file is reserved and mapped again
+        outside the lock (system calls give up the GIL), and the larger map
+        replaces the former under it.
+        """
         if self._closed:
             raise SpoolError(f"The spool {self.path} is closed{self._failed}")
         try:
-            log.extend(end)
+            larger, size = log.larger_map(end)
         except OSError as e:
             raise SpoolError(f"Cannot write to the spool {self.path}: {e}") from None
+        with self._lock:
+            if self._log is log and size > log.mapped and not self._closed:
+                larger, log.map = log.map, larger  # the former map is closed below
+                log.mapped = size
+        larger.close()
 
     def routed(self, event: Event | tuple, lanes: int):
         """The listener handed the event (or its record) to ``lanes`` lanes (0: nobody takes it)."""
@@ -618,29 +627,33 @@ class Spool:
             return
         record = encode_done(done)  # before the lock: no call under it while the file has room (see add)
         size = len(record)
-        with self._lock:
-            if self._closed:
-                return
-            log = self._log
-            try:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                log = self._log
                 if not self._live:
                     if log.end > HEADER.size:
                         # A new file, even if the reset fails half way: nothing after it counts as synced
                         self._synced = HEADER.size
                         self._records = 0
                         self._generation += 1
-                        log.reset()
+                        try:
+                            log.reset()
+                        except OSError:
+                            pass  # appends reserve the file again (or fail, saying why)
                     return
                 start = log.end
                 end = start + size
-                if end > log.mapped:
-                    log.extend(end)
-            except OSError:
-                # Not written: these events come again after a crash (at least once)
-                return
-            log.map[start:end] = record
-            log.end = end
-            due = end >= self._compact_at and len(self._live) * 4 <= self._records
+                if end <= log.mapped:
+                    log.map[start:end] = record
+                    log.end = end
+                    due = end >= self._compact_at and len(self._live) * 4 <= self._records
+                    break
+            try:
+                self._make_room(log, end)
+            except SpoolError:
+                return  # Not written: these events come again after a crash (at least once)
         if due:
             self._compact()
 

@@ -178,9 +178,9 @@ class Capture:
                 # The listener hands what it takes to the lanes before it waits again
                 lanes = hub.evbus.route.all_lanes()
                 try:
-                    await asyncio.wait_for(
-                        asyncio.gather(*(lane.drained() for lane in lanes)), max(0.0, deadline - loop.time())
-                    )
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancel
+                    async with asyncio.timeout_at(deadline):
+                        await asyncio.gather(*(lane.drained() for lane in lanes))
                 except TimeoutError:
                     pass
                 else:
@@ -203,7 +203,8 @@ class Capture:
         try:
             if listener is not None and not listener.done():
                 await self.hub.evbus.init.stop(timeout=timeout)
-                await asyncio.wait_for(listener, timeout)
+                async with asyncio.timeout(timeout):  # ends the listener if it outlasts its stop
+                    await listener
             elif listener is not None and not listener.cancelled():
                 listener.exception()  # settle() raised it already, or the test does not care
         finally:

@@ -409,3 +409,34 @@ def test_a_record_and_its_event_make_the_same_spool_record():
     for routing_key in (None, "key"):
         record = make_record("p", routing_key, b'{"n": 1}', "application/json")
         assert spool_module.encode_record(record) == spool_module.encode(event_of(record))
+
+
+def test_threads_adding_while_the_file_grows_lose_no_record(tmp_path):
+    """
+    Four threads add at once while the file grows several times (each growth
+    maps the file anew and replaces the map): every record is read back, and
+    each thread's in its order.
+    """
+    path = tmp_path / "spool"
+    spool = Spool(str(path))
+    per_thread = 3000
+    body = b"y" * 1000  # about 3 MiB in all: the 1 MiB file grows twice at least
+    start = threading.Barrier(4)
+
+    def add(t: int):
+        start.wait()
+        for n in range(per_thread):
+            spool.add(Event(profile=f"t{t}", routing_key=None, body=b"%d:%d:" % (t, n) + body))
+
+    threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert spool._log.mapped >= 4 * spool_module.MiB
+    spool.close()
+    left, dropped = reopened(path)
+    assert dropped == 0 and len(left) == 4 * per_thread
+    for t in range(4):
+        numbers = [int(e.body.split(b":")[1]) for e in left if e.profile == f"t{t}"]
+        assert numbers == list(range(per_thread))
