@@ -121,6 +121,7 @@ from evbus.connection import options
 from evbus.connection import retry_helps
 from evbus.connection import set_up
 from evbus.connection import virtual
+from evbus.exc import ConnectError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
 from evbus.exc import NoDestinationError
@@ -225,6 +226,8 @@ class Producer(Holder):
                 refusal = await _tls_refusal(kwargs, self.where) or await _login_refusal(kwargs, self.where)
                 if refusal is not None:
                     raise refusal from e
+                # aiokafka names the servers as tuples of its own ("Unable to bootstrap from [('host', port, ...)]")
+                raise ConnectError(f"cannot connect to {self.where}: {e}") from e
             raise
         self.partitioner = kwargs.get("partitioner") or aiokafka.partitioner.DefaultPartitioner()
         self.max_request_size = kwargs.get("max_request_size", MAX_REQUEST_SIZE)
