@@ -483,12 +483,40 @@ async def listen(hub) -> int:
         where = _where(plugin, ctx)
         reason = str(e) if isinstance(e, EvbusError) else error_text(e)
         raise ListenError(f"cannot listen on {source}{where}: {reason}") from None
+    if count and not seen and timeout:
+        # Nothing came: a server that takes the connection and never answers looks the same
+        # from here as a quiet destination, so the connection is tried once on its own
+        unreachable = await _unreachable(plugin, ctx, timeout)
+        if unreachable is not None:
+            raise ListenError(f"cannot listen on {source}{_where(plugin, ctx)}: cannot connect: {unreachable}")
     _listened(seen, source)
     if count and seen < count:
         why = f"none for {timeout:g} s: --timeout" if timeout else "the destination ended"
         print(f"evbus: {count} message(s) asked for, {seen} came ({why})", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+async def _unreachable(plugin, ctx, timeout: float) -> str | None:
+    """:return: Why the plugin cannot connect the profile within ``timeout`` seconds, or None when it can"""
+    if not hasattr(plugin, "open"):
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            await plugin.open(ctx)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except Exception as e:
+        return str(e) if isinstance(e, EvbusError) else error_text(e)
+    else:
+        return None
+    finally:
+        if hasattr(plugin, "close"):
+            try:
+                async with asyncio.timeout(timeout):
+                    await plugin.close(ctx)
+            except Exception:
+                pass
 
 
 async def _next(messages, timeout: float | None) -> tuple[str, bytes] | None:

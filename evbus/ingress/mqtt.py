@@ -281,8 +281,18 @@ async def abandon(client: Any, grace: float = 1.0):
     paho.on_socket_open = lambda _paho, _userdata, _sock: _close_late(loop, paho)
     paho.on_socket_close = None
     paho.on_socket_register_write = paho.on_socket_unregister_write = None
-    if getattr(paho, "_sock", None) is not None:
-        paho._reset_sockets()
+    try:
+        # What the connecting thread asked of the loop before (watch the socket) runs first
+        await asyncio.sleep(0)
+    finally:
+        sock = getattr(paho, "_sock", None)
+        if sock is not None:
+            # aiomqtt is not told of the close (it would close again): the loop stops watching here
+            fileno = sock.fileno()
+            if fileno >= 0:
+                loop.remove_reader(fileno)
+                loop.remove_writer(fileno)
+            paho._reset_sockets()
     await _end_misc_task(client, grace)
 
 

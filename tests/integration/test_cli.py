@@ -667,3 +667,25 @@ def test_listen_count_that_does_not_come_is_exit_1(tmp_path):
     assert out.returncode == 1, out.stderr
     assert out.stdout == ""
     assert "evbus: 2 message(s) asked for, 0 came (none for 0.5 s: --timeout)" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("plugin", ["pika", "redis", "mqtt"])
+def test_listen_on_a_server_that_never_answers_says_it_cannot_connect(tmp_path, plugin):
+    """
+    A server that takes the connection and never answers (what a real broker
+    cannot be made to do): nothing came within --timeout, and the connection
+    tried on its own is not made either, so the command says it cannot
+    connect (exit 2), not that no message came.
+    """
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)  # the kernel accepts the connections; nobody answers them
+    port = server.getsockname()[1]
+    try:
+        out = _listen(tmp_path, _acct(tmp_path, plugin, unique(), port), "--count", "1", "--timeout", "1")
+    finally:
+        server.close()
+    assert out.returncode == 2, out.stderr
+    _assert_cannot_listen(_error_line(out.stderr), plugin, port, "cannot connect: no answer within 1 s")
