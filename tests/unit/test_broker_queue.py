@@ -17,6 +17,7 @@ from evbus.types import Event
 from evbus.types import event_of
 from evbus.types import make_record
 from tests.conftest import take_json
+from tests.conftest import wait_for
 
 
 async def test_a_backlog_of_events_is_no_work_for_the_garbage_collector(hub):
@@ -373,13 +374,16 @@ def test_a_thread_putting_while_loops_end_and_start_loses_nothing(hub):
     async def first():
         await hub.evbus.broker.put(body="first")  # binds the bus to this loop
         first_ran.set()
-        await asyncio.sleep(0.2)  # the thread's events are handed over to this loop meanwhile
+        # the thread's events are handed over to this loop meanwhile
+        more = len(put) + 100
+        await wait_for(lambda: len(put) >= more, 10, "events put in the first loop")
 
     async def second():
         contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
         listener = asyncio.create_task(hub.evbus.init.start(contexts))
         await hub.evbus.init.join(timeout=5)
-        await asyncio.sleep(0.2)
+        more = len(put) + 100
+        await wait_for(lambda: len(put) >= more, 10, "events put in the second loop")
         done.set()
         await asyncio.to_thread(thread.join)
         await hub.evbus.init.stop()
@@ -469,8 +473,7 @@ async def test_a_listener_cancelled_while_one_lane_is_full_leaves_no_lane_withou
     await hub.evbus.init.join(timeout=5)
     lanes = hub.evbus.route.all_lanes()
     [slow] = [lane for lane in lanes if lane.plugin == "slow"]
-    while not slow._room:  # the listener waits for room on the slow lane
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: slow._room, 10, "the listener waiting for room on the slow lane")
     listener.cancel()
     await asyncio.wait([listener])
     queue = await hub.ingress.internal.get()

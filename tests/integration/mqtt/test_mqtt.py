@@ -326,8 +326,12 @@ async def test_a_connect_cancelled_mid_handshake_leaves_nothing_open(hub, path):
             ctx = data.NamespaceDict(acct=data.NamespaceDict({"connection": connection, "topic": "t"}))
             connecting = asyncio.create_task(anext(hub.ingress.mqtt.listen(ctx)))
         await asyncio.wait_for(silent.accepted.wait(), 10)
-        await asyncio.sleep(0.2)  # aiomqtt starts its housekeeping task once its socket is open
-        misc = [t for t in asyncio.all_tasks() if "_misc_loop" in repr(t.get_coro())]
+        def misc_tasks() -> list[asyncio.Task]:
+            return [t for t in asyncio.all_tasks() if "_misc_loop" in repr(t.get_coro())]
+
+        # aiomqtt starts its housekeeping task once its socket is open
+        await wait_for(misc_tasks, 10, "aiomqtt's housekeeping task")
+        misc = misc_tasks()
         assert misc and not connecting.done(), "no CONNACK came: the client waits, its task running"
         connecting.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -318,8 +318,10 @@ async def test_one_attempt_is_one_connect_without_retries_of_redis_py(hub, runni
     try:
         await running({"redis": {"default": {"connection": {"url": f"redis://127.0.0.1:{port}/0"}, "stream": "s"}}})
         # The lane's early connection at start: made (and dropped) before the event is put
-        await wait_for(lambda: accepted, 10, "the early connection")
-        await asyncio.sleep(0.2)
+        holders = hub.ingress.redis.CONNECTIONS.values()
+        await wait_for(
+            lambda: accepted and not any(holder.lock.get().locked() for holder in holders), 10, "the early connection"
+        )
         accepted.clear()
         await hub.evbus.broker.put(body=1)
         await wait_for(lambda: len(error_sink) == 1, 10, "the event given up")
