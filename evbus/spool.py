@@ -332,22 +332,14 @@ class Log:
     def __init__(self, fd: int, end: int):
         self.fd = fd
         self.end = end
-        self.mapped = 0
+        self.mapped = 0  # (what larger_map grows from)
         # The map of the file, up to ``mapped``: Spool.add stores records into it directly
-        self.map: mmap.mmap | None = None
-        self.extend(end)
+        self.map, self.mapped = self.larger_map(end)
 
     def record(self, offset: int) -> bytes:
         """:return: The record at ``offset``"""
         size, _ = FRAME.unpack_from(self.map, offset)
         return self.map[offset : offset + FRAME.size + size]
-
-    def extend(self, needed: int):
-        """Reserve and map the file up to ``needed`` bytes at least (and some room ahead)."""
-        larger, size = self.larger_map(needed)
-        if self.map is not None:
-            self.map.close()
-        self.map, self.mapped = larger, size
 
     def larger_map(self, needed: int) -> tuple[mmap.mmap, int]:
         """
@@ -387,8 +379,7 @@ class Log:
     def close(self, trim: bool = True):
         """:param trim: Cut the space reserved ahead off the file"""
         try:
-            if self.map is not None:
-                self.map.close()
+            self.map.close()
             if trim:
                 os.ftruncate(self.fd, self.end)
         finally:

@@ -357,12 +357,11 @@ def _put_from_thread(state: BrokerState, new_event):
     if loop is None or loop.is_closed():
         _put_unbound(state, new_event)
         return
-    handoff = state.handoff
-    if state.maxsize and state.evbus_attrs["BUS"].qsize() + len(handoff) >= state.maxsize:
+    if state.evbus_attrs["BUS"].full():  # the events queued and those handed off fill the bound
         raise _full(state)
     if state.spool is not None:
         state.spool.add(new_event)  # stored before the listener can take it
-    handoff.append(new_event)
+    state.handoff.append(new_event)
     if not state.handoff_scheduled:
         state.handoff_scheduled = True
         try:
@@ -375,23 +374,19 @@ def _put_from_thread(state: BrokerState, new_event):
 def _put_unbound(state: BrokerState, new_event):
     """``put_nowait`` from another thread while no loop runs the bus: its queue is thread-safe."""
     with state.lock:
-        loop = state.loop
-        if loop is not None and loop.is_closed():
+        if state.loop is not None and state.loop.is_closed():
             _drop_loop(state)
-        bus = state.evbus_attrs["BUS"]
-        if state.loop is not None:  # bound meanwhile (its queue is an asyncio.Queue)
-            with_loop = True
-        else:
-            with_loop = False
+        if state.loop is None:
             try:
-                bus.put_nowait(new_event)
+                state.evbus_attrs["BUS"].put_nowait(new_event)
             except (asyncio.QueueFull, queue.Full):
                 raise _full(state) from None
             if state.spool is not None:
                 state.spool.add(new_event)
             state.put_count += 1
-    if with_loop:
-        _put_from_thread(state, new_event)
+            return
+    # Bound to a running loop meanwhile (its queue is an asyncio.Queue): the handoff takes it
+    _put_from_thread(state, new_event)
 
 
 def _left_behind(state: BrokerState, loop: asyncio.AbstractEventLoop):
