@@ -116,6 +116,9 @@ class TestMqtt(TransportCase, RestartCase):
         """A reader with a persistent session at QoS 1 reads throughout (every event reaches it at least once)."""
         import aiomqtt
 
+        from evbus.ingress.mqtt import abandon
+        from evbus.ingress.mqtt import disconnect
+
         connection = {"hostname": "127.0.0.1", "port": server.port}
         seen: set = set()
         subscribed = asyncio.Event()
@@ -125,16 +128,24 @@ class TestMqtt(TransportCase, RestartCase):
             # A connection that hears nothing for 5 s is opened again (the session keeps what
             # it missed): on uvloop a reset can leave aiomqtt's new connection deaf
             while not stop_reading.is_set():
+                # Connected and closed as evbus does (abandon, disconnect): aiomqtt's own context
+                # manager leaves its housekeeping task and socket to the loop's close
+                client = aiomqtt.Client(**connection, identifier="evbus-test-reader", clean_session=False)
                 try:
-                    async with aiomqtt.Client(
-                        **connection, identifier="evbus-test-reader", clean_session=False
-                    ) as client:
+                    try:
+                        await client.__aenter__()
+                    except BaseException:
+                        await abandon(client)
+                        raise
+                    try:
                         await client.subscribe("evbus-test/restart", qos=1)
                         subscribed.set()
                         messages = aiter(client.messages)
                         while not stop_reading.is_set():
                             message = await asyncio.wait_for(anext(messages), 5)
                             seen.add(json.loads(message.payload))
+                    finally:
+                        await disconnect(client)
                 except (aiomqtt.MqttError, TimeoutError):
                     if not stop_reading.is_set():
                         await asyncio.sleep(0.1)
