@@ -14,7 +14,8 @@ event gets the same treatment on its way to the lanes:
   for room before the event is put on it (cancelled meanwhile, the event
   still goes to every lane of its own, past their bound);
 - spool accounting: the spool learns how many lanes must settle the event
-  before its record is finished (none: finished now);
+  before its record is finished (none: finished now), and accounts for what
+  the lanes settled once the batch is handed on;
 - an event no lane takes is counted as unrouted (or, for the re-delivery
   from the spool, kept there for a start whose profiles match it).
 
@@ -93,6 +94,8 @@ async def propagate(
                 router.counts.unrouted += 1
         return None
     finally:
+        if spool is not None:
+            spool.collect()  # what the lanes settled, in line or since the last hop
         if left is not None and taken < len(items):
             left(items[taken:])
 

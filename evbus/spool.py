@@ -14,9 +14,9 @@ event): the file survives the process (a crash, SIGKILL). What a power loss
 may do depends on ``spool_sync`` (see :class:`Spool`). One process uses a
 spool file at a time (it holds an exclusive ``flock`` on it).
 
-The file format (version 1; integers little-endian, text UTF-8)::
+The file format (version 2; integers little-endian, text UTF-8)::
 
-    header   8s "EVBSPOOL", u32 version (1), u32 0                   16 bytes
+    header   8s "EVBSPOOL", u32 version (2), u32 0                   16 bytes
     record   u32 n, u32 CRC-32 of the payload, payload (n bytes)
 
     payload of an event ("add")
@@ -24,8 +24,16 @@ The file format (version 1; integers little-endian, text UTF-8)::
              u32 len(profile), u32 len(routing_key) (0xFFFFFFFF: None), u32 len(content_type),
              profile, routing_key, content_type,
              body (the rest of the payload)
+    payload of an event of the process that wrote it ("add own")
+             u8 3, f64 timestamp, 6s the process's id prefix, u64 the event's number,
+             then as "add" from u32 len(profile) on
+             (its id: the prefix in hex, "-", the number in hex)
     payload of "done"
              u8 2, u64 offset * k       where the "add" records of k settled events start
+
+Version 1 is the same without "add own": a file of version 1 is read as it is,
+and its header says 2 once it is opened (an evbus that reads version 1 only
+then refuses it instead of cutting it at the first "add own").
 
 Records follow the header back to back; zeros follow the last one (space
 reserved ahead, trimmed at close). At open they are read in order; the
@@ -66,18 +74,22 @@ from evbus.exc import SpoolError
 from evbus.types import Event
 from evbus.types import id_key
 from evbus.types import RECORD_NUMBER
-from evbus.types import OWN_ID_BYTES
+from evbus.types import OWN_ID_PREFIX
 
 SYNC_MODES = ("normal", "full", "off")
 
 MAGIC = b"EVBSPOOL"
-VERSION = 1
+VERSION = 2
+# Versions this evbus reads (version 1 has no "add own")
+READS = (1, 2)
 HEADER = struct.Struct("<8sII")
 HEADER_BYTES = HEADER.pack(MAGIC, VERSION, 0)
 FRAME = struct.Struct("<II")
 ADD = struct.Struct("<BdI")
+ADD_OWN = struct.Struct("<Bd6sQ")
 META = struct.Struct("<III")
-ADDED, DONE = 1, 2
+ADDED, DONE, ADDED_OWN = 1, 2, 3
+_ADD_OWN, _FRAME, _crc32 = ADD_OWN.pack, FRAME.pack, zlib.crc32
 NO_ROUTING_KEY = 0xFFFFFFFF
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MiB = 1 << 20
@@ -120,17 +132,15 @@ def encode(event: Event, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _me
 
 
 def encode_record(
-    record: tuple, _pack=ADD.pack, _frame=FRAME.pack, _crc=zlib.crc32, _metas=_META, _own=OWN_ID_BYTES
+    record: tuple, _pack=ADD_OWN.pack, _frame=FRAME.pack, _crc=zlib.crc32, _metas=_META, _prefix=OWN_ID_PREFIX
 ) -> bytes:
     """
     :param record: An event's record (:func:`evbus.types.make_record`)
-    :return: Its "add" record: the same as :func:`encode` of its Event
+    :return: Its "add own" record (:meth:`Spool.add` does the same in line)
     """
     profile, routing_key, body, content_type, number, timestamp = record
-    key = (profile, routing_key, content_type)
-    meta = _metas.get(key) or _meta(key)
-    event_id = b"%b%x" % (_own, number)  # evbus.types.record_id, as bytes
-    payload = _pack(ADDED, timestamp, len(event_id)) + event_id + meta + body
+    meta = _metas.get((profile, routing_key, content_type)) or _meta((profile, routing_key, content_type))
+    payload = _pack(ADDED_OWN, timestamp, _prefix, number) + meta + body
     return _frame(len(payload), _crc(payload)) + payload
 
 
@@ -145,13 +155,18 @@ def encode_done(offsets: list[int]) -> bytes:
 
 def decode(payload: memoryview) -> Event:
     """
-    :param payload: The payload of an "add" record
+    :param payload: The payload of an "add" or "add own" record
     :return: Its event
     """
-    _, timestamp, id_size = ADD.unpack_from(payload)
-    at = ADD.size
-    event_id = str(payload[at : at + id_size], "utf-8")
-    at += id_size
+    if payload[0] == ADDED_OWN:
+        _, timestamp, prefix, number = ADD_OWN.unpack_from(payload)
+        event_id = f"{prefix.hex()}-{number:x}"
+        at = ADD_OWN.size
+    else:
+        _, timestamp, id_size = ADD.unpack_from(payload)
+        at = ADD.size
+        event_id = str(payload[at : at + id_size], "utf-8")
+        at += id_size
     profile_size, routing_key_size, content_type_size = META.unpack_from(payload, at)
     at += META.size
     profile = str(payload[at : at + profile_size], "utf-8")
@@ -185,7 +200,7 @@ def read_log(data: memoryview) -> tuple[dict[int, Event], int, int]:
         if zlib.crc32(payload) != crc:
             break
         kind = payload[0]
-        if kind == ADDED:
+        if kind == ADDED or kind == ADDED_OWN:
             live[at] = decode(payload)
             added += 1
         elif kind == DONE:
@@ -403,8 +418,11 @@ class Spool:
     :raises ConfigError: The file cannot be used: not made, in use by another
         process, no spool, or a spool of another evbus version
 
-    ``add`` may be called from any thread; ``routed``, ``settled`` and
-    ``flush`` from the loop's.
+    ``add`` may be called from any thread; ``routed``, ``settled``,
+    ``collect`` and ``flush`` from the loop's. ``settled(event)`` (an
+    attribute: a list's append) tells that one lane published the event (or
+    its record) or gave it up; ``collect()`` accounts for what was settled,
+    and ``depth()``, ``flush()`` and ``close()`` call it first.
     """
 
     def __init__(self, path: str, sync: str = "normal"):
@@ -426,6 +444,10 @@ class Spool:
         self._lanes: dict[int | str, int] = {}
         # What a previous process left, for left_over()
         self._left: list[Event] = []
+        # The events (or records) lanes settled, for collect(). ``settled(event)``: one lane
+        # published the event or gave it up. A list's append, with no call of Python's per event.
+        self._settled: list[Event | tuple] = []
+        self.settled = self._settled.append
         # Offsets of settled events whose "done" is not written yet
         self._done: list[int] = []
         # The "add" records in the file, and how far it is synced
@@ -488,15 +510,17 @@ class Spool:
         magic, version, _ = HEADER.unpack_from(data) if len(data) >= HEADER.size else (b"", 0, 0)
         if magic != MAGIC:
             raise ConfigError(f"Cannot use the spool {self.path}: it is no evbus spool file")
-        if version != VERSION:
+        if version not in READS:
             raise ConfigError(
-                f"Cannot use the spool {self.path}: its format version {version} is not {VERSION} "
-                "(written by another evbus version)"
+                f"Cannot use the spool {self.path}: its format version {version} is not "
+                f"{' or '.join(map(str, READS))} (written by another evbus version)"
             )
         try:
             left, self._records, end = read_log(memoryview(data))
         except (ValueError, UnicodeDecodeError, struct.error) as e:
             raise ConfigError(f"Cannot use the spool {self.path}: a malformed record ({e})") from None
+        if version != VERSION:
+            write_all(fd, HEADER_BYTES, 0)  # before any record of this version is appended
         # A record cut short, or garbage; the zeros past the records are space reserved ahead
         self._dropped = len(data[end:].rstrip(b"\0"))
         if end < len(data):
@@ -527,7 +551,11 @@ class Spool:
         :raises SpoolError: The event could not be written (it is queued, but not stored)
         """
         if event.__class__ is tuple:
-            record, key = encode_record(event), event[RECORD_NUMBER]
+            # encode_record, in line: this runs once per put
+            profile, routing_key, body, content_type, key, timestamp = event
+            meta = _META.get((profile, routing_key, content_type)) or _meta((profile, routing_key, content_type))
+            payload = _ADD_OWN(ADDED_OWN, timestamp, OWN_ID_PREFIX, key) + meta + body
+            record = _FRAME(len(payload), _crc32(payload)) + payload
         else:
             record, key = encode(event), id_key(event.id)
         size = len(record)
@@ -587,22 +615,32 @@ class Spool:
         else:
             self._finish(key)
 
-    def settled(self, event: Event | tuple):
-        """One lane published the event (or its record) or gave it up."""
-        event_id = event[RECORD_NUMBER] if event.__class__ is tuple else id_key(event.id)
-        if self._lanes:  # events routed to more than one lane wait for all of them
-            lanes = self._lanes.get(event_id)
-            if lanes is not None:
-                if lanes > 1:
-                    self._lanes[event_id] = lanes - 1
-                    return
-                del self._lanes[event_id]
-        # _finish, in line: this runs once per event
-        offset = self._live.pop(event_id, None)
-        if offset is not None:
-            self._done.append(offset)
-            if len(self._done) >= DONE_BATCH:
-                self._write_done()
+    def collect(self):
+        """
+        Account for the events the lanes settled since the last call (see
+        ``settled``): an event is finished once every lane it went to settled
+        it, and its "done" is written once DONE_BATCH events are finished (or
+        the file emptied, when none is live then). In the loop's thread: the propagate hop calls it after each batch.
+        """
+        settled = self._settled
+        if not settled:
+            return
+        live, lanes, done = self._live, self._lanes, self._done
+        for event in settled:
+            key = event[RECORD_NUMBER] if event.__class__ is tuple else id_key(event.id)
+            if lanes:  # events routed to more than one lane wait for all of them
+                count = lanes.get(key)
+                if count is not None:
+                    if count > 1:
+                        lanes[key] = count - 1
+                        continue
+                    del lanes[key]
+            offset = live.pop(key, None)
+            if offset is not None:
+                done.append(offset)
+        settled.clear()
+        if len(done) >= DONE_BATCH:
+            self._write_done()
 
     def _finish(self, event_id: int | str):
         offset = self._live.pop(event_id, None)
@@ -732,6 +770,7 @@ class Spool:
 
     def flush(self):
         """Write the "done" of settled events, and sync the file (unless ``spool_sync`` is off)."""
+        self.collect()
         self._write_done()
         if self.sync != "off":
             self._sync_to(None, 0)
@@ -755,11 +794,13 @@ class Spool:
 
     def depth(self) -> int:
         """:return: How many events the spool holds that are not settled yet"""
+        self.collect()
         return len(self._live)
 
     def close(self):
         """Write what is pending, sync it (unless ``spool_sync`` is off) and release the file."""
         if not self._closed:
+            self.collect()
             self._write_done()
         with self._sync_lock, self._lock:
             try:

@@ -120,8 +120,8 @@ def record_id(number: int) -> str:
     return f"{_OWN_IDS}{number:x}"
 
 
-#: The ids of this process's events begin with these bytes (:func:`record_id`, encoded)
-OWN_ID_BYTES = _OWN_IDS.encode()
+#: The random prefix of this process's ids, as the bytes it is the hex of (:func:`record_id`)
+OWN_ID_PREFIX = bytes.fromhex(_ID_PREFIX)
 
 
 def id_key(event_id: str) -> int | str:

@@ -7,6 +7,8 @@ import asyncio
 import fnmatch
 import json
 
+import pytest
+
 from evbus.deadletter import to_record
 from evbus.propagate import propagate
 from evbus.route import Router
@@ -15,6 +17,7 @@ from evbus.types import Event
 from evbus.types import make_event
 from evbus.types import make_record
 from tests.conftest import add_ingress
+from tests.conftest import wait_for
 
 
 class FakeLane:
@@ -49,8 +52,13 @@ class FakeSpool:
     def __init__(self):
         self.routed_calls: list[tuple[str, int]] = []
 
+        self.collected = 0
+
     def routed(self, event, lanes: int):
         self.routed_calls.append((event.id, lanes))
+
+    def collect(self):
+        self.collected += 1
 
 
 def router_of(*lanes: FakeLane) -> Router:
@@ -77,6 +85,17 @@ async def test_an_event_no_lane_takes_is_counted_unrouted_and_finished_in_the_sp
     await propagate([routed, unrouted], router, spool)
     assert spool.routed_calls == [(routed.id, 0), (unrouted.id, 0), (routed.id, 1), (unrouted.id, 2)]
     assert router.counts.unrouted == 0
+    assert spool.collected == 2  # what the lanes settled: once per hop
+
+
+async def test_a_hop_cancelled_while_a_lane_is_full_still_collects_the_settled():
+    spool, lane = FakeSpool(), FakeLane("*", limit=1)
+    hop = asyncio.create_task(propagate([record(body=b"1"), record(body=b"2")], router_of(lane), spool))
+    await wait_for(lambda: lane.waited == 1)
+    hop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hop
+    assert spool.collected == 1
 
 
 async def test_kept_unrouted_events_stay_in_the_spool_uncounted():

@@ -27,10 +27,13 @@ def events(count: int, size: int = 20) -> list[Event]:
     ]
 
 
-def settle(spool: Spool, settled: list[Event]):
-    for event in settled:
-        spool.routed(event, 1)
-        spool.settled(event)
+def settle(spool: Spool, settled: list[Event], batch: int = 100):
+    """As the propagate hop and a lane do: route and settle a batch of events, then collect."""
+    for at in range(0, len(settled), batch):
+        for event in settled[at : at + batch]:
+            spool.routed(event, 1)
+            spool.settled(event)
+        spool.collect()
 
 
 def reopened(path, sync: str = "normal") -> tuple[list[Event], int]:
@@ -127,7 +130,7 @@ def test_the_file_is_emptied_when_nothing_is_live(tmp_path, monkeypatch, zero_by
     stored = events(spool_module.DONE_BATCH * 2, size=200)
     for event in stored:
         spool.add(event)
-    settle(spool, stored)
+    settle(spool, stored, batch=spool_module.DONE_BATCH)
     # The last settle found nothing live: the file holds its header only
     assert spool._log.end == HEADER.size and spool.depth() == 0
     assert crashed(path) == []
@@ -249,7 +252,7 @@ def test_a_sqlite_spool_in_use_by_an_older_evbus_is_refused(tmp_path):
     "content,message",
     [
         (b"id,profile\n1,p\n", "it is no evbus spool file"),
-        (spool_module.HEADER.pack(spool_module.MAGIC, 2, 0), "format version 2 is not 1"),
+        (spool_module.HEADER.pack(spool_module.MAGIC, 3, 0), "format version 3 is not 1 or 2"),
     ],
 )
 def test_a_file_that_is_no_spool_of_this_format_is_refused_untouched(tmp_path, content, message):
@@ -402,13 +405,62 @@ def test_off_never_syncs(tmp_path, syncs):
     assert syncs.sizes == []
 
 
-def test_a_record_and_its_event_make_the_same_spool_record():
+def test_a_record_comes_back_as_its_event(tmp_path):
+    """
+    A record (what put queues) is stored as "add own": its id as the process's
+    prefix and its number. Read back, it is the Event the lanes made of it, and
+    Spool.add writes what encode_record makes.
+    """
     from evbus.types import event_of
     from evbus.types import make_record
 
-    for routing_key in (None, "key"):
-        record = make_record("p", routing_key, b'{"n": 1}', "application/json")
-        assert spool_module.encode_record(record) == spool_module.encode(event_of(record))
+    path = tmp_path / "spool"
+    spool = Spool(str(path))
+    records = [
+        make_record("p", routing_key, body, content_type)
+        for routing_key, body, content_type in ((None, b'{"n": 1}', "application/json"), ("ключ", b"", "text/plain"))
+    ]
+    for record in records:
+        start = spool._log.end
+        spool.add(record, awaited=True)
+        assert spool._log.map[start : spool._log.end] == spool_module.encode_record(record)
+    spool.close()
+    left, dropped = reopened(path)
+    assert left == [event_of(record) for record in records] and dropped == 0
+    assert [event.id for event in left] == [event_of(record).id for record in records]
+
+
+def test_a_version_1_spool_is_read_and_then_says_version_2(tmp_path):
+    """The spool of an evbus that wrote version 1 ("add" records only): its events come back."""
+    path = tmp_path / "spool"
+    stored = events(3)
+    path.write_bytes(
+        spool_module.HEADER.pack(spool_module.MAGIC, 1, 0) + b"".join(spool_module.encode(e) for e in stored)
+    )
+    spool = Spool(str(path))
+    try:
+        assert spool.left_over() == stored
+        assert spool_module.HEADER.unpack_from(path.read_bytes()) == (spool_module.MAGIC, 2, 0)
+    finally:
+        spool.close()
+
+
+def test_events_of_another_process_keep_their_ids(tmp_path):
+    """What another process stored as "add own" comes back with that process's ids."""
+    path = tmp_path / "spool"
+    code = (
+        "import sys; from evbus.spool import Spool; from evbus.types import make_record, event_of\n"
+        "spool = Spool(sys.argv[1]); record = make_record('p', 'k', b'body', 'application/json')\n"
+        "spool.add(record, awaited=True); spool.close(); print(event_of(record).id)"
+    )
+    ids = [
+        subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout.strip()
+        for _ in range(2)
+    ]
+    assert ids[0] != ids[1] and ids[0].split("-")[0] != ids[1].split("-")[0]
+    left, dropped = reopened(path)
+    assert [event.id for event in left] == ids and dropped == 0
+    assert {(e.profile, e.routing_key, e.body) for e in left} == {("p", "k", b"body")}
 
 
 def test_threads_adding_while_the_file_grows_lose_no_record(tmp_path):
