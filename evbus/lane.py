@@ -171,6 +171,8 @@ class Lane:
         ``put``); ``"dead-letter"``: the oldest event not yet handed off is given up
     :param on_settled: ``on_settled(event)``, called once the lane published or gave up an
         event (with its record, when it published the record in line)
+    :param after_settled: ``after_settled()``, called once the lane's task has settled
+        events (not after :meth:`put` published one in line: its caller goes on first)
     :param envelope: ``envelope(event)`` -> what the plugin sends instead of the event
         (a CloudEvent, see :mod:`evbus.cloudevents`), or None
     :param telemetry: The lane's spans and metrics (:class:`evbus.telemetry.LaneTelemetry`),
@@ -191,6 +193,7 @@ class Lane:
         limit: int = 0,
         when_full: str = "wait",
         on_settled: Callable[[Event], None] | None = None,
+        after_settled: Callable[[], None] | None = None,
         envelope: Callable[[Event], Event] | None = None,
         telemetry: Any = None,
     ):
@@ -205,6 +208,7 @@ class Lane:
         self.limit = limit
         self.when_full = when_full
         self._on_settled = on_settled
+        self._after_settled = after_settled
         self._room: list[asyncio.Future] = []
         self.telemetry = telemetry
         self._send = destination.send
@@ -644,7 +648,12 @@ class Lane:
             await waiter
 
     def _wake_waiters(self):
-        """An event was published or given up: wake who waits for it to settle, and for room."""
+        """
+        The lane's task published or gave up events: tell ``after_settled``, and wake
+        who waits for them to settle, and for room.
+        """
+        if self._after_settled is not None:
+            self._after_settled()
         if self._settle_waiters:
             self._wake_settled()
         if self._room:

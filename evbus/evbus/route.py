@@ -60,6 +60,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
     policy = settings.retry_policy
     spool = hub.evbus.spool.current()
     on_settled = spool.settled if spool is not None else None
+    after_settled = spool.collect if spool is not None else None
 
     def warn(message: str):
         hub.log.warning(hub.evbus.MASK.text(message), extra={"evbus_internal": True})
@@ -88,6 +89,7 @@ def router(hub, contexts: Any, connect: bool = True) -> Router:
             limit=settings.lane_size,
             when_full=settings.lane_full,
             on_settled=on_settled,
+            after_settled=after_settled,
             envelope=hub.evbus.route.envelope(plugin_name, provider, name, ctx),
             telemetry=hub.evbus.telemetry.lane(plugin_name, name, ctx),
         )

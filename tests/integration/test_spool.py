@@ -176,6 +176,49 @@ async def test_sigkill_mid_stream_loses_nothing_put_returned_for(tmp_path, amqp)
     assert redelivered > 0  # the kill left a backlog that the second run delivered
 
 
+async def test_what_a_broker_confirmed_is_done_in_the_spool_without_another_put(tmp_path, amqp):
+    """
+    Events a RabbitMQ lane published (confirmed in its task, after the listener
+    handed them on) are marked done in the spool as they are confirmed, not at
+    the next put: a SIGKILL once all are published re-delivers fewer than one
+    batch of "done" (DONE_BATCH), not the events confirmed last.
+    """
+    from evbus.spool import DONE_BATCH
+
+    queue = f"evbus-spool-done-{time.time_ns()}"
+    declared = await amqp.channel.declare_queue(queue, durable=True)
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"pika:\n  default:\n    connection:\n      url: {URL}\n    routing_key: {queue}\n")
+    spool = tmp_path / "spool.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVBUS_")}
+    env["EVBUS_DEAD_LETTER_FILE"] = str(tmp_path / "dead.jsonl")
+    total = 3000
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(spool), str(acct), str(total), "hold"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        lines = []
+        for line in child.stdout:
+            lines.append(line.strip())
+            if line.strip() == "published":
+                break
+        assert lines[-1] == "published", lines[-3:]
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    again = subprocess.run(
+        [sys.executable, str(CHILD), str(spool), str(acct), "0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    redelivered = json.loads(again.stdout.split("stopped", 1)[1])
+    await declared.delete(if_unused=False, if_empty=False)
+    assert redelivered < DONE_BATCH
+
+
 async def test_left_over_events_no_profile_matches_stay_in_the_spool(hub, running, monkeypatch, tmp_path, caplog):
     """A start whose profiles match none of what a crash left keeps it, says so, and the next start delivers it."""
     import pop.hub

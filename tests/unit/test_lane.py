@@ -551,6 +551,28 @@ async def test_failed_confirmation_goes_back_and_resends_it_and_those_after_in_o
     assert (lane.published, lane.failed, lane.retried) == (10, 0, 1)
 
 
+async def test_after_settled_follows_what_the_lanes_task_settled(monkeypatch):
+    """
+    ``after_settled`` is called after the events the lane's task settles,
+    confirmed or given up: none is left settled without a call after it.
+    """
+    jitter(monkeypatch, 0.01)
+    broker = Broker(fail={b"2": -1})
+    settled = Settled()
+    seen_at_calls = []
+    lane = make_lane(
+        broker.destination(),
+        RetryPolicy(attempts=2, backoff=0.01),
+        Recorder(),
+        window=4,
+        on_settled=settled,
+        after_settled=lambda: seen_at_calls.append(len(settled.bodies)),
+    )
+    await deliver(lane, bodies(8))
+    assert settled.bodies == bodies(8)
+    assert seen_at_calls and seen_at_calls[-1] == 8 and seen_at_calls == sorted(seen_at_calls)
+
+
 async def test_confirmation_failing_beyond_the_budget_dead_letters_that_event_and_goes_on(monkeypatch):
     """The attempts cap spent on "2": it alone is given up, with its attempts; the others are published once each."""
     jitter(monkeypatch, 0.01)

@@ -2,7 +2,10 @@
 A publishing process for the crash test: puts numbered events with the spool
 on, prints each number once its put() returned, and runs until killed.
 
-    python child.py SPOOL ACCT_YAML COUNT
+    python child.py SPOOL ACCT_YAML COUNT [hold]
+
+With ``hold``, once every event is put it waits until the lanes have
+published them all, prints "published", and waits to be killed.
 """
 import asyncio
 import json
@@ -21,6 +24,12 @@ async def main(count: int):
         await hub.evbus.broker.put(body=n)
         print(n, flush=True)
     print("all-put", flush=True)
+    if sys.argv[4:] == ["hold"]:
+        # (the lanes' own counts: stats() would ask the spool, which accounts for what was settled)
+        while sum(lane.published for lane in hub.evbus.route.all_lanes()) < count:
+            await asyncio.sleep(0.01)
+        print("published", flush=True)
+        await asyncio.sleep(3600)
     await hub.evbus.init.stop(timeout=120)
     await listener
     print("stopped", json.dumps(hub.evbus.broker.stats()["redelivered"]), flush=True)
