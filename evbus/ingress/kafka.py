@@ -132,6 +132,10 @@ from evbus.exc import TlsConfigError
 LISTEN_PROBE_MS = 5000
 # aiokafka's default max_request_size
 MAX_REQUEST_SIZE = 1048576
+# The producer's max_batch_size unless the connection sets it (aiokafka's default is 16 KiB):
+# a backlog goes in a sixteenth of the produce requests, which is what a broker's work is counted
+# in; well below a broker's default message.max.bytes (1 MB), and never above max_request_size
+BATCH_BYTES = 256 * 1024
 
 __contracts__ = ["broker", "batches"]
 
@@ -167,12 +171,16 @@ def ssl_context(hub, options: dict) -> ssl.SSLContext:
 def _producer_kwargs(hub, ctx) -> dict:
     """
     The keyword arguments of aiokafka's producer: the profile's connection,
-    with the SSL context of its ``tls`` block.
+    with the SSL context of its ``tls`` block, and ``max_batch_size``
+    BATCH_BYTES unless the connection sets it.
 
     :raises TlsConfigError: for a tls block evbus cannot use, or one with a
         plaintext ``security_protocol``
     """
     kwargs = options(ctx)
+    limit = kwargs.get("max_request_size", MAX_REQUEST_SIZE)
+    if isinstance(limit, int):  # (aiokafka says what is wrong with any other)
+        kwargs.setdefault("max_batch_size", min(BATCH_BYTES, limit))
     block = tls.block(ctx.acct, TLS_NAMES)
     protocol = str(kwargs.get("security_protocol", "PLAINTEXT")).upper()
     if block is not None and "ssl_context" not in kwargs:

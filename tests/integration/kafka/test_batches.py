@@ -161,6 +161,49 @@ async def test_headers_of_a_batch_are_those_of_a_lone_event(hub, running, tansu,
     assert {int(h["traceparent"].split("-")[2], 16) for h in headers} == spans
 
 
+async def test_a_backlog_goes_in_batches_of_up_to_256_kib_unless_the_connection_says(
+    hub, running, tansu, topic, batches
+):
+    """
+    A backlog of 1,000 events of about 230 bytes each (about 230 KiB): in
+    batches of hundreds with evbus's default max_batch_size (aiokafka's 16 KiB
+    holds about 70 of them); with the connection's own max_batch_size, batches
+    of that size.
+    """
+    body = "x" * 180
+    for max_batch_size in (None, 16384):
+        connection = {"bootstrap_servers": tansu.bootstrap}
+        if max_batch_size is not None:
+            connection["max_batch_size"] = max_batch_size
+        await running({"kafka": {"default": {"topics": [topic], "key": "k", "connection": connection}}})
+        batches.records.clear()
+        for n in range(1000):
+            hub.evbus.broker.put_nowait(body={"n": n, "pad": body})
+        await hub.evbus.init.stop()
+        counts = [count for _, _, count in batches.records]
+        assert sum(counts) == 1000
+        if max_batch_size is None:
+            assert max(counts) > 300, counts
+        else:
+            assert len(counts) >= 13 and max(counts) < 100, counts
+    messages = await consume(tansu.bootstrap, topic, 2000)
+    assert [json.loads(m.value)["n"] for m in messages] == list(range(1000)) * 2
+
+
+def test_the_default_batch_size_stays_within_max_request_size(hub):
+    from dict_tools import data
+
+    from evbus.ingress.kafka import BATCH_BYTES
+    from evbus.ingress.kafka import _producer_kwargs
+
+    def kwargs(connection: dict) -> dict:
+        return _producer_kwargs(hub, data.NamespaceDict(acct=data.NamespaceDict({"connection": connection})))
+
+    assert kwargs({})["max_batch_size"] == BATCH_BYTES == 256 * 1024
+    assert kwargs({"max_request_size": 10000})["max_batch_size"] == 10000
+    assert kwargs({"max_batch_size": 4096})["max_batch_size"] == 4096
+
+
 async def test_too_large_event_in_a_batch_is_dead_lettered_alone(hub, running, tansu, topic, error_sink, hand_offs, batches):
     profile = {"topics": [topic], "key": "k", "connection": {"bootstrap_servers": tansu.bootstrap, "max_request_size": 10000}}
     await running({"kafka": {"default": profile}})
