@@ -481,7 +481,7 @@ def _put(state: BrokerState, routing_key: str | None = None, body: Any = _MISSIN
             # Full (with the events other threads put, not queued yet): wait for room (backpressure)
             return _put_waiting(state, bus, new_event)
         if state.spool is not None:
-            synced = state.spool.add(new_event, awaited=True)
+            synced = state.spool.add(new_event, True)  # (awaited; positional: cheaper)
             if synced is not None:
                 return _synced(synced)
         if bus.qsize() % YIELD_EVERY:
