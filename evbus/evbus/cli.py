@@ -408,28 +408,35 @@ async def profiles(hub) -> int:
 
 
 async def _reach(hub, contexts, report: dict[str, dict[str, Any]], timeout: float) -> int:
-    """Fill ``report`` with each destination's profile (masked) and whether it can be reached; return how many cannot."""
-    unreachable = 0
-    for lane in hub.evbus.route.router(contexts, connect=False).lanes:
+    """
+    Fill ``report`` with each destination's profile (masked) and whether it can
+    be reached, all tried at once (each within ``timeout``); return how many cannot.
+    """
+    lanes = hub.evbus.route.router(contexts, connect=False).lanes
+    entries = []
+    for lane in lanes:
         entry: dict[str, Any] = {"plugin": lane.plugin, "profile": hub.evbus.MASK.data(dict(lane.ctx.acct))}
-        destination = lane.destination
-        if destination.describe is not None:
-            entry["destination"] = hub.evbus.MASK.text(destination.describe(lane.ctx))
-        if destination.open is None:
-            entry["reachable"] = True  # in-process
-        else:
-            try:
-                async with asyncio.timeout(timeout):
-                    await destination.open(lane.ctx)
-                entry["reachable"] = True
-            except Exception as e:
-                entry["reachable"] = False
-                entry["error"] = hub.evbus.MASK.exception(e) if not isinstance(e, TimeoutError) else (
-                    f"no connection within {timeout} s"
-                )
-                unreachable += 1
+        if lane.destination.describe is not None:
+            entry["destination"] = hub.evbus.MASK.text(lane.destination.describe(lane.ctx))
         report.setdefault(lane.provider, {})[lane.profile] = entry
-    return unreachable
+        entries.append(entry)
+
+    async def reach(lane, entry: dict[str, Any]):
+        if lane.destination.open is None:
+            entry["reachable"] = True  # in-process
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await lane.destination.open(lane.ctx)
+            entry["reachable"] = True
+        except Exception as e:
+            entry["reachable"] = False
+            entry["error"] = hub.evbus.MASK.exception(e) if not isinstance(e, TimeoutError) else (
+                f"no connection within {timeout} s"
+            )
+
+    await asyncio.gather(*(reach(lane, entry) for lane, entry in zip(lanes, entries)))
+    return sum(1 for entry in entries if not entry["reachable"])
 
 
 async def listen(hub) -> int:

@@ -179,6 +179,40 @@ def test_profiles_masks_secrets_and_checks_reachability(tmp_path, rabbitmq):
     assert "pr0file-s3cret" not in out.stdout + out.stderr
 
 
+def test_profiles_tries_the_destinations_at_once(tmp_path):
+    """
+    Four profiles on a server that takes the connection and never answers,
+    with --timeout 8: each is reported unreachable, all tried at once (one
+    after another would take 29 s at least, past the 25 s this run is given).
+    """
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)  # the kernel accepts the connections; nobody answers them
+    port = server.getsockname()[1]
+    acct = tmp_path / "acct.yml"
+    acct.write_text(
+        "pika:\n"
+        + "".join(f"  p{n}:\n    connection:\n      url: amqp://guest:guest@127.0.0.1:{port}/\n" for n in range(3))
+        + f"redis:\n  r0:\n    connection:\n      url: redis://127.0.0.1:{port}/0\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    try:
+        out = subprocess.run(
+            [str(EVBUS), "profiles", "--acct-file", str(acct), "--output", "json", "--timeout", "8"],
+            capture_output=True, text=True, timeout=25, env=env, cwd=tmp_path,
+        )
+    finally:
+        server.close()
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    entries = [*report["pika"].values(), *report["redis"].values()]
+    assert len(entries) == 4 and all(entry["reachable"] is False for entry in entries), entries
+    assert all(entry["error"] for entry in entries), entries
+    assert [entry["error"] for entry in report["pika"].values()] == ["no connection within 8.0 s"] * 3
+
+
 def test_profiles_without_configuration(tmp_path):
     out = evbus("profiles", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
