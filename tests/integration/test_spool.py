@@ -20,6 +20,38 @@ pytestmark = pytest.mark.integration
 CHILD = pathlib.Path(__file__).parent / "spool_child" / "child.py"
 
 
+async def pika_acct(tmp_path, amqp, queue: str, extra: str = "") -> tuple:
+    """:return: A durable queue, declared, and an acct file of a pika profile that publishes to it"""
+    declared = await amqp.channel.declare_queue(queue, durable=True)
+    acct = tmp_path / "acct.yml"
+    acct.write_text(f"pika:\n  default:\n    connection:\n      url: {URL}\n    routing_key: {queue}\n{extra}")
+    return declared, acct
+
+
+def child_env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVBUS_")}
+    env["EVBUS_DEAD_LETTER_FILE"] = str(tmp_path / "dead.jsonl")
+    return env
+
+
+def start_child(tmp_path, spool, acct, *args) -> subprocess.Popen:
+    """The publishing child (spool_child/child.py), its output to read as it runs."""
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(spool), str(acct), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env(tmp_path), cwd=tmp_path,
+    )
+
+
+def start_again(tmp_path, spool, acct) -> int:
+    """Start the child again on the spool with nothing new to put; :return: how many events it re-delivered"""
+    again = subprocess.run(
+        [sys.executable, str(CHILD), str(spool), str(acct), "0"],
+        capture_output=True, text=True, env=child_env(tmp_path), cwd=tmp_path, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    return json.loads(again.stdout.split("stopped", 1)[1])
+
+
 def use_spool(hub, monkeypatch, path):
     monkeypatch.setenv("EVBUS_SPOOL", str(path))
     hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
@@ -132,18 +164,9 @@ async def test_sigkill_mid_stream_loses_nothing_put_returned_for(tmp_path, amqp)
     A publishing process is killed with SIGKILL while events flow to RabbitMQ;
     started again on the same spool, it delivers every event whose put() returned.
     """
-    queue = f"evbus-spool-{time.time_ns()}"
-    declared = await amqp.channel.declare_queue(queue, durable=True)
-    acct = tmp_path / "acct.yml"
-    acct.write_text(f"pika:\n  default:\n    connection:\n      url: {URL}\n    routing_key: {queue}\n    persistent: true\n")
+    declared, acct = await pika_acct(tmp_path, amqp, f"evbus-spool-{time.time_ns()}", "    persistent: true\n")
     spool = tmp_path / "spool.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVBUS_")}
-    env["EVBUS_DEAD_LETTER_FILE"] = str(tmp_path / "dead.jsonl")
-    total = 20000
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(spool), str(acct), str(total)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path,
-    )
+    child = start_child(tmp_path, spool, acct, 20000)
     returned = []
     try:
         for line in child.stdout:
@@ -158,12 +181,7 @@ async def test_sigkill_mid_stream_loses_nothing_put_returned_for(tmp_path, amqp)
             child.kill()
     assert len(returned) >= 5000
     # Started again with nothing new to put: it re-delivers what the spool holds
-    again = subprocess.run(
-        [sys.executable, str(CHILD), str(spool), str(acct), "0"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert again.returncode == 0, again.stderr
-    redelivered = json.loads(again.stdout.split("stopped", 1)[1])
+    redelivered = start_again(tmp_path, spool, acct)
     seen = set()
     while True:
         message = await declared.get(no_ack=True, fail=False)
@@ -185,18 +203,9 @@ async def test_what_a_broker_confirmed_is_done_in_the_spool_without_another_put(
     """
     from evbus.spool import DONE_BATCH
 
-    queue = f"evbus-spool-done-{time.time_ns()}"
-    declared = await amqp.channel.declare_queue(queue, durable=True)
-    acct = tmp_path / "acct.yml"
-    acct.write_text(f"pika:\n  default:\n    connection:\n      url: {URL}\n    routing_key: {queue}\n")
+    declared, acct = await pika_acct(tmp_path, amqp, f"evbus-spool-done-{time.time_ns()}")
     spool = tmp_path / "spool.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVBUS_")}
-    env["EVBUS_DEAD_LETTER_FILE"] = str(tmp_path / "dead.jsonl")
-    total = 3000
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(spool), str(acct), str(total), "hold"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path,
-    )
+    child = start_child(tmp_path, spool, acct, 3000, "hold")
     try:
         lines = []
         for line in child.stdout:
@@ -209,12 +218,7 @@ async def test_what_a_broker_confirmed_is_done_in_the_spool_without_another_put(
     finally:
         if child.poll() is None:
             child.kill()
-    again = subprocess.run(
-        [sys.executable, str(CHILD), str(spool), str(acct), "0"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert again.returncode == 0, again.stderr
-    redelivered = json.loads(again.stdout.split("stopped", 1)[1])
+    redelivered = start_again(tmp_path, spool, acct)
     await declared.delete(if_unused=False, if_empty=False)
     assert redelivered < DONE_BATCH
 
