@@ -19,8 +19,34 @@ SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 
-# scheme://user:password@host -> scheme://user:***@host
-URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@/\s]+)(?=@)")
+# scheme://user:password@host -> scheme://user:***@host, scheme://token@host -> scheme://***@host.
+# The user information runs to the last "@" of the word: clients take a password with "@" or
+# "/" in it as it is (an URL in data, a value of its own, may hold spaces too: to its last "@")
+URL_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>\S+)@")
+URL_VALUE = re.compile(r"\s*[a-zA-Z][a-zA-Z0-9+.\-]*://(?P<userinfo>.+)@", re.DOTALL)
+# A token alone (no ":") is learned from profiles when it is at least this long: a user name
+# alone ("amqp://guest@host") must not mask every short word it appears in
+TOKEN_LENGTH = 8
+
+
+def url_secret(userinfo: str) -> str | None:
+    """
+    :param userinfo: What an URL holds between ``scheme://`` and the last "@"
+    :return: Its secret: the password (after the first ":"), the token when it
+        has no ":", or None when it is no user information (a path with an "@")
+    """
+    user, colon, password = userinfo.partition(":")
+    if any(c in user for c in "/?#"):
+        return None
+    return password if colon else user
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    userinfo = match.group("userinfo")
+    secret = url_secret(userinfo)
+    if not secret:
+        return match.group(0)
+    return f"{match.group('head')}{userinfo[: len(userinfo) - len(secret)]}{MASK}@"
 
 
 def is_secret_key(key: Any) -> bool:
@@ -62,9 +88,12 @@ class Masker:
             for item in data:
                 self._walk(item)
         elif isinstance(data, str):
-            match = URL_PASSWORD.search(data)
+            match = URL_VALUE.match(data)
             if match:
-                self._add(match.group("pw"))
+                userinfo = match.group("userinfo")
+                secret = url_secret(userinfo)
+                if secret and (":" in userinfo or len(secret) >= TOKEN_LENGTH):
+                    self._add(secret)
 
     def _add(self, secret: str):
         if secret and secret not in self._secrets:
@@ -78,7 +107,7 @@ class Masker:
         :return: The string with every known secret and URL password masked
         """
         text = str(text)
-        text = URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+        text = URL_USERINFO.sub(_mask_userinfo, text)
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)
         return text

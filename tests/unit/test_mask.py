@@ -29,3 +29,35 @@ def test_exception_text():
     masker = Masker()
     masker.learn("acct-key-value")
     assert masker.exception(ValueError("bad acct-key-value")) == "ValueError: bad ***"
+
+
+def test_url_user_information_is_masked_to_its_last_at():
+    """A password with "@" or "/" in it (clients take it as it is), and a token alone (NATS)."""
+    masker = Masker()
+    cases = {
+        "amqp://guest:Zsec@ret4@127.0.0.1:5699/": "amqp://guest:***@127.0.0.1:5699/",
+        "redis://:pa/ss9@127.0.0.1:6379/0": "redis://:***@127.0.0.1:6379/0",
+        "nats://Ztok9secret@127.0.0.1:4222": "nats://***@127.0.0.1:4222",
+        "failed: amqp://a:b@h/ and nats://x:y@h2, retrying": "failed: amqp://a:***@h/ and nats://x:***@h2, retrying",
+        # no user information: left as it is
+        "http://host/path?email=a@b": "http://host/path?email=a@b",
+        "redis://127.0.0.1:6379/0": "redis://127.0.0.1:6379/0",
+    }
+    for text, masked in cases.items():
+        assert masker.text(text) == masked
+
+
+def test_secrets_of_urls_in_profiles_are_learned_whole():
+    """A password with a space, and a NATS token, learned from the profile: masked wherever they appear."""
+    masker = Masker()
+    masker.learn(
+        {
+            "connection": {"url": "amqp://guest:pa ss9@127.0.0.1/"},
+            "servers": ["nats://Ztok9secret@127.0.0.1:4222"],
+        }
+    )
+    assert masker.text("login failed (pa ss9), token Ztok9secret") == "login failed (***), token ***"
+    assert masker.data({"url": "amqp://guest:pa ss9@127.0.0.1/"}) == {"url": "amqp://guest:***@127.0.0.1/"}
+    # a user name alone is no secret to learn: short words it appears in stay as they are
+    masker.learn({"url": "amqp://guest@127.0.0.1/"})
+    assert masker.text("guest") == "guest"
