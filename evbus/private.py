@@ -7,12 +7,18 @@ directory: their modes are the user's choice). A file that exists with
 wider permissions is tightened to 0600 when evbus opens it: it holds event
 bodies, and it is evbus's (only a file the process owns is changed).
 
+Only regular files are used: a device, a FIFO, a socket or a directory at
+the path is refused (an ``OSError``) and its mode left as it is (made 0600,
+``/dev/null`` would be so for every user of the system).
+
 Modes are given when a file or directory is made (``os.open``,
 ``os.mkdir``), never through the umask: the umask is process-wide, and
 changing it even briefly would race with every other thread that makes a file.
 """
+import errno
 import os
 import pathlib
+import stat
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -45,31 +51,41 @@ def open_fd(path: str | os.PathLike, flags: int) -> int:
     :param path: The file
     :param flags: ``os.open`` flags
     :return: The file descriptor
+    :raises OSError: It cannot be opened, or it is no regular file
     """
-    fd = os.open(path, flags, FILE_MODE)
     try:
-        if _too_wide(os.fstat(fd)):
+        regular(os.stat(path))  # (a FIFO would make the open fail with ENXIO, a directory with EISDIR)
+    except FileNotFoundError:
+        pass
+    # O_NONBLOCK: a FIFO made meanwhile is refused below instead of blocking the open (it
+    # changes nothing for a regular file); O_NOCTTY: a terminal never becomes ours
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, FILE_MODE)
+    try:
+        status = os.fstat(fd)
+        regular(status)
+        if _too_wide(status):
             os.fchmod(fd, FILE_MODE)
+        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def tighten(path: str | os.PathLike):
-    """
-    Tighten an existing file to 0600 when it has wider permissions; a
-    missing file is fine. By path, without opening it: closing a descriptor
-    of a file drops every POSIX lock the process holds on it (SQLite's).
+KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
 
-    :param path: The file
-    """
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return
-    if _too_wide(status):
-        os.chmod(path, FILE_MODE)
+
+def regular(status: os.stat_result):
+    """:raises OSError: The file is no regular file (saying what it is)"""
+    if not stat.S_ISREG(status.st_mode):
+        kind = KINDS.get(stat.S_IFMT(status.st_mode), "no regular file")
+        raise OSError(errno.EINVAL, f"it is {kind}, not a regular file")
 
 
 def _too_wide(status: os.stat_result) -> bool:

@@ -6,12 +6,15 @@ directories evbus makes 0700); ``replay`` publishes them again and removes
 what was delivered.
 """
 import asyncio
+import os
 from typing import Any
 
+from evbus import private
 from evbus.deadletter import DeadLetterStore
 from evbus.deadletter import default_path
 from evbus.deadletter import to_event
 from evbus.deadletter import to_record
+from evbus.exc import ConfigError
 from evbus.propagate import propagate
 
 
@@ -31,6 +34,22 @@ def store(hub) -> DeadLetterStore:
     if found is None:
         found = stores[path] = DeadLetterStore(path)
     return found
+
+
+def check(hub):
+    """
+    Check at start that the configured ``dead_letter_file`` can be the store:
+    missing (it is made when the first event is given up), or a regular file.
+
+    :raises ConfigError: It is a directory, a device, a FIFO, ...
+    """
+    path = hub.evbus.settings.get("dead_letter_file") or default_path()
+    try:
+        private.regular(os.stat(path))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"Cannot use the dead-letter file {path}: {e}") from None
 
 
 def record(hub, lane, event, error: BaseException, attempts: int) -> dict[str, Any]:

@@ -60,6 +60,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         hub.evbus.broker.configure()
         hub.evbus.broker.serializer()
         hub.evbus.report.error_callback()
+        hub.evbus.deadletter.check()
         hub.evbus.broker.use_telemetry(hub.evbus.telemetry.resolve())
         router = hub.evbus.route.router(contexts)
         bus: asyncio.Queue = await hub.evbus.broker.init()

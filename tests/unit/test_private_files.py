@@ -136,3 +136,36 @@ def test_a_spool_that_cannot_be_made_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="Cannot use the spool .*a-file/spool.db"):
         Spool(str(blocker / "spool.db"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_what_is_no_regular_file_is_refused_and_left_as_it_is(tmp_path, kind):
+    """
+    A FIFO or a directory at the spool's or the dead-letter file's path: a
+    clear error, nothing opened that could block, and its mode unchanged
+    (evbus must never make /dev/null 0600).
+    """
+    path = tmp_path / "not-a-file"
+    if kind == "fifo":
+        os.mkfifo(path, 0o666)
+        expected = "it is a FIFO, not a regular file"
+    else:
+        path.mkdir(mode=0o755)
+        expected = "it is a directory, not a regular file"
+    before = mode(path)
+    with pytest.raises(ConfigError, match=f"Cannot use the spool {path}: .*{expected}"):
+        Spool(str(path))
+    with pytest.raises(OSError, match=expected):
+        DeadLetterStore(str(path)).append(record(1))
+    assert mode(path) == before
+
+
+async def test_a_dead_letter_file_that_is_no_regular_file_is_refused_at_start(hub, tmp_path, monkeypatch):
+    path = tmp_path / "dead.fifo"
+    os.mkfifo(path, 0o666)
+    monkeypatch.setenv("EVBUS_DEAD_LETTER_FILE", str(path))
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    with pytest.raises(ConfigError, match=f"Cannot use the dead-letter file {path}: .*it is a FIFO"):
+        await hub.evbus.init.start(contexts)
+    assert mode(path) == 0o644  # (0666 less the umask): as it was made
