@@ -36,11 +36,15 @@ and its header says 2 once it is opened (an evbus that reads version 1 only
 then refuses it instead of cutting it at the first "add own").
 
 Records follow the header back to back; zeros follow the last one (space
-reserved ahead, trimmed at close). At open they are read in order; the
+reserved ahead, trimmed at close, and the file cut to its header when the
+bus stops with nothing live in it). At open they are read in order; the
 events added and not done are the ones to re-deliver, oldest first. Reading
 stops at the first record that is cut short, has a wrong CRC, a length of 0
 or an unknown kind (a write torn by a crash or a power loss, or the zeros of
 space reserved ahead): the file is cut there, and appends go on from it.
+A record with a wrong CRC or kind that a good record follows (a corrupt
+record amid good ones: the disk's fault, not a torn write) is skipped, and
+overwritten with a "done" of nothing so that the next open reads past it.
 "Done" records are written in batches (every 256 settled events and at
 ``flush()``): one lost in a crash only means a redelivery.
 
@@ -180,36 +184,56 @@ def decode(payload: memoryview) -> Event:
     return Event(profile, routing_key, body, content_type, event_id, timestamp)
 
 
-def read_log(data: memoryview) -> tuple[dict[int, Event], int, int]:
+def read_log(data: memoryview) -> tuple[dict[int, Event], int, int, list[tuple[int, int]]]:
     """
     Read the records of a spool file.
 
     :param data: The file, from its header on
     :return: The events added and not done by the offset of their record (oldest
-        first), the number of "add" records, and where the valid records end
+        first), the number of "add" records, where the valid records end, and
+        (offset, payload size) of each corrupt record skipped amid good ones
     :raises ValueError: A record with a valid CRC and content that makes no sense
     """
     live: dict[int, Event] = {}
     added = 0
+    skipped: list[tuple[int, int]] = []
     at, end = HEADER.size, len(data)
     while at + FRAME.size <= end:
         size, crc = FRAME.unpack_from(data, at)
         if size == 0 or at + FRAME.size + size > end:
             break
         payload = data[at + FRAME.size : at + FRAME.size + size]
-        if zlib.crc32(payload) != crc:
-            break
         kind = payload[0]
-        if kind == ADDED or kind == ADDED_OWN:
-            live[at] = decode(payload)
-            added += 1
-        elif kind == DONE:
+        if zlib.crc32(payload) != crc or kind not in (ADDED, DONE, ADDED_OWN):
+            if _record_at(data, at + FRAME.size + size):
+                skipped.append((at, size))
+                at += FRAME.size + size
+                continue
+            break
+        if kind == DONE:
             for offset in struct.unpack_from(f"<{(size - 1) // 8}Q", payload, 1):
                 live.pop(offset, None)
         else:
-            break
+            live[at] = decode(payload)
+            added += 1
         at += FRAME.size + size
-    return live, added, at
+    return live, added, at, skipped
+
+
+def _record_at(data: memoryview, at: int) -> bool:
+    """:return: A whole record with a good CRC starts at ``at``"""
+    if at + FRAME.size > len(data):
+        return False
+    size, crc = FRAME.unpack_from(data, at)
+    if size == 0 or at + FRAME.size + size > len(data):
+        return False
+    return zlib.crc32(data[at + FRAME.size : at + FRAME.size + size]) == crc
+
+
+def blank_record(size: int) -> bytes:
+    """:return: A record of ``size`` bytes of payload that means nothing: a "done" of offset 0 (the header)"""
+    payload = bytes([DONE]) + bytes(size - 1)
+    return FRAME.pack(size, zlib.crc32(payload)) + payload
 
 
 def read_sqlite(path: str) -> list[Event]:
@@ -431,8 +455,10 @@ class Spool:
         self.path = path
         self.sync = sync
         self.redelivered = 0
-        # Bytes of a torn or corrupt end of the file, dropped at open (see dropped())
+        # Bytes of a torn or corrupt end of the file, dropped at open (see dropped()); corrupt
+        # records amid good ones, skipped at open, and their bytes (see skipped())
         self._dropped = 0
+        self._skipped = (0, 0)
         # Appends, the file's end and compaction; _sync_lock (one sync at a time) comes first
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -516,9 +542,12 @@ class Spool:
                 f"{' or '.join(map(str, READS))} (written by another evbus version)"
             )
         try:
-            left, self._records, end = read_log(memoryview(data))
+            left, self._records, end, skipped = read_log(memoryview(data))
         except (ValueError, UnicodeDecodeError, struct.error) as e:
             raise ConfigError(f"Cannot use the spool {self.path}: a malformed record ({e})") from None
+        for offset, size in skipped:
+            write_all(fd, blank_record(size), offset)  # read past from now on, without a word
+        self._skipped = (len(skipped), sum(FRAME.size + size for _, size in skipped))
         if version != VERSION:
             write_all(fd, HEADER_BYTES, 0)  # before any record of this version is appended
         # A record cut short, or garbage; the zeros past the records are space reserved ahead
@@ -775,6 +804,30 @@ class Spool:
         if self.sync != "off":
             self._sync_to(None, 0)
 
+    def trim(self):
+        """
+        When no event is live (a stop that delivered everything): cut the file to
+        its header, giving back the space reserved ahead; the next append reserves
+        it again.
+        """
+        self.collect()
+        self._write_done()
+        with self._sync_lock, self._lock:
+            log = self._log
+            if self._closed or self._live or log.mapped == HEADER.size:
+                return
+            try:
+                os.ftruncate(log.fd, HEADER.size)
+                small = mmap.mmap(log.fd, HEADER.size)
+            except OSError:
+                return  # as it was: emptied, with its space reserved
+            log.map, small = small, log.map
+            log.end = log.mapped = HEADER.size
+            self._synced = HEADER.size
+            self._records = 0
+            self._generation += 1
+        small.close()
+
     def left_over(self) -> list[Event]:
         """
         :return: The events a previous process stored and did not settle, oldest
@@ -791,6 +844,14 @@ class Spool:
         """
         dropped, self._dropped = self._dropped, 0
         return dropped
+
+    def skipped(self) -> tuple[int, int]:
+        """
+        :return: How many corrupt records amid good ones the open skipped (the
+            events they held, if any, are lost), and their bytes, once; then (0, 0)
+        """
+        skipped, self._skipped = self._skipped, (0, 0)
+        return skipped
 
     def depth(self) -> int:
         """:return: How many events the spool holds that are not settled yet"""

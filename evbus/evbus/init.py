@@ -116,6 +116,7 @@ async def start(hub, contexts: dict[str, Any] | None = None):
         finally:
             if spool is not None:
                 spool.flush()
+                spool.trim()
             hub.log.debug("The event bus stopped", extra={"evbus_internal": True})
             if stop_item is not None and not stop_item.done.done():
                 if undelivered is None:
@@ -131,6 +132,13 @@ async def _redeliver(hub, router, spool):
         hub.log.warning(
             f"The spool {spool.path} ended in a record cut short (a crash as it was written): "
             f"{dropped} byte(s) dropped",
+            extra={"evbus_internal": True},
+        )
+    skipped, skipped_bytes = spool.skipped()
+    if skipped:
+        hub.log.warning(
+            f"The spool {spool.path} held {skipped} corrupt record(s) amid good ones ({skipped_bytes} bytes): "
+            f"skipped, the events they held (if any) are lost; the records after them are read",
             extra={"evbus_internal": True},
         )
     left_over = spool.left_over()

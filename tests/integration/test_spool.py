@@ -67,6 +67,14 @@ async def test_settled_events_leave_the_spool(hub, running, monkeypatch, tmp_pat
     await hub.evbus.init.stop()
     stats = hub.evbus.broker.stats()
     assert stats["spool_depth"] == 0 and stats["redelivered"] == 0
+    # Nothing live at the stop: the file is cut to its header (no space kept reserved)
+    assert (tmp_path / "spool.db").stat().st_size == 16
+    # and the next start appends to it again
+    await running({"internal": {"default": {}}})
+    await hub.evbus.broker.put(body="again")
+    assert await take_json(await hub.ingress.internal.get(), 1) == ["again"]
+    await hub.evbus.init.stop()
+    assert hub.evbus.broker.stats()["spool_depth"] == 0
 
 
 async def test_a_new_hub_redelivers_what_the_old_one_left(hub, running, monkeypatch, tmp_path):

@@ -83,21 +83,55 @@ def test_a_record_cut_short_is_dropped_and_the_spool_goes_on(tmp_path, cut):
     assert reopened(path) == (stored + more, 0)
 
 
-def test_a_corrupt_record_ends_what_is_read(tmp_path):
-    """A record whose CRC does not match (a power loss wrote part of the file): reading stops there."""
+def corrupt(path, stored: list[Event], index: int) -> int:
+    """Flip a byte in the payload of the record of ``stored[index]``; :return: where that record starts"""
+    start = HEADER.size + sum(len(spool_module.encode(event)) for event in stored[:index])
+    data = bytearray(path.read_bytes())
+    data[start + 12] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return start
+
+
+def test_a_corrupt_last_record_ends_what_is_read(tmp_path):
+    """The last record's CRC does not match (a power loss wrote part of it): reading stops there."""
     path = tmp_path / "spool"
     spool = Spool(str(path))
     stored = events(10)
     for event in stored:
         spool.add(event)
     spool.close()
-    fifth = HEADER.size + sum(len(spool_module.encode(event)) for event in stored[:4])
-    data = bytearray(path.read_bytes())
-    data[fifth + 12] ^= 0xFF
-    path.write_bytes(bytes(data))
+    corrupt(path, stored, 9)
     left, dropped = reopened(path)
-    assert left == stored[:4]
-    assert dropped == len(data) - fifth
+    assert left == stored[:9]
+    assert dropped == len(spool_module.encode(stored[9]))
+
+
+def test_a_corrupt_record_amid_good_ones_is_skipped_and_mended(tmp_path):
+    """
+    The fifth of ten records is corrupt (the disk's fault): its event is lost,
+    the five after it are read, the open says so once, and the record is
+    overwritten with one that means nothing, so the next open reads past it
+    without a word.
+    """
+    path = tmp_path / "spool"
+    spool = Spool(str(path))
+    stored = events(10)
+    for event in stored:
+        spool.add(event)
+    spool.close()
+    corrupt(path, stored, 4)
+    spool = Spool(str(path))
+    try:
+        assert spool.left_over() == stored[:4] + stored[5:]
+        assert spool.skipped() == (1, len(spool_module.encode(stored[4]))) and spool.dropped() == 0
+        assert spool.skipped() == (0, 0)
+    finally:
+        spool.close()
+    spool = Spool(str(path))
+    try:
+        assert spool.left_over() == stored[:4] + stored[5:] and spool.skipped() == (0, 0)
+    finally:
+        spool.close()
 
 
 def test_zeros_reserved_past_the_records_are_no_dropped_record(tmp_path):
@@ -117,7 +151,7 @@ def test_zeros_reserved_past_the_records_are_no_dropped_record(tmp_path):
 
 def crashed(path) -> list[Event]:
     """:return: What a process finds in the spool file as it is now, as if the one using it was killed"""
-    live, _, _ = spool_module.read_log(memoryview(path.read_bytes()))
+    live, _, _, _ = spool_module.read_log(memoryview(path.read_bytes()))
     return list(live.values())
 
 
@@ -492,3 +526,22 @@ def test_threads_adding_while_the_file_grows_lose_no_record(tmp_path):
     for t in range(4):
         numbers = [int(e.body.split(b":")[1]) for e in left if e.profile == f"t{t}"]
         assert numbers == list(range(per_thread))
+
+
+def test_trim_cuts_an_empty_spool_to_its_header_and_appends_go_on(tmp_path):
+    path = tmp_path / "spool"
+    spool = Spool(str(path))
+    stored = events(300)
+    for event in stored:
+        spool.add(event)
+    spool.trim()  # events live: nothing is cut
+    assert path.stat().st_size > HEADER.size
+    settle(spool, stored)
+    spool.trim()
+    assert path.stat().st_size == HEADER.size and spool.depth() == 0
+    more = events(3)
+    for event in more:
+        spool.add(event)
+    assert crashed(path) == more  # in the file as it is, before any close
+    spool.close()
+    assert reopened(path) == (more, 0)
