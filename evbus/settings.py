@@ -10,6 +10,7 @@ text); the broker, the router and the lanes receive the :class:`Settings`
 instead of looking options up.
 """
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ from evbus.lane import RetryPolicy
 
 # Options that are seconds (environment variables arrive as text)
 NUMBERS = ("stop_timeout", "timeout", "publish_timeout", "retry_seconds", "retry_backoff", "retry_backoff_max")
+# Numbers of seconds that 0 makes no sense for
+MORE_THAN_0 = ("publish_timeout",)
 # Options that are counts: whole numbers, 1 at least
 COUNTS = ("max_in_flight",)
 # Options that are sizes or caps: whole numbers, 0 for no bound
@@ -88,8 +91,12 @@ def value(name: str, raw: Any) -> Any:
             raw = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"The option {name} must be a number of seconds, not {raw!r}") from None
+        if not math.isfinite(raw):
+            raise ConfigError(f"The option {name} must be a finite number of seconds, not {raw!r}")
         if raw < 0:
             raise ConfigError(f"The option {name} must not be negative, not {raw!r}")
+        if raw == 0 and name in MORE_THAN_0:
+            raise ConfigError(f"The option {name} must be more than 0 seconds (every broker call would fail)")
     elif name in COUNTS or name in SIZES:
         try:
             raw = int(raw)

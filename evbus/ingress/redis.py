@@ -373,11 +373,14 @@ def retriable(hub, error: BaseException) -> bool:
     """
     Whether a retry can help: not for refused credentials (WRONGPASS,
     NOAUTH) or permissions (NOPERM), a key that holds no stream (WRONGTYPE),
-    or an event without a stream or channel.
+    an event without a stream or channel, or a connection that redis-py
+    cannot make of the profile (a ValueError: an URL with another scheme).
     """
     if isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("WRONGTYPE"):
         return False
-    refused = (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, redis.exceptions.DataError)
+    refused = (
+        redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError, redis.exceptions.DataError, ValueError
+    )
     return retry_helps(error, refused)
 
 

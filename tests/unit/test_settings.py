@@ -28,6 +28,25 @@ def test_settings_are_frozen_and_checked():
         Settings.read({"max_in_flight": "0"})
 
 
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"publish_timeout": "nan"}, "publish_timeout must be a finite number of seconds, not nan"),
+        ({"stop_timeout": "inf"}, "stop_timeout must be a finite number of seconds, not inf"),
+        ({"retry_seconds": "-1"}, "retry_seconds must not be negative"),
+        ({"publish_timeout": "0"}, "publish_timeout must be more than 0 seconds"),
+    ],
+)
+def test_seconds_are_finite_and_a_publish_timeout_is_more_than_0(options, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.read(options)
+
+
+def test_0_seconds_means_what_it_says_where_it_can(hub):
+    settings = Settings.read({"stop_timeout": "0", "retry_seconds": "0", "timeout": "0"})
+    assert (settings.stop_timeout, settings.retry_seconds, settings.timeout) == (0, 0, 0)
+
+
 def test_the_hub_reads_them_once_per_loaded_config(hub, monkeypatch):
     first = hub.evbus.settings.read()
     assert hub.evbus.settings.read() is first

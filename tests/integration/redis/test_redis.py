@@ -161,6 +161,15 @@ async def test_key_of_the_wrong_type_is_not_retried(hub, running, redis_reader, 
     assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
 
 
+async def test_an_url_redis_py_cannot_use_is_not_retried(hub, running, error_sink):
+    await running({"redis": {"default": {"connection": {"url": "redis-bad://127.0.0.1:6379/0"}, "stream": "s"}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.init.stop()
+    [error] = error_sink
+    assert error["attempts"] == 1 and "redis://" in str(error["exception"])
+    assert hub.evbus.broker.stats()["lanes"][0]["retried"] == 0
+
+
 async def test_profiles_sharing_a_connection_share_one_client_closed_on_stop(hub, running, redis_reader):
     stream = redis_reader.key()
     name = redis_reader.key()  # the client name the server lists the plugin's connections by
