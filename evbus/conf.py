@@ -167,13 +167,13 @@ CONFIG = {
         "default": "default",
         "type": str,
         "os": "EVBUS_PROFILE",
-        "help": "The profile of the events the evbus command publishes",
+        "help": "evbus publish: the profile of the events; evbus listen: the acct profile whose destination to listen on",
     },
     "routing_key": {
         "default": None,
         "type": str,
         "os": "EVBUS_ROUTING_KEY",
-        "help": "The routing key of the events the evbus command publishes",
+        "help": "evbus publish: the routing key of the events; evbus listen: the routing key to listen for",
     },
     "timeout": {
         "default": 5.0,

@@ -89,6 +89,9 @@ class Interrupt:
             stats = self.hub.evbus.broker.stats()
         except Exception:  # no bus (yet): nothing to count
             return ""
+        if stats["spool_depth"]:
+            # In the file: what the spool holds survives the exit
+            return f"; {stats['spool_depth']} event(s) not delivered yet stay in the spool, for its next start"
         due = sum(lane["queued"] for lane in stats["lanes"])
         settled = sum(lane["published"] + lane["failed"] for lane in stats["lanes"])
         left = due - settled + stats["queue_depth"]
@@ -156,8 +159,26 @@ def run(hub) -> int:
     except (EvbusError, ValueError) as e:
         print(f"evbus: {' '.join(hub.evbus.MASK.text(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the loop ran
+    except KeyboardInterrupt:  # before the loop ran (reading the events from stdin, say)
+        print("\nevbus: SIGINT: stopped before any event was put", file=sys.stderr)
         return 130
+
+
+def _out(text: str, end: str = "\n") -> bool:
+    """
+    Print to stdout, flushed. A reader that went away (``| head``) ends the
+    output, not the command: stdout goes to /dev/null from then on.
+
+    :return: False once the reader went away
+    """
+    try:
+        print(text, end=end, flush=True)
+        return True
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return False
 
 
 def read_events(hub, args: list[str] | tuple, path: str | None = None) -> list[Any]:
@@ -245,7 +266,7 @@ async def publish(hub, bodies: list[Any], progress: bool = False) -> int:
     for routing_key, queue in hub.ingress.internal.QUEUE.items():
         while not queue.empty():
             body = _decode(queue.get_nowait())
-            print(json.dumps({"routing_key": routing_key, "body": body}, default=repr), flush=True)
+            _out(json.dumps({"routing_key": routing_key, "body": body}, default=repr))
 
     stats = hub.evbus.broker.stats()
     put = stats["put"] - queued_before
@@ -350,22 +371,22 @@ async def replay(hub) -> int:
         print(f"evbus: no dead letters to replay: there is no file {store.path}", file=sys.stderr)
         return 0
     interrupt = hub.evbus.cli.INTERRUPT
-    try:
-        with _libraries_quiet():
+    with _libraries_quiet():  # (the connections' close included)
+        try:
             counts = await hub.evbus.deadletter.replay(contexts, plugin=opt.plugin, acct_profile=opt.acct_profile)
-    except asyncio.CancelledError as e:
-        if interrupt is None or not interrupt.caught(e):
-            raise
-        print(
-            f"evbus: {signal.Signals(interrupt.signum).name}: replay stopped; what was not delivered is in "
-            f"{hub.evbus.deadletter.store().path} again",
-            file=sys.stderr,
-        )
-        return interrupt.status
-    finally:
-        if interrupt is not None:
-            interrupt.armed = False
-        await hub.evbus.shutdown.close(hub.evbus.settings.get("timeout"))
+        except asyncio.CancelledError as e:
+            if interrupt is None or not interrupt.caught(e):
+                raise
+            print(
+                f"evbus: {signal.Signals(interrupt.signum).name}: replay stopped; what was not delivered is in "
+                f"{hub.evbus.deadletter.store().path} again",
+                file=sys.stderr,
+            )
+            return interrupt.status
+        finally:
+            if interrupt is not None:
+                interrupt.armed = False
+            await hub.evbus.shutdown.close(hub.evbus.settings.get("timeout"))
     print(
         f"evbus: {counts['replayed']} dead letter(s) replayed from {store.path}: "
         f"{counts['delivered']} delivered, {counts['failed']} failed again, "
@@ -397,13 +418,13 @@ async def profiles(hub) -> int:
         contexts = await hub.evbus.acct.profiles(acct_data={"internal": {MATCH_ALL.get(hub.match.PLUGIN, "*"): {}}})
     report: dict[str, dict[str, Any]] = {}
     unreachable = 0
-    with _libraries_quiet():
+    with _libraries_quiet():  # (the connections' close included)
         unreachable = await _reach(hub, contexts, report, timeout)
-    await hub.evbus.shutdown.close(timeout)
+        await hub.evbus.shutdown.close(timeout)
     if opt.output == "json":
-        print(json.dumps(report, indent=2, default=str))
+        _out(json.dumps(report, indent=2, default=str))
     else:
-        print(yaml.safe_dump(report, sort_keys=False, default_flow_style=False), end="")
+        _out(yaml.safe_dump(report, sort_keys=False, default_flow_style=False), end="")
     return 1 if unreachable else 0
 
 
@@ -454,6 +475,8 @@ async def listen(hub) -> int:
     opt = hub.OPT.evbus
     timeout = hub.evbus.settings.get("timeout") or None
     count = int(opt.count or 0)
+    if count < 0:
+        raise ConfigError(f"--count must be 0 (no limit) or more, not {count}")
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
     if not contexts:
@@ -472,6 +495,7 @@ async def listen(hub) -> int:
     ctx = data.NamespaceDict(acct=data.NamespaceDict(profile))
     source = f"ingress.{plugin_name} profile '{opt.profile}'"
     seen = 0
+    gone = False
     try:
         messages = plugin.listen(ctx, opt.routing_key).__aiter__()
         with _libraries_quiet():
@@ -479,8 +503,10 @@ async def listen(hub) -> int:
                 while (not count or seen < count) and (message := await _next(messages, timeout)):
                     routing_key, body = message
                     line = {"routing_key": routing_key, "body": _decode(body)}
-                    print(json.dumps(line, default=repr), flush=True)
                     seen += 1
+                    if not _out(json.dumps(line, default=repr)):
+                        gone = True  # the reader went away (| head): nobody takes more
+                        break
             finally:
                 await messages.aclose()
     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
@@ -490,14 +516,14 @@ async def listen(hub) -> int:
         where = _where(plugin, ctx)
         reason = str(e) if isinstance(e, EvbusError) else error_text(e)
         raise ListenError(f"cannot listen on {source}{where}: {reason}") from None
-    if count and not seen and timeout:
-        # Nothing came: a server that takes the connection and never answers looks the same
+    if not seen and timeout:
+        # Nothing came (with --count or without): a server that takes the connection and never answers looks the same
         # from here as a quiet destination, so the connection is tried once on its own
         unreachable = await _unreachable(plugin, ctx, timeout)
         if unreachable is not None:
             raise ListenError(f"cannot listen on {source}{_where(plugin, ctx)}: cannot connect: {unreachable}")
     _listened(seen, source)
-    if count and seen < count:
+    if count and seen < count and not gone:
         why = f"none for {timeout:g} s: --timeout" if timeout else "the destination ended"
         print(f"evbus: {count} message(s) asked for, {seen} came ({why})", file=sys.stderr, flush=True)
         return 1

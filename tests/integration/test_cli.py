@@ -179,6 +179,28 @@ def test_profiles_masks_secrets_and_checks_reachability(tmp_path, rabbitmq):
     assert "pr0file-s3cret" not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("command", ["publish", "profiles"])
+def test_output_into_a_reader_that_goes_away(tmp_path, command):
+    """
+    ``| head -2``: the reader goes away after two lines. No traceback; publish
+    still puts every event and says so, and exits as it would have.
+    """
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"n": n, "pad": "x" * 200}) + "\n" for n in range(3000)))
+    acct = tmp_path / "acct.yml"  # a report larger than a pipe holds
+    acct.write_text("internal:\n" + "".join(f"  profile-{n}:\n    routing_key: key-{n}\n" for n in range(2000)))
+    args = f'publish --file "{events}"' if command == "publish" else f'profiles --acct-file "{acct}" --output json'
+    script = f'"{EVBUS}" {args} 2>"{tmp_path}/err" | head -2 >/dev/null; echo "${{PIPESTATUS[0]}}" >"{tmp_path}/status"'
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, timeout=60, check=True)
+    err = (tmp_path / "err").read_text()
+    assert_clean(err)
+    assert "BrokenPipe" not in err
+    assert (tmp_path / "status").read_text().strip() == "0", err
+    if command == "publish":
+        assert "3000 event(s) put" in err, err
+
+
 def test_profiles_tries_the_destinations_at_once(tmp_path):
     """
     Four profiles on a server that takes the connection and never answers,
@@ -695,6 +717,12 @@ def test_an_acct_file_that_cannot_be_read_is_one_line(tmp_path, content, expecte
         assert "encrypted" not in line, line
 
 
+def test_listen_count_below_0_is_an_error(tmp_path):
+    out = evbus("listen", "--profile", "quiet", "--count", "-1", "--timeout", "0.5", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "--count must be 0 (no limit) or more, not -1" in out.stderr
+
+
 def test_listen_count_that_does_not_come_is_exit_1(tmp_path):
     """--count 2 on an internal profile that gets nothing: the summary says what came, exit status 1."""
     out = evbus("listen", "--profile", "quiet", "--count", "2", "--timeout", "0.5", cwd=tmp_path)
@@ -703,8 +731,9 @@ def test_listen_count_that_does_not_come_is_exit_1(tmp_path):
     assert "evbus: 2 message(s) asked for, 0 came (none for 0.5 s: --timeout)" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("count", [["--count", "1"], []], ids=["count", "no-count"])
 @pytest.mark.parametrize("plugin", ["pika", "redis", "mqtt"])
-def test_listen_on_a_server_that_never_answers_says_it_cannot_connect(tmp_path, plugin):
+def test_listen_on_a_server_that_never_answers_says_it_cannot_connect(tmp_path, plugin, count):
     """
     A server that takes the connection and never answers (what a real broker
     cannot be made to do): nothing came within --timeout, and the connection
@@ -718,7 +747,7 @@ def test_listen_on_a_server_that_never_answers_says_it_cannot_connect(tmp_path, 
     server.listen(16)  # the kernel accepts the connections; nobody answers them
     port = server.getsockname()[1]
     try:
-        out = _listen(tmp_path, _acct(tmp_path, plugin, unique(), port), "--count", "1", "--timeout", "1")
+        out = _listen(tmp_path, _acct(tmp_path, plugin, unique(), port), *count, "--timeout", "1")
     finally:
         server.close()
     assert out.returncode == 2, out.stderr

@@ -106,6 +106,28 @@ def test_a_second_signal_exits_at_once(tmp_path):
     assert "again: exiting now" in err
 
 
+def test_a_second_signal_with_the_spool_says_what_stays_in_it(tmp_path):
+    """With the spool on, an exit at once loses nothing: what it did not deliver stays in the spool, and it says so."""
+    from evbus.spool import Spool
+
+    proc = _start(tmp_path, _free_port(), spool=True)
+    _wait_started(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert_clean(err)
+    found = re.search(r"again: exiting now; (\d+) event\(s\) not delivered yet stay in the spool", err)
+    assert found, err
+    assert "are lost" not in err
+    spool = Spool(str(tmp_path / "spool"))
+    try:
+        assert len(spool.left_over()) >= int(found.group(1)) > 0
+    finally:
+        spool.close()
+
+
 def test_a_signal_stops_replay_and_keeps_every_dead_letter_once(tmp_path):
     """Replay to a broker that is down, interrupted: each dead letter is in the store once, as before."""
     proc = _start(tmp_path, _free_port())
