@@ -83,23 +83,34 @@ def test_a_record_cut_short_is_dropped_and_the_spool_goes_on(tmp_path, cut):
     assert reopened(path) == (stored + more, 0)
 
 
-def corrupt(path, stored: list[Event], index: int) -> int:
-    """Flip a byte in the payload of the record of ``stored[index]``; :return: where that record starts"""
+def holding(path, count: int) -> tuple[Spool, list[Event]]:
+    """:return: A spool at ``path``, open, and the ``count`` events stored in it"""
+    spool = Spool(str(path))
+    stored = events(count)
+    for event in stored:
+        spool.add(event)
+    return spool, stored
+
+
+def spooled(path, count: int) -> list[Event]:
+    """:return: ``count`` events, stored in a spool at ``path`` that is closed then"""
+    spool, stored = holding(path, count)
+    spool.close()
+    return stored
+
+
+def corrupt(path, stored: list[Event], index: int):
+    """Flip a byte in the payload of the record of ``stored[index]``"""
     start = HEADER.size + sum(len(spool_module.encode(event)) for event in stored[:index])
     data = bytearray(path.read_bytes())
     data[start + 12] ^= 0xFF
     path.write_bytes(bytes(data))
-    return start
 
 
 def test_a_corrupt_last_record_ends_what_is_read(tmp_path):
     """The last record's CRC does not match (a power loss wrote part of it): reading stops there."""
     path = tmp_path / "spool"
-    spool = Spool(str(path))
-    stored = events(10)
-    for event in stored:
-        spool.add(event)
-    spool.close()
+    stored = spooled(path, 10)
     corrupt(path, stored, 9)
     left, dropped = reopened(path)
     assert left == stored[:9]
@@ -114,11 +125,7 @@ def test_a_corrupt_record_amid_good_ones_is_skipped_and_mended(tmp_path):
     without a word.
     """
     path = tmp_path / "spool"
-    spool = Spool(str(path))
-    stored = events(10)
-    for event in stored:
-        spool.add(event)
-    spool.close()
+    stored = spooled(path, 10)
     corrupt(path, stored, 4)
     spool = Spool(str(path))
     try:
@@ -137,10 +144,7 @@ def test_a_corrupt_record_amid_good_ones_is_skipped_and_mended(tmp_path):
 def test_zeros_reserved_past_the_records_are_no_dropped_record(tmp_path):
     """A process that died leaves the space reserved ahead (zeros) in the file."""
     path = tmp_path / "spool"
-    spool = Spool(str(path))
-    stored = events(5)
-    for event in stored:
-        spool.add(event)
+    spool, stored = holding(path, 5)
     with open(path, "rb") as file:
         left_by_a_crash = file.read()
     spool.close()
@@ -530,10 +534,7 @@ def test_threads_adding_while_the_file_grows_lose_no_record(tmp_path):
 
 def test_trim_cuts_an_empty_spool_to_its_header_and_appends_go_on(tmp_path):
     path = tmp_path / "spool"
-    spool = Spool(str(path))
-    stored = events(300)
-    for event in stored:
-        spool.add(event)
+    spool, stored = holding(path, 300)
     spool.trim()  # events live: nothing is cut
     assert path.stat().st_size > HEADER.size
     settle(spool, stored)
