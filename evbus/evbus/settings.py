@@ -56,12 +56,8 @@ def _warn_unknown(hub, options: Any):
     """A warning for each option of the loaded config that evbus does not know (a typo in a config file)."""
     if not isinstance(options, Mapping):
         return
-    try:
-        names = set(options)
-    except ValueError:  # pop's hub.OPT before a config is loaded ("Uninitialized IMAP")
-        return
     known = set(CONFIG) | set(CLI_CONFIG)
-    for name in sorted(names - known, key=str):
+    for name in sorted(set(options) - known, key=str):
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         hub.log.warning(
