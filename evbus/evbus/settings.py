@@ -12,12 +12,9 @@ Unknown plugin names and values of the wrong kind are a
 
 This module calls no other module of the bus: they call it.
 """
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from evbus.conf import CLI_CONFIG
-from evbus.conf import CONFIG
 from evbus.exc import ConfigError
 from evbus.lane import RetryPolicy
 from evbus.settings import DEFAULTS
@@ -45,25 +42,9 @@ def read(hub) -> Settings:
     mod = hub.evbus.settings
     if mod.READ_FROM is opt:
         return mod.CURRENT
-    options = opt.get("evbus") if opt is not None else None
-    current = Settings.read(options)
+    current = Settings.read(opt.get("evbus") if opt is not None else None)
     mod.CURRENT, mod.READ_FROM = current, opt
-    _warn_unknown(hub, options)
     return current
-
-
-def _warn_unknown(hub, options: Any):
-    """A warning for each option of the loaded config that evbus does not know (a typo in a config file)."""
-    if not isinstance(options, Mapping):
-        return
-    known = set(CONFIG) | set(CLI_CONFIG)
-    for name in sorted(set(options) - known, key=str):
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        hub.log.warning(
-            f"The config has an evbus option evbus does not know, left out: '{name}'{hint}",
-            extra={"evbus_internal": True},
-        )
 
 
 def apply(hub) -> Settings:

@@ -55,20 +55,6 @@ def test_the_hub_reads_them_once_per_loaded_config(hub, monkeypatch):
     assert hub.evbus.settings.read().queue_size == 3 and hub.evbus.settings.get("queue_size") == 3
 
 
-def test_an_option_evbus_does_not_know_is_a_warning(hub, monkeypatch, tmp_path, caplog):
-    """A typo in a config file is said, with the option it is close to; the others apply."""
-    config = tmp_path / "evbus.yml"
-    config.write_text("evbus:\n  stop_timout: 3\n  queue_size: 4\n")
-    monkeypatch.setenv("EVBUS_CONFIG", str(config))
-    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
-    assert hub.evbus.settings.read().queue_size == 4
-    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
-    assert warnings == ["The config has an evbus option evbus does not know, left out: 'stop_timout' "
-                        "(did you mean 'stop_timeout'?)"]
-    hub.evbus.settings.read()
-    assert len([r for r in caplog.records if "does not know" in r.getMessage()]) == 1  # once per loaded config
-
-
 def _hub_calls(module: str) -> set[str]:
     """The subs of hub.evbus that a hub module of evbus calls: hub.evbus.<name>.<...>"""
     tree = ast.parse((HUB_MODULES / f"{module}.py").read_text())
