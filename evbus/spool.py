@@ -649,7 +649,8 @@ class Spool:
         Account for the events the lanes settled since the last call (see
         ``settled``): an event is finished once every lane it went to settled
         it, and its "done" is written once DONE_BATCH events are finished (or
-        the file emptied, when none is live then). In the loop's thread: the propagate hop calls it after each batch.
+        the file emptied, when none is live then). In the loop's thread: the
+        propagate hop calls it after each batch, a lane after its task settled.
         """
         settled = self._settled
         if not settled:
@@ -817,10 +818,16 @@ class Spool:
             if self._closed or self._live or log.mapped == HEADER.size:
                 return
             try:
-                os.ftruncate(log.fd, HEADER.size)
+                # Mapped before the cut: a map that fails leaves the file as it was, never
+                # cut under the larger map (a store past the file's end is a SIGBUS)
                 small = mmap.mmap(log.fd, HEADER.size)
             except OSError:
                 return  # as it was: emptied, with its space reserved
+            try:
+                os.ftruncate(log.fd, HEADER.size)
+            except OSError:
+                small.close()
+                return
             log.map, small = small, log.map
             log.end = log.mapped = HEADER.size
             self._synced = HEADER.size

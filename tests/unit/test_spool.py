@@ -546,3 +546,26 @@ def test_trim_cuts_an_empty_spool_to_its_header_and_appends_go_on(tmp_path):
     assert crashed(path) == more  # in the file as it is, before any close
     spool.close()
     assert reopened(path) == (more, 0)
+
+
+@pytest.mark.parametrize("failing", ["ftruncate", "mmap"])
+def test_a_trim_that_fails_leaves_the_spool_as_it_was(tmp_path, monkeypatch, failing):
+    """Neither a cut nor a map that fails leaves a map larger than the file (a store past its end is a SIGBUS)."""
+    path = tmp_path / "spool"
+    spool, stored = holding(path, 300)
+    settle(spool, stored)
+    size = path.stat().st_size
+
+    def fail(*args):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    target = spool_module.os if failing == "ftruncate" else spool_module.mmap
+    monkeypatch.setattr(target, failing, fail)
+    spool.trim()
+    monkeypatch.undo()
+    assert path.stat().st_size == size and spool._log.mapped <= size
+    more = events(300)
+    for event in more:
+        spool.add(event)
+    spool.close()
+    assert reopened(path) == (more, 0)
