@@ -53,10 +53,7 @@ def open_fd(path: str | os.PathLike, flags: int) -> int:
     :return: The file descriptor
     :raises OSError: It cannot be opened, or it is no regular file
     """
-    try:
-        regular(os.stat(path))  # (a FIFO would make the open fail with ENXIO, a directory with EISDIR)
-    except FileNotFoundError:
-        pass
+    regular_or_missing(path)  # (a FIFO would make the open fail with ENXIO, a directory with EISDIR)
     # O_NONBLOCK: a FIFO made meanwhile is refused below instead of blocking the open (it
     # changes nothing for a regular file); O_NOCTTY: a terminal never becomes ours
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, FILE_MODE)
@@ -86,6 +83,14 @@ def regular(status: os.stat_result):
     if not stat.S_ISREG(status.st_mode):
         kind = KINDS.get(stat.S_IFMT(status.st_mode), "no regular file")
         raise OSError(errno.EINVAL, f"it is {kind}, not a regular file")
+
+
+def regular_or_missing(path: str | os.PathLike):
+    """:raises OSError: Something that is no regular file is at ``path`` (saying what it is)"""
+    try:
+        regular(os.stat(path))
+    except FileNotFoundError:
+        pass
 
 
 def _too_wide(status: os.stat_result) -> bool:

@@ -6,7 +6,6 @@ directories evbus makes 0700); ``replay`` publishes them again and removes
 what was delivered.
 """
 import asyncio
-import os
 from typing import Any
 
 from evbus import private
@@ -45,9 +44,7 @@ def check(hub):
     """
     path = hub.evbus.settings.get("dead_letter_file") or default_path()
     try:
-        private.regular(os.stat(path))
-    except FileNotFoundError:
-        pass
+        private.regular_or_missing(path)
     except OSError as e:
         raise ConfigError(f"Cannot use the dead-letter file {path}: {e}") from None
 
