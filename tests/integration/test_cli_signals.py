@@ -57,6 +57,24 @@ def _wait_started(proc: subprocess.Popen, tmp_path, timeout: float = 30, log=Non
         time.sleep(0.05)
 
 
+def _read_until(proc: subprocess.Popen, text: str, timeout: float = 10) -> str:
+    """:return: What the command wrote on stderr up to ``text`` at least (within ``timeout`` seconds)"""
+    import selectors
+
+    read = b""
+    deadline = time.monotonic() + timeout
+    fd = proc.stderr.fileno()  # read raw: a buffered read would keep what select() cannot see
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while text.encode() not in read:
+            left = deadline - time.monotonic()
+            assert left > 0 and selector.select(left), f"no {text!r} on stderr within {timeout} s: {read!r}"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stderr ended before {text!r}: {read!r}"
+            read += chunk
+    return read.decode()
+
+
 def _dead_letters(tmp_path) -> int:
     path = tmp_path / "dead.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -113,9 +131,10 @@ def test_a_second_signal_with_the_spool_says_what_stays_in_it(tmp_path):
     proc = _start(tmp_path, _free_port(), spool=True)
     _wait_started(proc, tmp_path)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    before = _read_until(proc, "SIGINT: stopping")  # the first one is taken: the second is a second
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
+    err = before + err
     assert proc.returncode == 130
     assert_clean(err)
     found = re.search(r"again: exiting now; (\d+) event\(s\) not delivered yet stay in the spool", err)

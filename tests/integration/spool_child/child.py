@@ -26,8 +26,9 @@ async def main(count: int):
     print("all-put", flush=True)
     if sys.argv[4:] == ["hold"]:
         # (the lanes' own counts: stats() would ask the spool, which accounts for what was settled)
-        while sum(lane.published for lane in hub.evbus.route.all_lanes()) < count:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(120):  # (the test reads "published" or the end)
+            while sum(lane.published for lane in hub.evbus.route.all_lanes()) < count:
+                await asyncio.sleep(0.01)
         print("published", flush=True)
         await asyncio.sleep(3600)
     await hub.evbus.init.stop(timeout=120)
