@@ -9,15 +9,18 @@ One line per given-up event and destination::
      "content_type": "application/json", "body": "{\\"n\\": 1}", "body_encoding": "utf-8"}
 
 ``body`` holds the exact serialized bytes: as text when they are UTF-8, else
-base64 (``body_encoding``). Appends and rewrites are serialized by a lock, and
-a rewrite replaces the file atomically, so a crash leaves either the old or
-the new file, never half of one.
+base64 (``body_encoding``). Appends and rewrites hold the file's lock
+(``flock``: other processes may write the same file), and a rewrite replaces
+the file atomically, so a crash leaves either the old or the new file, never
+half of one.
 
 The file holds event bodies: it is private (0600, in directories evbus
 makes 0700; see :mod:`evbus.private`).
 """
 import base64
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -25,9 +28,7 @@ import threading
 import time
 import uuid
 from typing import Any
-from typing import TextIO
 from collections.abc import Callable
-from collections.abc import Iterable
 from collections.abc import Iterator
 
 from evbus import private
@@ -66,11 +67,11 @@ def to_record(event: Event, **destination: Any) -> dict[str, Any]:
 
 def to_event(record: dict[str, Any]) -> Event:
     """
-    :param record: A dead-letter record
+    :param record: A dead-letter record (one :func:`is_record` accepts)
     :return: The event it holds, with its original id and time
     """
     body = record["body"]
-    data = base64.b64decode(body) if record.get("body_encoding") == "base64" else body.encode("utf-8")
+    data = base64.b64decode(body, validate=True) if record.get("body_encoding") == "base64" else body.encode("utf-8")
     return Event(
         profile=record.get("profile", "default"),
         routing_key=record.get("routing_key"),
@@ -81,9 +82,48 @@ def to_event(record: dict[str, Any]) -> Event:
     )
 
 
+def is_record(record: Any) -> bool:
+    """
+    :param record: What a line of the file holds, parsed
+    :return: True when it is a whole dead letter: its ``id`` is text, its
+        body text in its encoding (base64 that decodes), and its ``record`` and
+        the event's other fields, when given, of their types. Anything else is
+        a line that holds no dead letter: replay leaves it in the file as it is.
+    """
+    if not isinstance(record, dict):
+        return False
+    if not (isinstance(record.get("id"), str) and isinstance(record.get("body"), str)):
+        return False
+    optional = {
+        "record": (str,),
+        "profile": (str,),
+        "routing_key": (str, type(None)),
+        "content_type": (str,),
+        "timestamp": (int, float),
+        "body_encoding": (str,),
+    }
+    for key, types in optional.items():
+        if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool)):
+            return False
+    encoding = record.get("body_encoding", "utf-8")
+    if encoding == "base64":
+        try:
+            base64.b64decode(record["body"], validate=True)
+        except ValueError:
+            return False
+    elif encoding != "utf-8":
+        return False
+    return True
+
+
 class DeadLetterStore:
     """
     :param path: The JSON lines file, private (0600); its directory is made (0700) when needed
+
+    Other processes may use the same file (an app dead-lettering while
+    ``evbus replay`` runs): every append and rewrite holds the file's lock
+    (``flock``), and an append checks that the file it opened is still the one
+    at ``path``, since a rewrite replaces it.
     """
 
     def __init__(self, path: str):
@@ -91,7 +131,7 @@ class DeadLetterStore:
         self._lock = threading.Lock()
         # Within batch(): how deep, and the file kept open for it
         self._batching = 0
-        self._batch_file: TextIO | None = None
+        self._batch_fd: int | None = None
 
     def append(self, record: dict[str, Any]):
         """
@@ -99,20 +139,52 @@ class DeadLetterStore:
         :meth:`batch`, in the file (the kernel has it: a crash of the process
         loses nothing) and on disk when the batch ends.
         """
-        line = json.dumps(record, default=str) + "\n"
+        line = (json.dumps(record, default=str) + "\n").encode("utf-8")
         with self._lock:
             if self._batching:
-                if self._batch_file is None:
-                    private.make_dirs(self.path.parent)
-                    self._batch_file = self._open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a")
-                self._batch_file.write(line)
-                self._batch_file.flush()
+                self._batch_fd = self._append(self._batch_fd, line)
                 return
-            private.make_dirs(self.path.parent)
-            with self._open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a") as out:
-                out.write(line)
-                out.flush()
-                os.fsync(out.fileno())
+            fd = self._append(None, line)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _append(self, fd: int | None, line: bytes) -> int:
+        """
+        Append ``line`` under the file's lock, to the file at ``path`` now, and
+        after a newline when the file's last line has none (a torn write, an
+        edit): the record gets a line of its own.
+
+        :param fd: The file as opened before, or None
+        :return: The file it went to, open
+        """
+        while True:
+            if fd is None:
+                private.make_dirs(self.path.parent)
+                fd = private.open_fd(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if self._is_current(fd):
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        _write_all(fd, b"\n")
+                    _write_all(fd, line)
+                    return fd
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            # Replaced by a rewrite (which holds what was written before): to the new file
+            os.close(fd)
+            fd = None
+
+    def _is_current(self, fd: int) -> bool:
+        """:return: True when ``fd`` is the file at ``path`` (no rewrite replaced it)"""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(fd)
+        return (opened.st_dev, opened.st_ino) == (now.st_dev, now.st_ino)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -128,68 +200,96 @@ class DeadLetterStore:
         finally:
             with self._lock:
                 self._batching -= 1
-                out = self._batch_file
-                if not self._batching and out is not None:
-                    self._batch_file = None
+                fd = self._batch_fd
+                if not self._batching and fd is not None:
+                    self._batch_fd = None
                     try:
-                        os.fsync(out.fileno())
+                        os.fsync(fd)
                     finally:
-                        out.close()
+                        os.close(fd)
 
     def read(self) -> list[dict[str, Any]]:
-        """:return: Every record, oldest first; lines that are not JSON records are skipped"""
+        """:return: Every record, oldest first; lines that hold none are skipped"""
         with self._lock:
-            return list(self._read())
+            return [record for _, record in self._lines() if record is not None]
 
     def unreadable(self) -> int:
         """:return: How many lines of the file hold no dead letter (not JSON, or not a record); blank ones aside"""
         with self._lock:
             return sum(1 for line, record in self._lines() if record is None and line.strip())
 
-    def _read(self) -> Iterable[dict[str, Any]]:
-        for _, record in self._lines():
-            if record is not None:
-                yield record
-
-    def _lines(self) -> Iterable[tuple[str, dict[str, Any] | None]]:
+    def _lines(self) -> list[tuple[bytes, dict[str, Any] | None]]:
         """:return: Each line of the file, with its record, or None when it holds none"""
-        if not self.path.exists():
-            return
-        with self._open(self.path, os.O_RDONLY, "r") as lines:
+        try:
+            fd = private.open_fd(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return []
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # no append half written
+            return self._parse(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _parse(fd: int) -> list[tuple[bytes, dict[str, Any] | None]]:
+        with open(fd, "rb", closefd=False) as lines:
+            parsed = []
             for line in lines:
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except ValueError:  # (not UTF-8 included)
                     record = None
-                if not (isinstance(record, dict) and "id" in record and "body" in record):
+                if not is_record(record):
                     record = None
-                yield line, record
+                elif "record" not in record:  # (written by hand) known by its line, to be removed
+                    record["record"] = "line-" + hashlib.sha256(line.strip()).hexdigest()[:32]
+                parsed.append((line, record))
+            return parsed
 
     def remove(self, drop: Callable[[dict[str, Any]], bool]) -> int:
         """
         Rewrite the file without the records ``drop`` selects, atomically.
+        A symbolic link at ``path`` stays: the file it leads to is rewritten.
 
         :return: How many records were removed
         """
         with self._lock:
-            kept, removed = [], 0
-            for line, record in self._lines():
-                if record is not None and drop(record):
-                    removed += 1
-                else:
-                    kept.append(line)  # as it was, records and lines that are none alike
-            if not removed:
+            try:
+                fd = private.open_fd(self.path, os.O_RDONLY)
+            except FileNotFoundError:
                 return 0
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            with self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "w") as out:
-                for line in kept:
-                    out.write(line if line.endswith("\n") else line + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-            return removed
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                while not self._is_current(fd):  # replaced by another process's rewrite meanwhile
+                    os.close(fd)
+                    fd = private.open_fd(self.path, os.O_RDONLY)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                kept, removed = [], 0
+                for line, record in self._parse(fd):
+                    if record is not None and drop(record):
+                        removed += 1
+                    else:
+                        kept.append(line if line.endswith(b"\n") else line + b"\n")  # as it was
+                if removed:
+                    self._replace(b"".join(kept))
+                return removed
+            finally:
+                os.close(fd)  # (and the lock with it, once the new file is in place)
 
-    @staticmethod
-    def _open(path: pathlib.Path, flags: int, mode: str) -> TextIO:
-        """The store's file (or its rewrite), private: made 0600, tightened to 0600 when wider."""
-        return open(private.open_fd(path, flags), mode, encoding="utf-8")
+    def _replace(self, data: bytes):
+        """Put a file holding ``data`` in place of the store's, atomically."""
+        target = pathlib.Path(os.path.realpath(self.path))
+        temporary = target.with_name(target.name + ".tmp")
+        out = private.open_fd(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            _write_all(out, data)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(temporary, target)
+
+
+def _write_all(fd: int, data: bytes):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -396,7 +396,7 @@ async def replay(hub) -> int:
     unreadable = store.unreadable()
     if unreadable:
         print(
-            f"evbus: {unreadable} line(s) of {store.path} hold no dead letter (not a JSON record): "
+            f"evbus: {unreadable} line(s) of {store.path} hold no dead letter (not JSON, or not a whole record): "
             f"left in the file as they are",
             file=sys.stderr,
         )

@@ -145,6 +145,31 @@ async def test_replay_keeps_what_fails_again_and_what_has_no_destination(hub, ru
     await hub.evbus.shutdown.close(timeout=5)
 
 
+async def test_replay_delivers_the_records_and_leaves_lines_that_are_none(hub, running):
+    """Lines that are no whole dead letter (a body of null, base64 that is none, no id) stay; the others go."""
+    add_ingress(hub, "flaky")
+    hub.ingress.flaky.FAIL_NEXT = 10**6
+    contexts = await running({"flaky": {"default": {}}})
+    await hub.evbus.broker.put(body=1)
+    await hub.evbus.broker.put(body=2)
+    await hub.evbus.init.stop()
+    path = hub.evbus.deadletter.store().path
+    first, second = path.read_text().splitlines()
+    bad = [
+        json.dumps({"id": "x", "body": None, "plugin": "flaky", "acct_profile": "default"}),
+        json.dumps({"id": "y", "body": "%%%", "body_encoding": "base64", "plugin": "flaky", "acct_profile": "default"}),
+        json.dumps({"body": "3", "plugin": "flaky", "acct_profile": "default"}),
+    ]
+    path.write_text("\n".join([first, *bad, second]) + "\n")
+    hub.ingress.flaky.FAIL_NEXT = 0
+    counts = await hub.evbus.deadletter.replay(contexts)
+    assert counts == {"replayed": 2, "delivered": 2, "failed": 0, "no_destination": 0}
+    assert [json.loads(b) for b in hub.ingress.flaky.SEEN] == [1, 2]
+    assert path.read_text() == "\n".join(bad) + "\n"
+    assert hub.evbus.deadletter.store().unreadable() == 3
+    await hub.evbus.shutdown.close(timeout=5)
+
+
 async def test_stop_timeout_dead_letters_what_is_left(hub, running):
     add_ingress(hub, "hang")
     await running({"hang": {"default": {}}})
