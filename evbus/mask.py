@@ -24,6 +24,9 @@ SECRET_KEY = re.compile(
 # "/" in it as it is (an URL in data, a value of its own, may hold spaces too: to its last "@")
 URL_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>\S+)@")
 URL_VALUE = re.compile(r"\s*[a-zA-Z][a-zA-Z0-9+.\-]*://(?P<userinfo>.+)@", re.DOTALL)
+# A secret in an URL's query: ?password=..., &sasl_password=..., ;token=... (the key one of SECRET_KEY's)
+# (a ":" that ends the value before a space or the end is the text's: "...?password=x: refused")
+URL_QUERY = re.compile(r"(?P<head>[?&;](?P<key>[A-Za-z0-9_.\-]+)=)(?P<value>[^&;#\s]+?)(?=[&;#\s]|:\s|:$|$)")
 # A token alone (no ":") is learned from profiles when it is at least this long: a user name
 # alone ("amqp://guest@host") must not mask every short word it appears in
 TOKEN_LENGTH = 8
@@ -49,6 +52,15 @@ def _mask_userinfo(match: re.Match) -> str:
     return f"{match.group('head')}{userinfo[: len(userinfo) - len(secret)]}{MASK}@"
 
 
+def _mask_query(match: re.Match) -> str:
+    return match.group("head") + MASK if is_secret_key(match.group("key")) else match.group(0)
+
+
+def query_secrets(text: str) -> list[str]:
+    """:return: The values of the secrets in ``text``'s URL queries (``?password=...``)"""
+    return [m.group("value") for m in URL_QUERY.finditer(text) if is_secret_key(m.group("key"))]
+
+
 def is_secret_key(key: Any) -> bool:
     """
     :param key: A mapping key
@@ -59,7 +71,8 @@ def is_secret_key(key: Any) -> bool:
 
 class Masker:
     """
-    Replaces known secret values and URL passwords with ``***``.
+    Replaces known secret values, URL passwords and the secrets of URL queries
+    (``?password=...``) with ``***``.
     """
 
     def __init__(self):
@@ -88,6 +101,8 @@ class Masker:
             for item in data:
                 self._walk(item)
         elif isinstance(data, str):
+            for secret in query_secrets(data):
+                self._add(secret)
             match = URL_VALUE.match(data)
             if match:
                 userinfo = match.group("userinfo")
@@ -108,6 +123,7 @@ class Masker:
         """
         text = str(text)
         text = URL_USERINFO.sub(_mask_userinfo, text)
+        text = URL_QUERY.sub(_mask_query, text)
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)
         return text

@@ -61,3 +61,17 @@ def test_secrets_of_urls_in_profiles_are_learned_whole():
     # a user name alone is no secret to learn: short words it appears in stay as they are
     masker.learn({"url": "amqp://guest@127.0.0.1/"})
     assert masker.text("guest") == "guest"
+
+
+def test_secrets_in_url_queries_are_masked_and_learned():
+    """amqp://host/?password=..., redis://host?password=...: the value is masked wherever it appears."""
+    masker = Masker()
+    masker.learn({"connection": {"url": "amqp://127.0.0.1:5672/?heartbeat=5&password=q-s3cret"}})
+    assert masker.text("cannot connect to amqp://127.0.0.1:5672/?heartbeat=5&password=q-s3cret: refused") == (
+        "cannot connect to amqp://127.0.0.1:5672/?heartbeat=5&password=***: refused"
+    )
+    assert masker.text("login q-s3cret refused") == "login *** refused"
+    assert Masker().text("redis://h/0?db=1;sasl_password=pw#x ?page=2&Token=t") == (
+        "redis://h/0?db=1;sasl_password=***#x ?page=2&Token=***"
+    )
+    assert Masker().data({"url": "nats://h:4222?token=abc&name=x"}) == {"url": "nats://h:4222?token=***&name=x"}
