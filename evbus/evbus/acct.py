@@ -72,6 +72,7 @@ async def profiles(
         raise ConfigError(f"acct data must be a mapping of provider -> profiles, not {type(acct_data).__name__}")
 
     accepted = {provider for _, providers in hub.evbus.contexts.ingress_plugins().values() for provider in providers}
+    hub.evbus.acct.UNSERVED = {}
     contexts = data.NamespaceDict()
     unserved = []
     for provider, provider_profiles in acct_data.items():
@@ -95,6 +96,13 @@ async def profiles(
     return contexts
 
 
+def __init__(hub):
+    # The providers of the last profiles() call that no ingress plugin serves:
+    # {provider: (its profile names, why they get no events when it looks like a
+    # mistake (a plugin that cannot load, a name close to a served one), else None)}
+    hub.evbus.acct.UNSERVED = {}
+
+
 def _warn_unserved(hub, unserved: list[tuple[str, Any]], accepted: set[str]):
     """
     Say which acct providers get no events: the profiles of a provider whose
@@ -106,30 +114,31 @@ def _warn_unserved(hub, unserved: list[tuple[str, Any]], accepted: set[str]):
     others = []
     for provider, provider_profiles in unserved:
         base = provider.split(".")[0]
+        try:
+            names = [name for name, _ in hub.evbus.contexts.entries(provider, provider_profiles or {})]
+        except ProfileError:
+            names = []
         reason = next(
             (f"ingress.{plugin} cannot load: {text}" for plugin, text in load_errors.items()
              if base == plugin or base in re.findall(r"[\w-]+", text)),
             None,
         )
         if reason is None:
-            others.append(provider)
+            close = difflib.get_close_matches(base, accepted, n=1, cutoff=0.75)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            others.append(f"'{provider}'{hint}")
+            mistake = f"no ingress plugin serves the acct provider '{provider}'{hint}" if close else None
+            hub.evbus.acct.UNSERVED[provider] = (names, mistake)
             continue
-        try:
-            names = [name for name, _ in hub.evbus.contexts.entries(provider, provider_profiles or {})]
-        except ProfileError:
-            names = []
+        hub.evbus.acct.UNSERVED[provider] = (names, reason)
         for name in names or ["(none)"]:
             hub.log.warning(
                 f"Profile '{name}' of acct provider '{provider}' gets no events: {reason}",
                 extra={"evbus_internal": True},
             )
     if others:
-        hints = []
-        for provider in others:
-            close = difflib.get_close_matches(provider.split(".")[0], accepted, n=1, cutoff=0.75)
-            hints.append(f"'{provider}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         hub.log.warning(
-            f"No ingress plugin serves the acct provider(s) {', '.join(hints)}: their profiles get no events. "
+            f"No ingress plugin serves the acct provider(s) {', '.join(others)}: their profiles get no events. "
             f"Providers served: {', '.join(sorted(accepted))}",
             extra={"evbus_internal": True},
         )

@@ -29,6 +29,8 @@ line and a summary on stderr; the exit status is 1 when a publish failed.
 """
 import asyncio
 import contextlib
+import difflib
+import inspect
 import json
 import logging
 import os
@@ -364,6 +366,14 @@ async def replay(hub) -> int:
         failed again, or has no destination in the profiles)
     """
     opt = hub.OPT.evbus
+    plugins = hub.evbus.contexts.ingress_plugins()
+    if opt.plugin and opt.plugin not in plugins:
+        close = difflib.get_close_matches(opt.plugin, plugins, n=1)
+        raise ConfigError(
+            f"--plugin {opt.plugin}: no such ingress plugin"
+            + (f" (did you mean '{close[0]}'?)" if close else "")
+            + f"; the ingress plugins: {', '.join(sorted(plugins))}"
+        )
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
     store = hub.evbus.deadletter.store()
@@ -408,12 +418,18 @@ async def profiles(hub) -> int:
     Print the configured profiles per provider with their secrets masked, and
     whether each destination can be reached (connected to, then closed).
 
+    A provider that no ingress plugin serves and whose name is close to one
+    that is served (a typo), or whose plugin cannot load, is listed with its
+    profiles as not reachable, saying why; another program's provider (in a
+    shared acct file) is left out.
+
     :return: 0 when every destination is reachable, else 1
     """
     opt = hub.OPT.evbus
     timeout = hub.evbus.settings.get("timeout")
     hub.pop.loop.CURRENT_LOOP = asyncio.get_running_loop()
     contexts = await hub.evbus.acct.profiles(acct_file=opt.acct_file, acct_key=opt.acct_key)
+    unserved = dict(hub.evbus.acct.UNSERVED)
     if not contexts:
         contexts = await hub.evbus.acct.profiles(acct_data={"internal": {MATCH_ALL.get(hub.match.PLUGIN, "*"): {}}})
     report: dict[str, dict[str, Any]] = {}
@@ -421,6 +437,12 @@ async def profiles(hub) -> int:
     with _libraries_quiet():  # (the connections' close included)
         unreachable = await _reach(hub, contexts, report, timeout)
         await hub.evbus.shutdown.close(timeout)
+    for provider, (names, mistake) in unserved.items():
+        if mistake is None:
+            continue
+        for name in names or ["(none)"]:
+            report.setdefault(provider, {})[name] = {"plugin": None, "reachable": False, "error": mistake}
+            unreachable += 1
     if opt.output == "json":
         _out(json.dumps(report, indent=2, default=str))
     else:
@@ -487,7 +509,8 @@ async def listen(hub) -> int:
         if name == opt.profile
     ]
     if not destinations:
-        raise ConfigError(f"no acct profile named '{opt.profile}'")
+        names = sorted({name for _, _, name, _ in hub.evbus.contexts.destinations(contexts)})
+        raise ConfigError(f"no acct profile named '{opt.profile}' (the profiles: {', '.join(names) or 'none'})")
     plugin_name, _, _, profile = destinations[0]
     plugin = hub.ingress[plugin_name]
     if not hasattr(plugin, "listen"):
@@ -497,16 +520,19 @@ async def listen(hub) -> int:
     seen = 0
     gone = False
     try:
-        messages = plugin.listen(ctx, opt.routing_key).__aiter__()
+        messages = _own_generator(hub, plugin.listen, ctx, opt.routing_key)
         with _libraries_quiet():
             try:
                 while (not count or seen < count) and (message := await _next(messages, timeout)):
                     routing_key, body = message
                     line = {"routing_key": routing_key, "body": _decode(body)}
-                    seen += 1
                     if not _out(json.dumps(line, default=repr)):
                         gone = True  # the reader went away (| head): nobody takes more
+                        # ... nor this one: a broker that acknowledges what is taken keeps it
+                        with contextlib.suppress(BrokenPipeError, StopAsyncIteration):
+                            await messages.athrow(BrokenPipeError("the output went away"))
                         break
+                    seen += 1
             finally:
                 await messages.aclose()
     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt
@@ -516,7 +542,7 @@ async def listen(hub) -> int:
         where = _where(plugin, ctx)
         reason = str(e) if isinstance(e, EvbusError) else error_text(e)
         raise ListenError(f"cannot listen on {source}{where}: {reason}") from None
-    if not seen and timeout:
+    if not seen and timeout and not gone:
         # Nothing came (with --count or without): a server that takes the connection and never answers looks the same
         # from here as a quiet destination, so the connection is tried once on its own
         unreachable = await _unreachable(plugin, ctx, timeout)
@@ -528,6 +554,23 @@ async def listen(hub) -> int:
         print(f"evbus: {count} message(s) asked for, {seen} came ({why})", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _own_generator(hub, function, *args):
+    """
+    The plugin's own async generator of ``function``. pop calls an async
+    generator function from a generator of its own that iterates the
+    plugin's: closing pop's (or throwing into it) leaves the plugin's
+    generator open, to be closed by the loop's finalizer after
+    ``asyncio.run`` cancelled the tasks, which ends its cleanup at its first
+    await. The command closes the plugin's generator itself, at once: the
+    connection is closed, and a message taken is acknowledged, before the
+    summary. (pop runs no contract around it: ``sig_listen`` is checked at load.)
+    """
+    func = getattr(function, "func", None)
+    if not inspect.isasyncgenfunction(func):
+        return function(*args).__aiter__()
+    return func(hub, *args) if getattr(function, "implicit_hub", True) else func(*args)
 
 
 async def _unreachable(plugin, ctx, timeout: float) -> str | None:

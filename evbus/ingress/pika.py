@@ -600,9 +600,11 @@ async def listen(hub, ctx, routing_key: str | None = None):
     Consume the profile's queue (``evbus listen``): the queue named by the
     routing key, which must exist.
 
-    One message is taken at a time (prefetch 1) and acknowledged as it is
-    handed out, so that a consumer that stops after N messages took exactly
-    N: the one RabbitMQ had sent ahead goes back to the queue, unacknowledged.
+    One message is taken at a time (prefetch 1) and acknowledged once it was
+    taken: when the next one is asked for, or when the iterator is closed
+    after it (``--count`` reached). A ``BrokenPipeError`` thrown in at the
+    ``yield`` (the output went away before the message was printed) leaves it
+    unacknowledged: it goes back to the queue as the channel closes.
 
     :param routing_key: The queue, when the profile names no routing_key
     :return: An async iterator of (queue, body)
@@ -635,8 +637,12 @@ async def listen(hub, ctx, routing_key: str | None = None):
         try:
             async with queue.iterator() as messages:
                 async for message in messages:
+                    try:
+                        yield queue_name, message.body
+                    except GeneratorExit:  # closed after taking it
+                        await message.ack()
+                        raise
                     await message.ack()
-                    yield queue_name, message.body
         except aio_pika.exceptions.AMQPError as e:
             raise listen_error("lost the connection", e) from e
         # The iterator ends when the channel closed: not by us, so the connection was lost

@@ -235,6 +235,38 @@ def test_profiles_tries_the_destinations_at_once(tmp_path):
     assert [entry["error"] for entry in report["pika"].values()] == ["no connection within 8.0 s"] * 3
 
 
+def test_profiles_lists_a_provider_with_a_typo_as_not_reachable(tmp_path):
+    """A provider close to a served one gets no events: listed with why, exit 1; another program's is left out."""
+    acct = tmp_path / "acct.yml"
+    acct.write_text("pikaa:\n  orders: {}\n  audit: {}\naws:\n  default:\n    key: x\ninternal:\n  default: {}\n")
+    out = evbus("profiles", "--acct-file", str(acct), "--output", "json", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert sorted(report) == ["internal", "pikaa"]
+    for name in ("orders", "audit"):
+        assert report["pikaa"][name]["reachable"] is False
+        assert report["pikaa"][name]["error"] == "no ingress plugin serves the acct provider 'pikaa' (did you mean 'pika'?)"
+
+    acct.write_text("aws:\n  default:\n    key: x\ninternal:\n  default: {}\n")
+    out = evbus("profiles", "--acct-file", str(acct), "--output", "json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(out.stdout)) == ["internal"]
+
+
+def test_replay_of_a_plugin_that_does_not_exist_is_an_error(tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    dead.write_text(json.dumps({"id": "e-1", "plugin": "pika", "acct_profile": "default", "body": "1"}) + "\n")
+    acct = tmp_path / "acct.yml"
+    acct.write_text("internal:\n  default: {}\n")
+    out = evbus("replay", "--acct-file", str(acct), "--plugin", "pikaa", env={"EVBUS_DEAD_LETTER_FILE": str(dead)}, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert _error_line(out.stderr) == (
+        "evbus: --plugin pikaa: no such ingress plugin (did you mean 'pika'?); "
+        "the ingress plugins: internal, kafka, mqtt, nats, pika, redis"
+    )
+    assert dead.read_text().count("e-1") == 1
+
+
 def test_profiles_without_configuration(tmp_path):
     out = evbus("profiles", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -325,7 +357,7 @@ def test_listen_with_an_unknown_profile(tmp_path):
     acct = tmp_path / "acct.yml"
     acct.write_text("internal:\n  default: {}\n")
     out = evbus("listen", "--acct-file", str(acct), "--profile", "nope", cwd=tmp_path)
-    assert out.returncode == 2 and "no acct profile named 'nope'" in out.stderr
+    assert out.returncode == 2 and "no acct profile named 'nope' (the profiles: default)" in out.stderr
 
 
 def _env() -> dict:
@@ -589,6 +621,26 @@ async def test_listen_count_takes_and_acknowledges_exactly_that_many(tmp_path, a
     assert [json.loads(m.body) for m in await amqp.take(queue, 1)] == [{"n": 2}]
 
 
+async def test_listen_into_a_reader_that_went_away_leaves_the_message_in_the_queue(tmp_path, amqp):
+    """The output is gone before the first message is printed: it is not acknowledged, and stays in the queue."""
+    queue = await amqp.queue(auto_delete=False)
+    await _put(amqp, queue, {"n": 0}, {"n": 1}, {"n": 2})
+    acct = _acct(tmp_path, "pika", queue, 5672)
+    proc = subprocess.Popen(
+        [str(EVBUS), "listen", "--acct-file", str(acct), "--profile", "mine", "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=_env(),
+    )
+    proc.stdout.close()  # (| head that ended before the first line)
+    try:
+        err = await asyncio.get_running_loop().run_in_executor(None, lambda: proc.communicate(timeout=60)[1])
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert_clean(err.decode())
+    assert await amqp.ready(queue) == 3
+    assert [json.loads(m.body) for m in await amqp.take(queue, 3)] == [{"n": n} for n in range(3)]
+
+
 async def test_listen_ends_on_ctrl_c_with_its_summary(tmp_path, amqp):
     queue = await amqp.queue(auto_delete=False)
     await _put(amqp, queue, {"n": 0})
@@ -650,7 +702,7 @@ def test_an_error_is_one_line_when_its_text_is_not(tmp_path):
     acct.write_text("internal:\n  default: {}\n")
     out = evbus("listen", "--acct-file", str(acct), "--profile", "two\nlines", cwd=tmp_path)
     assert out.returncode == 2
-    assert _error_line(out.stderr) == "evbus: no acct profile named 'two lines'"
+    assert _error_line(out.stderr) == "evbus: no acct profile named 'two lines' (the profiles: default)"
 
 
 def test_an_acct_file_without_internal_gets_no_hidden_lane(tmp_path, redis_server):
