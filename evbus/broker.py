@@ -182,6 +182,11 @@ class BusQueue(LeanQueue):
         self._queue.clear()
         return items
 
+    def events(self) -> int:
+        """:return: How many events are queued, those other threads put included (the listener's stop aside)"""
+        queued = sum(1 for item in self._queue if item.__class__ is tuple or isinstance(item, Event))
+        return queued + len(self._handoff)
+
     def put_back(self, items: list):
         """Queue ``items`` again, in order, in front of what is queued (the listener stopped before them)."""
         self._queue.extendleft(reversed(items))

@@ -118,6 +118,15 @@ async def start(hub, contexts: dict[str, Any] | None = None):
                 spool.flush()
                 spool.trim()
             hub.log.debug("The event bus stopped", extra={"evbus_internal": True})
+            queued = bus.events() if stop_item is None else 0
+            if queued:
+                # Cancelled (or failed) instead of stopped: puts are still taken, for the next start()
+                hub.log.warning(
+                    f"The event bus listener ended without stop(): {queued} event(s) stay queued, "
+                    f"for the next start()"
+                    + (f" (and in the spool {spool.path})" if spool is not None else ": lost if the process ends now"),
+                    extra={"evbus_internal": True},
+                )
             if stop_item is not None and not stop_item.done.done():
                 if undelivered is None:
                     stop_item.done.set_exception(BusStoppedError("The listener was cancelled while it stopped"))

@@ -37,6 +37,7 @@ from tests.brokers import ServerProcess
 from tests.brokers import service
 from tests.brokers import unique
 from tests.conftest import add_ingress
+from tests.conftest import take_json
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -417,3 +418,25 @@ async def test_a_listener_cancelled_while_closing_ends(hub):
             await asyncio.wait_for(stopping, 2)
     finally:
         await hub.ingress.swallow.release()
+
+
+async def test_a_listener_cancelled_instead_of_stopped_says_what_stays_queued(hub, caplog):
+    """Events queued when the listener is cancelled stay for the next start(), with a warning that counts them."""
+    contexts = await hub.evbus.acct.profiles(acct_data={"internal": {"default": {}}})
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=10)
+    for n in range(5):
+        hub.evbus.broker.put_nowait(body={"n": n})
+    listener.cancel()  # before the listener takes them
+    done, _ = await asyncio.wait([listener], timeout=5)
+    assert done and listener.cancelled()
+    assert "ended without stop(): 5 event(s) stay queued, for the next start(): lost if the process ends now" in (
+        caplog.text
+    )
+    hub.evbus.broker.put_nowait(body={"n": 5})  # still taken
+    listener = asyncio.create_task(hub.evbus.init.start(contexts))
+    await hub.evbus.init.join(timeout=10)
+    assert await take_json(await hub.ingress.internal.get(), 6) == [{"n": n} for n in range(6)]
+    assert await hub.evbus.init.stop(timeout=5) == 0
+    await asyncio.wait([listener], timeout=5)
+    assert caplog.text.count("ended without stop()") == 1
