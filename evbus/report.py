@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+#: Seconds an error callback's awaitable may take; past them it is cancelled and the lane goes on
+CALLBACK_TIMEOUT = 5.0
+
 
 class Repeats:
     """

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 from typing import Any
 
+from evbus import report
 from evbus.exc import ConfigError
 from evbus.exc import PublishError
 from evbus.lane import Lane
@@ -20,6 +21,8 @@ from evbus.report import Repeats
 def __init__(hub):
     # Failures of a destination that is down are written once, then counted
     hub.evbus.report.REPEATS = Repeats()
+    # Error callbacks cancelled past their bound that have not ended yet (they swallowed the cancel)
+    hub.evbus.report.LEFT_BEHIND = set()
 
 
 def error_callback(hub):
@@ -101,7 +104,7 @@ def failure_handler(hub, contexts: Any):
         try:
             ret = callback(error_data)
             if inspect.isawaitable(ret):
-                await ret
+                await hub.evbus.report.bounded(ret)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -111,3 +114,36 @@ def failure_handler(hub, contexts: Any):
             )
 
     return on_failure
+
+
+async def bounded(hub, awaitable):
+    """
+    Await what an error callback returned, for ``CALLBACK_TIMEOUT`` seconds
+    at most: one that never returns must not hold up its lane (the events
+    behind it, and a stop). Past the bound it is cancelled and left (one that
+    swallows the cancel goes on alone, in ``LEFT_BEHIND``); the lane goes on.
+
+    :raises Exception: what the callback raised
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=report.CALLBACK_TIMEOUT)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    left = hub.evbus.report.LEFT_BEHIND
+    left.add(task)
+    task.add_done_callback(left.discard)
+    task.add_done_callback(_retrieve)
+    hub.log.error(
+        f"The error callback did not return within {report.CALLBACK_TIMEOUT:g} s: cancelled, the lane goes on",
+        extra={"evbus_internal": True},
+    )
+
+
+def _retrieve(task: asyncio.Task):
+    if not task.cancelled():
+        task.exception()

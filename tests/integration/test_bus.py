@@ -5,9 +5,11 @@ listener -> lanes -> publish, with both call generations of pop-evbus.
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 
+from evbus import report as report_module
 from evbus.exc import BusClosedError
 from evbus.exc import EvbusError
 from tests.conftest import add_ingress
@@ -190,6 +192,10 @@ async def test_hanging_destination_is_reported_at_stop_timeout(hub, running, err
     assert all("stop timeout" in str(e["exception"]) for e in error_sink)
 
 
+def _lane_stats(hub) -> dict:
+    return {lane["plugin"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
+
+
 async def test_failed_publish_goes_to_error_callback_masked(hub, running, caplog, error_sink):
     add_ingress(hub, "failing")
     received = error_sink
@@ -213,8 +219,9 @@ async def test_failed_publish_goes_to_error_callback_masked(hub, running, caplog
     assert "***" in str(first["exception"])
     assert first["context"]["failing"][0]["default"]["password"] == "***"
     assert "failing" in caplog.text and "default" in caplog.text
-    stats = {lane["plugin"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
-    assert stats["failing"]["failed"] == 2
+    # (counted once the callback returned)
+    await wait_for(lambda: _lane_stats(hub)["failing"]["failed"] == 2, 5, "two events counted failed")
+    stats = _lane_stats(hub)
     # the first event: 3 attempts (EVBUS_RETRY_ATTEMPTS of the hub fixture); then the
     # destination counts as down, and the second gets one attempt
     assert stats["failing"]["retried"] == 2 and stats["failing"]["down"]
@@ -502,3 +509,23 @@ async def test_start_again_after_stop_and_join_waits_for_the_new_listener(hub):
         await asyncio.wait_for(listener, 5)
         assert not hub.evbus.STARTED
     assert [json.loads(b) for b in await take(await hub.ingress.internal.get(), 3)] == [{"round": n} for n in range(3)]
+
+
+@pytest.mark.parametrize("handler", ["stuck", "deaf"])
+async def test_an_error_callback_that_never_returns_holds_nothing_up(hub, running, error_sink, monkeypatch, caplog, handler):
+    """Each call is bounded: every failed event is dead-lettered and called back, and stop() keeps its bound."""
+    monkeypatch.setenv("EVBUS_ERROR_CALLBACK_REF", f"my_app.errors.{handler}")
+    monkeypatch.setattr(report_module, "CALLBACK_TIMEOUT", 0.2)
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    add_ingress(hub, "flaky")
+    hub.ingress.flaky.FAIL_NEXT = 10**6
+    await running({"flaky": {"default": {}}})
+    for n in range(6):
+        await hub.evbus.broker.put(body=n)
+    start = time.monotonic()
+    assert await hub.evbus.init.stop(timeout=30) == 0  # (failed before the stop, not left by it)
+    assert time.monotonic() - start < 15
+    assert sorted(json.loads(d["body"]) for d in hub.evbus.deadletter.read()) == list(range(6))
+    assert len(error_sink) == 6
+    assert caplog.text.count("The error callback did not return within 0.2 s: cancelled, the lane goes on") == 6
+    await wait_for(lambda: not hub.evbus.report.LEFT_BEHIND, 10, "the handlers left behind to end")
