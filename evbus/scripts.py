@@ -10,8 +10,9 @@ from evbus.exc import DistributionConflictError
 
 def start():
     """Make a hub, load evbus and run its command line."""
-    # Until the command's loop handles them, SIGINT and SIGTERM end the command quietly
-    # with 130 / 143 (while pop and the client libraries are imported, say)
+    # Until the command's loop handles them, SIGINT and SIGTERM end the command with one
+    # line and 130 / 143 (while pop and the client libraries are imported, or the events
+    # are read from stdin, say): SIGTERM as a KeyboardInterrupt that says which signal it was
     signal.signal(signal.SIGTERM, _terminated)
     try:
         # Before pop looks for the dyne: after pop-evbus's uninstall deleted
@@ -24,8 +25,10 @@ def start():
         hub = pop.hub.Hub()
         hub.pop.sub.add(dyne_name="evbus")
         hub.evbus.init.cli()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"\nevbus: {signal.Signals(signum).name}: stopped as it started", file=sys.stderr)
+        sys.exit(128 + signum)
     except DistributionConflictError as e:
         _fail(str(e))
 
@@ -36,5 +39,13 @@ def _fail(message: str):
     sys.exit(2)
 
 
+class Terminated(KeyboardInterrupt):
+    """A signal other than SIGINT that ends the command before its loop runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _terminated(signum, frame):
-    sys.exit(128 + signum)
+    raise Terminated(signum)

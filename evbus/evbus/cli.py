@@ -161,9 +161,11 @@ def run(hub) -> int:
     except (EvbusError, ValueError) as e:
         print(f"evbus: {' '.join(hub.evbus.MASK.text(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the loop ran (reading the events from stdin, say)
-        print("\nevbus: SIGINT: stopped before any event was put", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # before the loop ran (reading the events from stdin, say; SIGTERM too)
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "before any event was put" if hub.SUBPARSER == "publish" else "before it began"
+        print(f"\nevbus: {signal.Signals(signum).name}: stopped {what}", file=sys.stderr)
+        return 128 + signum
 
 
 def _out(text: str, end: str = "\n") -> bool:

@@ -171,3 +171,39 @@ def test_a_signal_stops_replay_and_keeps_every_dead_letter_once(tmp_path):
     assert "Traceback" not in err and "replay stopped" in err
     after = sorted(json.loads(line)["id"] for line in (tmp_path / "dead.jsonl").read_text().splitlines())
     assert after == ids
+
+
+def _reading_stdin(proc: subprocess.Popen, timeout: float = 30) -> bool:
+    """Wait until the command blocks in a read of its stdin (Linux: /proc/PID/syscall, read(0, ...))."""
+    read_numbers = {"x86_64": "0", "aarch64": "63"}
+    number = read_numbers.get(os.uname().machine)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{proc.pid}/syscall") as status:
+                fields = status.read().split()
+        except OSError:
+            fields = []
+        if len(fields) > 1 and fields[0] == number and int(fields[1], 16) == 0:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="reads /proc/PID/syscall of x86_64 or aarch64")
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_the_events_are_read_from_stdin_says_so(tmp_path, signum, status):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    proc = subprocess.Popen(
+        [EVBUS, "publish"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, cwd=tmp_path, text=True,
+    )
+    try:
+        assert _reading_stdin(proc), "the command never read its stdin"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == status, err
+    assert err.strip() == f"evbus: {signal.Signals(signum).name}: stopped before any event was put"
