@@ -474,12 +474,12 @@ def _put(state: BrokerState, routing_key: str | None = None, body: Any = _MISSIN
     # tells as well, but makes a system call on every put)
     if state.loop_thread == _get_ident() and loop.is_running():
         bus = state.evbus_attrs["BUS"]
-        state.put_count += 1
         try:
             bus.put_nowait(new_event)
         except asyncio.QueueFull:
             # Full (with the events other threads put, not queued yet): wait for room (backpressure)
             return _put_waiting(state, bus, new_event)
+        state.put_count += 1
         if state.spool is not None:
             synced = state.spool.add(new_event, True)  # (awaited; positional: cheaper)
             if synced is not None:
@@ -493,13 +493,16 @@ def _put(state: BrokerState, routing_key: str | None = None, body: Any = _MISSIN
 async def _put_binding(hub, state: BrokerState, new_event: Event):
     """The first put in a loop: bind the queue to it, then queue the event."""
     bus = _bind(hub, state)
-    state.put_count += 1
     await _put_waiting(state, bus, new_event)
 
 
 async def _put_waiting(state: BrokerState, bus: asyncio.Queue, new_event: Event):
-    """Queue an event once there is room; spool it before the listener can take it."""
+    """
+    Queue an event once there is room; spool it before the listener can take
+    it. Counted once queued: a put cancelled while it waits for room is not.
+    """
     await bus.put(new_event)
+    state.put_count += 1
     if state.spool is not None:
         synced = state.spool.add(new_event, awaited=True)
         if synced is not None:

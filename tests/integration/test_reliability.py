@@ -50,6 +50,22 @@ async def test_full_queue_put_waits_for_room(hub, running, monkeypatch):
     assert await take_json(await hub.ingress.internal.get(), 200) == list(range(200))
 
 
+async def test_a_put_cancelled_while_it_waits_for_room_is_not_counted(hub, running, monkeypatch):
+    configure(hub, monkeypatch, queue_size=1)
+    await hub.evbus.broker.put(body=0)
+    waiting = asyncio.create_task(hub.evbus.broker.put(body=1))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    waiting.cancel()
+    await asyncio.wait([waiting], timeout=5)
+    assert waiting.cancelled()
+    assert hub.evbus.broker.stats()["put"] == 1
+    await running({"internal": {"default": {}}})
+    await hub.evbus.broker.put(body=2)
+    assert await take_json(await hub.ingress.internal.get(), 2) == [0, 2]
+    assert hub.evbus.broker.stats()["put"] == 2
+
+
 async def test_bounded_queue_from_threads_loses_nothing_it_accepted(hub, running, monkeypatch):
     configure(hub, monkeypatch, queue_size=50)
     await running({"internal": {"*": {}}})
