@@ -28,6 +28,7 @@ ingress. It prints every event that arrives on the internal ingress as a JSON
 line and a summary on stderr; the exit status is 1 when a publish failed.
 """
 import asyncio
+import codecs
 import contextlib
 import difflib
 import inspect
@@ -188,23 +189,21 @@ def _out(text: str, end: str = "\n") -> bool:
 def read_events(hub, args: list[str] | tuple, path: str | None = None) -> list[Any]:
     """
     :param args: JSON documents from the command line
-    :param path: A file of JSON lines; with neither, JSON lines are read from stdin
+    :param path: A file of JSON lines (``-``: stdin); with neither, JSON lines are read from stdin
     :return: The decoded event bodies
-    :raises ValueError: naming the argument or line that is not JSON, or a file that cannot be read
+    :raises ValueError: naming the argument or line that is not JSON (or not
+        UTF-8; a byte order mark at the start is taken off), or a file that
+        cannot be read
     """
-    if path:
+    sources = [(f"argument {n}", text) for n, text in enumerate(args, 1)]
+    if path and path != "-":
         try:
-            with open(path, encoding="utf-8") as lines:
-                sources = [(f"{path} line {n}", line) for n, line in enumerate(lines, 1) if line.strip()]
+            with open(path, "rb") as lines:
+                sources += _lines(path, lines)
         except OSError as e:
             raise ValueError(f"cannot read {path}: {e}") from None
-        sources = [(f"argument {n}", text) for n, text in enumerate(args, 1)] + sources
-    elif args:
-        sources = [(f"argument {n}", text) for n, text in enumerate(args, 1)]
-    elif sys.stdin is None or sys.stdin.isatty():
-        sources = []
-    else:
-        sources = [(f"stdin line {n}", line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+    elif path == "-" or (not args and sys.stdin is not None and not sys.stdin.isatty()):
+        sources += _lines("stdin", sys.stdin.buffer)
     bodies = []
     for where, text in sources:
         try:
@@ -212,6 +211,21 @@ def read_events(hub, args: list[str] | tuple, path: str | None = None) -> list[A
         except json.JSONDecodeError as e:
             raise ValueError(f"{where} is not JSON: {e}") from None
     return bodies
+
+
+def _lines(name: str, lines) -> list[tuple[str, str]]:
+    """:return: (where, text) of each line of ``lines`` (bytes) that is not blank, decoded from UTF-8"""
+    sources = []
+    for n, raw in enumerate(lines, 1):
+        if n == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name} line {n} is not UTF-8: byte {e.start + 1} is 0x{raw[e.start]:02x}") from None
+        if line.strip():
+            sources.append((f"{name} line {n}", line))
+    return sources
 
 
 async def publish(hub, bodies: list[Any], progress: bool = False) -> int:

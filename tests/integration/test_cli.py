@@ -78,6 +78,26 @@ def test_bad_json_is_a_clear_error(tmp_path):
     assert out.stdout == ""
 
 
+def test_event_files_in_utf8_with_a_byte_order_mark_or_from_stdin_by_dash(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b'\xef\xbb\xbf{"n": 1}\n\n{"n": 2}\n')
+    out = evbus("publish", "--file", str(events), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [line["body"] for line in lines(out.stdout)] == [{"n": 1}, {"n": 2}]
+    out = evbus("publish", "--file", "-", '{"n": 0}', stdin='{"n": 3}\n', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [line["body"] for line in lines(out.stdout)] == [{"n": 0}, {"n": 3}]
+
+
+def test_an_event_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b'{"n": 1}\n{"n": "\xff"}\n')
+    out = evbus("publish", "--file", str(events), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"evbus: {events} line 2 is not UTF-8: byte 8 is 0xff"
+    assert out.stdout == ""
+
+
 def test_unknown_serializer_is_a_clear_error(tmp_path):
     out = evbus("--serialize-plugin", "yaml", "publish", "1", cwd=tmp_path)
     assert out.returncode == 2
