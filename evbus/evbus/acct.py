@@ -62,6 +62,11 @@ async def profiles(
                     f"Cannot read the acct file '{acct_file}': its top level is {shape}, not a mapping "
                     f"of provider -> profiles (internal: {{default: {{}}}})"
                 ) from None
+            if acct_key and not _looks_encrypted(acct_file) and _is_plain_profiles(acct_file):
+                raise ConfigError(
+                    f"Cannot read the acct file '{acct_file}' with the acct key: it is not encrypted "
+                    f"(plain text: read it without --acct-key / ACCT_KEY)"
+                ) from None
             hint = " (is the acct key right?)" if acct_key else ""
             raise ConfigError(
                 f"Cannot read the acct file '{acct_file}': {hub.evbus.MASK.exception(e)}{hint}"
@@ -178,6 +183,15 @@ def _looks_encrypted(acct_file: str) -> bool:
         return False
     # A Fernet token, as acct writes an encrypted file, starts with its version byte 0x80: "gA" in base64
     return start.startswith(b"gA")
+
+
+def _is_plain_profiles(acct_file: str) -> bool:
+    """:return: Whether an acct file is plain-text YAML whose top level is a mapping (of providers)"""
+    try:
+        with open(acct_file, encoding="utf-8") as stream:
+            return isinstance(yaml.safe_load(stream), Mapping)
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
 
 
 def _not_a_mapping(acct_file: str) -> str | None:

@@ -98,6 +98,21 @@ async def test_malformed_acct_key_is_a_clear_error_without_the_key(hub, tmp_path
     assert "not-a-fernet-key" not in str(info.value)
 
 
+async def test_plain_text_acct_file_with_a_key_says_it_is_not_encrypted(hub, tmp_path):
+    from cryptography.fernet import Fernet
+
+    plain = tmp_path / "creds.yml"
+    plain.write_text("internal:\n  default: {}\n")
+    key = Fernet.generate_key().decode()
+    with pytest.raises(ConfigError) as info:
+        await hub.evbus.acct.profiles(acct_file=str(plain), acct_key=key)
+    assert str(info.value) == (
+        f"Cannot read the acct file '{plain}' with the acct key: it is not encrypted "
+        f"(plain text: read it without --acct-key / ACCT_KEY)"
+    )
+    assert key not in str(info.value)
+
+
 async def test_plain_text_acct_file_without_key(hub, tmp_path):
     plain = tmp_path / "creds.yml"
     plain.write_text("internal:\n  default:\n    routing_key: plain\n")
