@@ -58,15 +58,19 @@ def open_fd(path: str | os.PathLike, flags: int) -> int:
     # changes nothing for a regular file); O_NOCTTY: a terminal never becomes ours
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, FILE_MODE)
     try:
-        status = os.fstat(fd)
-        regular(status)
-        if _too_wide(status):
-            os.fchmod(fd, FILE_MODE)
+        regular(os.fstat(fd))
+        tighten(fd)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def tighten(fd: int):
+    """Make an open file 0600 when group or others may access it and the process owns it."""
+    if _too_wide(os.fstat(fd)):
+        os.fchmod(fd, FILE_MODE)
 
 
 KINDS = {

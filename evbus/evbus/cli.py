@@ -43,6 +43,7 @@ import dict_tools.data as data
 import msgpack
 import yaml
 
+from evbus import private
 from evbus.connection import error_text
 from evbus.exc import ConfigError
 from evbus.exc import EvbusError
@@ -147,6 +148,8 @@ def run(hub) -> int:
         return 2
     for handler in logging.getLogger().handlers:
         handler.addFilter(_no_plaintext_warning)
+        if isinstance(handler, logging.FileHandler):
+            _private_log_file(handler)
     try:
         hub.evbus.broker.configure()
         if hub.SUBPARSER == "replay":
@@ -167,6 +170,24 @@ def run(hub) -> int:
         what = "before any event was put" if hub.SUBPARSER == "publish" else "before it began"
         print(f"\nevbus: {signal.Signals(signum).name}: stopped {what}", file=sys.stderr)
         return 128 + signum
+
+
+def _private_log_file(handler: logging.FileHandler):
+    """
+    The log file (``evbus.log``) is private, as the dead letters are: at the
+    debug level the client libraries log message bodies. It is made 0600 when
+    the handler opens it (pop-config's opens it at the first record), and an
+    open one the process owns is tightened to 0600.
+    """
+
+    def open_private():
+        fd = private.open_fd(handler.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        return open(fd, handler.mode, encoding=handler.encoding, errors=handler.errors)
+
+    handler._open = open_private
+    if handler.stream is not None:
+        with contextlib.suppress(OSError):
+            private.tighten(handler.stream.fileno())
 
 
 def _out(text: str, end: str = "\n") -> bool:

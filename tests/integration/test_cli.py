@@ -3,6 +3,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import pathlib
 import re
 import signal
@@ -96,6 +97,19 @@ def test_an_event_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == f"evbus: {events} line 2 is not UTF-8: byte 8 is 0xff"
     assert out.stdout == ""
+
+
+def test_the_log_file_is_private(tmp_path):
+    """evbus.log is made 0600 (and a wider one tightened): at the debug level it holds message bodies."""
+    acct = tmp_path / "acct.yml"
+    acct.write_text("pika:\n  down:\n    connection:\n      url: amqp://127.0.0.1:1/\n")
+    env = {"EVBUS_RETRY_ATTEMPTS": "1", "EVBUS_DEAD_LETTER_FILE": str(tmp_path / "dead.jsonl")}
+    log = tmp_path / "evbus.log"
+    for _ in range(2):
+        out = evbus("publish", "--acct-file", str(acct), '{"n": 1}', env=env, cwd=tmp_path)
+        assert out.returncode == 1, out.stderr
+        assert log.stat().st_size and stat.S_IMODE(log.stat().st_mode) == 0o600
+        log.chmod(0o644)
 
 
 def test_unknown_serializer_is_a_clear_error(tmp_path):
