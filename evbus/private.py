@@ -43,13 +43,15 @@ def make_dirs(path: str | os.PathLike):
             pass
 
 
-def open_fd(path: str | os.PathLike, flags: int) -> int:
+def open_fd(path: str | os.PathLike, flags: int, tighten_now: bool = True) -> int:
     """
     Open a private file: made 0600 (with ``os.O_CREAT`` in ``flags``), or
     tightened to 0600 when it exists with wider permissions.
 
     :param path: The file
     :param flags: ``os.open`` flags
+    :param tighten_now: False: the caller tightens it (:func:`tighten`) once it
+        knows the file is its own (a spool checks the file's header first)
     :return: The file descriptor
     :raises OSError: It cannot be opened, or it is no regular file
     """
@@ -59,7 +61,8 @@ def open_fd(path: str | os.PathLike, flags: int) -> int:
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, FILE_MODE)
     try:
         regular(os.fstat(fd))
-        tighten(fd)
+        if tighten_now:
+            tighten(fd)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

@@ -262,7 +262,9 @@ def read_sqlite(path: str) -> list[Event]:
 
 def open_locked(path: str) -> int:
     """
-    Open (or make) a spool file, private, and lock it exclusively.
+    Open (or make) a spool file, private (one that exists is tightened once
+    its header says it is a spool: see :meth:`Spool.__init__`), and lock it
+    exclusively.
 
     :param path: The spool file
     :return: Its file descriptor
@@ -271,7 +273,7 @@ def open_locked(path: str) -> int:
     try:
         private.make_dirs(os.path.dirname(os.path.abspath(path)))
         while True:
-            fd = private.open_fd(path, os.O_RDWR | os.O_CREAT)
+            fd = private.open_fd(path, os.O_RDWR | os.O_CREAT, tighten_now=False)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 # Locked the file the path names still (not one a compaction just replaced)?
@@ -488,6 +490,7 @@ class Spool:
         self._opened = open_locked(path)
         try:
             end = self._load(self._opened)
+            private.tighten(self._opened)  # a spool (or a new one): its events are private
             self._log = Log(self._opened, end)
         except OSError as e:
             os.close(self._opened)

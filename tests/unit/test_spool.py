@@ -5,6 +5,7 @@ format of older evbus, the lock, and what each spool_sync mode syncs.
 import asyncio
 import errno
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -294,11 +295,22 @@ def test_a_sqlite_spool_in_use_by_an_older_evbus_is_refused(tmp_path):
     ],
 )
 def test_a_file_that_is_no_spool_of_this_format_is_refused_untouched(tmp_path, content, message):
+    """Its content and its mode: a file that is not evbus's keeps the permissions its owner gave it."""
     path = tmp_path / "spool"
     path.write_bytes(content)
+    path.chmod(0o644)
     with pytest.raises(ConfigError, match=message):
         Spool(str(path))
     assert path.read_bytes() == content
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_spool_that_exists_with_wider_permissions_is_tightened(tmp_path):
+    path = tmp_path / "spool"
+    Spool(str(path)).close()
+    path.chmod(0o644)
+    Spool(str(path)).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_one_process_per_spool(tmp_path):
