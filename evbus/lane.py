@@ -605,7 +605,10 @@ class Lane:
         except TimeoutError:
             self._log(f"Cannot connect to {self.where} within {self.policy.timeout} s; events wait for it")
         except Exception as e:
-            self._log(f"Cannot connect to {self.where}; events wait for it: {type(e).__name__}: {e}")
+            if self.destination.retriable(e):
+                self._log(f"Cannot connect to {self.where}; events wait for it: {type(e).__name__}: {e}")
+            else:  # (a refused login, say): each event's publish fails the same way, at once
+                self._log(f"Cannot connect to {self.where}: {type(e).__name__}: {e}; a retry cannot help")
 
     async def _give_up(self, event: Event, error: BaseException, attempts: int = 1):
         try:

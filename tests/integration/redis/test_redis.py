@@ -251,6 +251,8 @@ async def test_refused_login_fails_at_once(hub, running, own_redis, error_sink, 
         assert "check the profile's username and password" in str(error["exception"])
         assert f"127.0.0.1:{own_redis.port}" in str(error["exception"])
     assert "wrong-pw" not in caplog.text + repr(error_sink)
+    # the lane's early connect says the same: no "events wait for it"
+    assert "a retry cannot help" in caplog.text and "events wait for it" not in caplog.text
     lanes = {lane["profile"]: lane for lane in hub.evbus.broker.stats()["lanes"]}
     assert [lanes[p]["retried"] for p in ("wrong", "none")] == [0, 0]
     assert (lanes["right"]["published"], lanes["right"]["failed"]) == (1, 0)
