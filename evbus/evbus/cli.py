@@ -369,8 +369,14 @@ class Progress:
             dynamic_ncols=size.columns > 0,
             ncols=None if size.columns > 0 else 100,
             nrows=size.lines or 24,
-            bar_format="{l_bar}{bar}| {postfix}",
+            # (the counts as the description: tqdm puts ", " before a postfix)
+            bar_format="{percentage:3.0f}%|{bar}| {desc}",
         )
+        # Log lines on the terminal go above the bar, not onto its line
+        self.streams = []
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                self.streams.append((handler, handler.setStream(_AboveTheBar(handler.stream, tqdm.tqdm))))
         self.task = asyncio.get_running_loop().create_task(self._redraw())
 
     def update(self):
@@ -378,7 +384,7 @@ class Progress:
         published = sum(lane["published"] for lane in stats["lanes"])
         failed = sum(lane["failed"] for lane in stats["lanes"])
         self.bar.n = min(self.bar.total, published + failed)
-        self.bar.set_postfix_str(
+        self.bar.set_description_str(
             f"{stats['put']}/{self.total} put, {published} published, {failed} failed", refresh=False
         )
         self.bar.refresh()
@@ -392,6 +398,23 @@ class Progress:
         self.task.cancel()
         self.update()
         self.bar.close()
+        for handler, stream in self.streams:
+            handler.setStream(stream)
+
+
+class _AboveTheBar:
+    """A log handler's stream while the progress bar shows: each line is written above the bar."""
+
+    def __init__(self, stream, bars):
+        self.stream = stream
+        self.bars = bars
+
+    def write(self, text: str):
+        with self.bars.external_write_mode(file=self.stream):
+            self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
 
 
 async def replay(hub) -> int:

@@ -307,17 +307,16 @@ def test_profiles_without_configuration(tmp_path):
     assert "internal" in out.stdout and "reachable: true" in out.stdout
 
 
-def test_publish_from_a_file_on_a_terminal(tmp_path):
-    """A file of JSON lines, with a progress bar when stderr is a terminal (here: a pseudo-terminal)."""
+def _on_a_terminal(tmp_path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
+    """Run evbus with stderr on a pseudo-terminal. :return: What it did, and what the terminal got"""
     import pty
 
-    events = tmp_path / "events.jsonl"
-    events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(1200)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("EVBUS_", "ACCT_"))}
+    full_env.update(env or {})
     primary, secondary = pty.openpty()
     proc = subprocess.run(
-        [str(EVBUS), "publish", "--file", str(events)], stdout=subprocess.PIPE, stderr=secondary,
-        stdin=subprocess.DEVNULL, env=env, cwd=tmp_path, timeout=60,
+        [str(EVBUS), *args], stdout=subprocess.PIPE, stderr=secondary,
+        stdin=subprocess.DEVNULL, env=full_env, cwd=tmp_path, timeout=60,
     )
     os.close(secondary)
     terminal = b""
@@ -330,13 +329,34 @@ def test_publish_from_a_file_on_a_terminal(tmp_path):
             break
         terminal += chunk
     os.close(primary)
+    return proc, terminal.decode()
+
+
+def test_publish_from_a_file_on_a_terminal(tmp_path):
+    """A file of JSON lines, with a progress bar when stderr is a terminal (here: a pseudo-terminal)."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(1200)))
+    proc, text = _on_a_terminal(tmp_path, "publish", "--file", str(events))
     assert proc.returncode == 0
     assert len(lines(proc.stdout.decode())) == 1200
-    text = terminal.decode()
     # the bar follows deliveries: it ends full, with the events put, published and failed beside it
     last_bar = [part for part in text.split("\r") if "|" in part][-1]
     assert last_bar.lstrip().startswith("100%")
-    assert "1200/1200 put, 1200 published, 0 failed" in last_bar
+    assert last_bar.rstrip().endswith("| 1200/1200 put, 1200 published, 0 failed")  # (no ", " before the counts)
+
+
+def test_log_lines_go_above_the_progress_bar(tmp_path):
+    """A destination that is down logs while the bar shows: each log line starts a line of its own."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(50)))
+    acct = tmp_path / "acct.yml"
+    acct.write_text("pika:\n  default:\n    connection:\n      url: amqp://127.0.0.1:1/\n")
+    env = {"EVBUS_RETRY_ATTEMPTS": "1", "EVBUS_DEAD_LETTER_FILE": str(tmp_path / "dead.jsonl")}
+    proc, text = _on_a_terminal(tmp_path, "publish", "--acct-file", str(acct), "--file", str(events), env=env)
+    assert proc.returncode == 1, text
+    logged = [part for part in re.split(r"[\r\n]", text) if re.search(r"\[(WARNING|ERROR) *\]", part)]
+    assert any("failed to publish on ingress.pika" in part for part in logged), text
+    assert all(re.match(r"\[(WARNING|ERROR) *\]", part) for part in logged), logged
 
 
 def test_publish_file_that_is_missing(tmp_path):
