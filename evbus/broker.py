@@ -48,7 +48,7 @@ class BrokerState:
     __slots__ = (
         "hub", "evbus", "hub_attrs", "evbus_attrs", "serialize_attrs", "opt", "lock", "loop", "loop_thread",
         "closed", "put_count", "serializer", "maxsize", "handoff", "handoff_scheduled", "spool",
-        "make_event", "configured",
+        "make_event", "configured", "putting",
     )
 
     def __init__(self, hub):
@@ -73,6 +73,9 @@ class BrokerState:
         # for many events, not one each)
         self.handoff: collections.deque = collections.deque()
         self.handoff_scheduled = False
+        # The threads (other than the loop's) inside put_nowait now: a stop waits for those
+        # that passed the check for a closed bus before it queues its own stop
+        self.putting: dict[int, bool] = {}
         # The durable spool (config spool), or None
         self.spool = None
         self.loop: asyncio.AbstractEventLoop | None = None

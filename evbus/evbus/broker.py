@@ -122,6 +122,24 @@ def close_puts(hub):
     hub.evbus.broker.STATE.closed = True
 
 
+async def puts_settled(hub, timeout: float | None):
+    """
+    After :func:`close_puts`: wait (``timeout`` seconds at most) for the
+    ``put_nowait`` calls that other threads started before it to end, and
+    queue what they put, so that a stop queued now comes after every event
+    a put was accepted for.
+    """
+    state: BrokerState = hub.evbus.broker.STATE
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    delay = 0.0
+    while state.putting and (deadline is None or loop.time() < deadline):
+        await asyncio.sleep(delay)  # (a thread storing its event in the spool, say)
+        delay = min(0.01, delay + 0.001)
+    if state.loop is loop:
+        _hand_over(state, loop)
+
+
 def open_puts(hub):
     """Take puts again (the listener started)."""
     hub.evbus.broker.STATE.closed = False
@@ -322,10 +340,18 @@ def put_nowait(hub, routing_key: str | None = None, body: Any = _MISSING, profil
 def _put_nowait(
     state: BrokerState, routing_key: str | None = None, body: Any = _MISSING, profile: str = "default"
 ):
-    new_event = _accept(state, routing_key, body, profile)
-    if state.loop_thread != _get_ident():
-        _put_from_thread(state, new_event)
+    ident = _get_ident()
+    if state.loop_thread != ident:
+        # Marked before the check for a closed bus (a dict's item set and delete are atomic):
+        # a stop() that closed the bus and then finds no thread marked has every accepted event
+        putting = state.putting
+        putting[ident] = True
+        try:
+            _put_from_thread(state, _accept(state, routing_key, body, profile))
+        finally:
+            del putting[ident]
         return
+    new_event = _accept(state, routing_key, body, profile)
     # The loop's own thread: nothing can swap the queue under us
     try:
         state.evbus_attrs["BUS"].put_nowait(new_event)

@@ -181,8 +181,8 @@ async def stop(hub, timeout: float | None = None) -> int:
         timeout = hub.evbus.settings.get("stop_timeout")
     hub.evbus.broker.close_puts()
     bus = await hub.evbus.broker.init()
-    # Let puts that other threads scheduled before this call reach the queue first
-    await asyncio.sleep(0)
+    # The puts other threads made before this call reach the queue first
+    await hub.evbus.broker.puts_settled(timeout)
     if not hub.evbus.init.RUNNING and not hub.evbus.init.STARTING:
         # No listener to stop: a stop queued now would stop the next start() at once
         return 0

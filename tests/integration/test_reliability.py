@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from evbus.exc import BusClosedError
 from evbus.exc import BusFullError
 from tests.conftest import add_ingress
 from tests.conftest import take_json
@@ -86,6 +87,44 @@ async def test_bounded_queue_from_threads_loses_nothing_it_accepted(hub, running
     arrived = await take_json(await hub.ingress.internal.get(), len(accepted))
     assert sorted(map(tuple, arrived)) == sorted(accepted)
     assert len(accepted) + len(refused) == 6000
+
+
+@pytest.mark.parametrize("spool_sync", [None, "normal", "full"])
+async def test_threads_putting_while_the_bus_stops_lose_nothing_accepted(hub, running, monkeypatch, tmp_path, spool_sync):
+    """Every put_nowait that returned is delivered before stop() returns; the puts after it are refused."""
+    options = {"spool": tmp_path / "spool", "spool_sync": spool_sync} if spool_sync else {}
+    configure(hub, monkeypatch, **options)
+    await running({"internal": {"*": {}}})
+    accepted, refused = [], []
+    going = threading.Event()
+
+    def produce(name):
+        for n in range(10**6):
+            try:
+                hub.evbus.broker.put_nowait(body=[name, n], profile="t")
+            except BusClosedError:
+                refused.append(name)
+                return
+            accepted.append((name, n))
+            if n == 100:
+                going.set()
+
+    threads = [threading.Thread(target=produce, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, going.wait, 30)
+        assert await hub.evbus.init.stop(timeout=30) == 0
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join(30) for t in threads])
+    assert sorted(refused) == ["t0", "t1", "t2", "t3"]
+    stats = hub.evbus.broker.stats()
+    assert stats["queue_depth"] == 0, f"{stats['queue_depth']} accepted event(s) left on the bus after stop()"
+    arrived = await take_json(await hub.ingress.internal.get(), len(accepted))
+    assert sorted(map(tuple, arrived)) == sorted(accepted)
+    assert stats["put"] == len(accepted)
+    if spool_sync:
+        assert stats["spool_depth"] == 0
 
 
 async def test_full_lane_waits(hub, running, monkeypatch):
