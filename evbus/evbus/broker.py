@@ -132,10 +132,12 @@ async def puts_settled(hub, timeout: float | None):
     state: BrokerState = hub.evbus.broker.STATE
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    # Once at least: the puts other threads scheduled (and a start() task made just before) run first
+    await asyncio.sleep(0)
     delay = 0.0
     while state.putting and (deadline is None or loop.time() < deadline):
-        await asyncio.sleep(delay)  # (a thread storing its event in the spool, say)
         delay = min(0.01, delay + 0.001)
+        await asyncio.sleep(delay)  # (a thread storing its event in the spool, say)
     if state.loop is loop:
         _hand_over(state, loop)
 
