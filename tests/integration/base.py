@@ -202,6 +202,8 @@ class TransportCase:
         assert all(text in dead["error"] for text in self.wrong_port_says), dead["error"]
         assert secret not in caplog.text + exception + repr(error_sink) + json.dumps(dead, default=str)
         self.check_wrong_port(error_sink[0])
+        # (counted once the error callback returned)
+        await wait_for(lambda: hub.evbus.broker.stats()["lanes"][0]["failed"] == 1, 10, "the give-up counted")
         lane = hub.evbus.broker.stats()["lanes"][0]
         assert (lane["published"], lane["retried"], lane["failed"]) == (0, 2, 1)
 
