@@ -48,14 +48,19 @@ def test_a_batch_writes_each_record_at_once_and_syncs_once(tmp_path, monkeypatch
     assert len(synced) == 2
 
 
-def test_removing_records_keeps_lines_that_are_no_records(tmp_path):
-    """A line the store cannot read (a torn write, a note) stays as it was when records are removed."""
+def _after_a_record(tmp_path, text: str) -> tuple[pathlib.Path, DeadLetterStore]:
+    """A store holding the record e1, then ``text`` written into its file by another hand."""
     path = tmp_path / "dead.jsonl"
     store = DeadLetterStore(str(path))
     store.append(_record(1))
     with open(path, "a", encoding="utf-8") as out:
-        out.write("not json\n")
-        out.write('{"note": "kept by hand"}\n')
+        out.write(text)
+    return path, store
+
+
+def test_removing_records_keeps_lines_that_are_no_records(tmp_path):
+    """A line the store cannot read (a torn write, a note) stays as it was when records are removed."""
+    path, store = _after_a_record(tmp_path, 'not json\n{"note": "kept by hand"}\n')
     store.append(_record(2))
     assert store.remove(lambda record: record["id"] == "e1") == 1
     assert path.read_text().splitlines()[:2] == ["not json", '{"note": "kept by hand"}']
@@ -64,11 +69,7 @@ def test_removing_records_keeps_lines_that_are_no_records(tmp_path):
 
 def test_a_record_after_a_last_line_with_no_newline_gets_a_line_of_its_own(tmp_path):
     """A torn last line (a crash mid-write, an edit) stays as it is; the next record is still readable."""
-    path = tmp_path / "dead.jsonl"
-    store = DeadLetterStore(str(path))
-    store.append(_record(1))
-    with open(path, "a", encoding="utf-8") as out:
-        out.write('{"id": "torn", "bo')
+    path, store = _after_a_record(tmp_path, '{"id": "torn", "bo')
     store.append(_record(2))
     with store.batch():
         store.append(_record(3))
@@ -94,11 +95,7 @@ def test_a_record_after_a_last_line_with_no_newline_gets_a_line_of_its_own(tmp_p
     ],
 )
 def test_a_line_that_is_no_whole_record_holds_no_dead_letter(tmp_path, record):
-    path = tmp_path / "dead.jsonl"
-    store = DeadLetterStore(str(path))
-    store.append(_record(1))
-    with open(path, "a", encoding="utf-8") as out:
-        out.write(json.dumps(record) + "\n")
+    path, store = _after_a_record(tmp_path, json.dumps(record) + "\n")
     assert not is_record(record)
     assert [r["id"] for r in store.read()] == ["e1"]
     assert store.unreadable() == 1
