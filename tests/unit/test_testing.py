@@ -3,7 +3,6 @@ The pytest plugin evbus ships (``evbus.testing``): the bus on in-process
 capture, in this suite and in a pop project's own tests beside pytest-pop.
 """
 import asyncio
-import collections
 import threading
 
 import pytest
@@ -131,11 +130,15 @@ async def test_a_malformed_profile_fails_the_start(evbus_hub):
     assert evbus_hub.evbus.route.STATE.capture is None
 
 
-async def test_settle_says_when_events_do_not_arrive_in_time(evbus_hub, evbus_capture, monkeypatch):
+async def test_settle_says_when_events_do_not_arrive_in_time(evbus_hub, evbus_capture):
     # An event another thread put, that never reaches the loop
-    monkeypatch.setattr(evbus_hub.evbus.broker.STATE, "handoff", collections.deque([("never", "queued")]))
-    with pytest.raises(EvbusTimeoutError, match="within 0.05 s"):
-        await evbus_capture.settle(timeout=0.05)
+    handoff = evbus_hub.evbus.broker.STATE.handoff
+    handoff.append(("never", "queued"))
+    try:
+        with pytest.raises(EvbusTimeoutError, match="within 0.05 s"):
+            await evbus_capture.settle(timeout=0.05)
+    finally:
+        handoff.clear()  # (no event: the stop at the end would hand it to the listener)
 
 
 async def test_settle_says_that_the_listener_was_cancelled(evbus_hub):
