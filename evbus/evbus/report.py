@@ -21,8 +21,6 @@ from evbus.report import Repeats
 def __init__(hub):
     # Failures of a destination that is down are written once, then counted
     hub.evbus.report.REPEATS = Repeats()
-    # Error callbacks cancelled past their bound that have not ended yet (they swallowed the cancel)
-    hub.evbus.report.LEFT_BEHIND = set()
 
 
 def error_callback(hub):
@@ -118,32 +116,24 @@ def failure_handler(hub, contexts: Any):
 
 async def bounded(hub, awaitable):
     """
-    Await what an error callback returned, for ``CALLBACK_TIMEOUT`` seconds
-    at most: one that never returns must not hold up its lane (the events
-    behind it, and a stop). Past the bound it is cancelled and left (one that
-    swallows the cancel goes on alone, in ``LEFT_BEHIND``); the lane goes on.
+    Await what an error callback returned, in line (the lane counts the
+    failure once it returned), for ``CALLBACK_TIMEOUT`` seconds at most: one
+    that never returns must not hold up its lane (the events behind it, and a
+    stop). Past the bound it is cancelled, an error is logged, and the lane
+    goes on. One that swallows the cancel holds its lane until it returns (at
+    a stop, the lanes' close grace bounds that as well).
 
     :raises Exception: what the callback raised
     """
-    task = asyncio.ensure_future(awaitable)
+    timeout = asyncio.timeout(report.CALLBACK_TIMEOUT)
     try:
-        done, _ = await asyncio.wait((task,), timeout=report.CALLBACK_TIMEOUT)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if done:
-        return task.result()
-    task.cancel()
-    left = hub.evbus.report.LEFT_BEHIND
-    left.add(task)
-    task.add_done_callback(left.discard)
-    task.add_done_callback(_retrieve)
-    hub.log.error(
-        f"The error callback did not return within {report.CALLBACK_TIMEOUT:g} s: cancelled, the lane goes on",
-        extra={"evbus_internal": True},
-    )
-
-
-def _retrieve(task: asyncio.Task):
-    if not task.cancelled():
-        task.exception()
+        async with timeout:
+            await awaitable
+    except TimeoutError:
+        if not timeout.expired():
+            raise  # the callback's own
+    if timeout.expired():
+        hub.log.error(
+            f"The error callback did not return within {report.CALLBACK_TIMEOUT:g} s: cancelled, the lane goes on",
+            extra={"evbus_internal": True},
+        )

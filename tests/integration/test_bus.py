@@ -528,4 +528,3 @@ async def test_an_error_callback_that_never_returns_holds_nothing_up(hub, runnin
     assert sorted(json.loads(d["body"]) for d in hub.evbus.deadletter.read()) == list(range(6))
     assert len(error_sink) == 6
     assert caplog.text.count("The error callback did not return within 0.2 s: cancelled, the lane goes on") == 6
-    await wait_for(lambda: not hub.evbus.report.LEFT_BEHIND, 10, "the handlers left behind to end")

@@ -17,10 +17,10 @@ async def stuck(hub, error_data: dict):
 
 
 async def deaf(hub, error_data: dict):
-    """A handler that swallows the cancel it gets, then takes a second more."""
+    """A handler that swallows the cancel it gets, then takes half a second more."""
     hub.my_app.errors.RECEIVED.append(error_data)
     try:
         await asyncio.sleep(3600)
     except asyncio.CancelledError:
         pass
-    await asyncio.sleep(1)
+    await asyncio.sleep(0.5)
