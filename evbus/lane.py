@@ -238,6 +238,9 @@ class Lane:
         self._task: asyncio.Task | None = None
         # Set by close(): the task ends at its next step instead of waiting for events
         self._closing = False
+        # While the lane closes: the loop time by which the error callbacks of what it gives up must
+        # have returned (they share its grace), else None
+        self.callbacks_until: float | None = None
         # The depth at which the listener waits for room; 0: it never does (no limit, the
         # lane drops instead, or a stop's deadline passed)
         self._wait_at = limit if when_full == "wait" else 0
@@ -730,6 +733,9 @@ class Lane:
         if grace is None:
             grace = self.policy.timeout
         self._closing = True
+        # The task's end and the error callbacks of what is given up share one grace: a callback
+        # that never returns cannot keep the events behind it from their dead letters
+        self.callbacks_until = asyncio.get_running_loop().time() + grace
         task, self._task = self._task, None
         if task is not None and not await end_task(task, grace):
             self._log(

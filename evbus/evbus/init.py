@@ -208,6 +208,8 @@ async def stop(hub, timeout: float | None = None) -> int:
     wait = None if stop_item.deadline is None else stop_item.remaining() + 2 * CLOSE_GRACE + 1
     await asyncio.wait((stop_item.done,), timeout=wait)
     if not stop_item.done.done():
+        # What the listener sets later (its undelivered count, or that it was cancelled) is nobody's now
+        stop_item.done.add_done_callback(_retrieve_result)
         raise EvbusTimeoutError(f"The event bus did not stop within {timeout} s (and {wait - timeout:.0f} s to close)")
     return stop_item.done.result()
 
@@ -237,6 +239,11 @@ async def join(hub, timeout: float | None = 60.0):
             raise EvbusTimeoutError(f"The event bus listener did not start within {timeout} s")
         await asyncio.sleep(delay)
         delay = min(0.05, delay + 0.001)
+
+
+def _retrieve_result(future: asyncio.Future):
+    if not future.cancelled():
+        future.exception()
 
 
 def _retrieve(task: asyncio.Task):

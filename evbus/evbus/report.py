@@ -102,7 +102,7 @@ def failure_handler(hub, contexts: Any):
         try:
             ret = callback(error_data)
             if inspect.isawaitable(ret):
-                await hub.evbus.report.bounded(ret)
+                await hub.evbus.report.bounded(ret, getattr(lane, "callbacks_until", None))
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -114,7 +114,7 @@ def failure_handler(hub, contexts: Any):
     return on_failure
 
 
-async def bounded(hub, awaitable):
+async def bounded(hub, awaitable, until: float | None = None):
     """
     Await what an error callback returned, in line (the lane counts the
     failure once it returned), for ``CALLBACK_TIMEOUT`` seconds at most: one
@@ -123,9 +123,13 @@ async def bounded(hub, awaitable):
     goes on. One that swallows the cancel holds its lane until it returns (at
     a stop, the lanes' close grace bounds that as well).
 
+    :param until: The loop time by which it must have returned at the latest
+        (a closing lane's: the callbacks of what it gives up share its grace)
     :raises Exception: what the callback raised
     """
-    timeout = asyncio.timeout(report.CALLBACK_TIMEOUT)
+    loop = asyncio.get_running_loop()
+    bound = loop.time() + report.CALLBACK_TIMEOUT
+    timeout = asyncio.timeout_at(bound if until is None else min(bound, until))
     try:
         async with timeout:
             await awaitable
@@ -134,6 +138,8 @@ async def bounded(hub, awaitable):
             raise  # the callback's own
     if timeout.expired():
         hub.log.error(
-            f"The error callback did not return within {report.CALLBACK_TIMEOUT:g} s: cancelled, the lane goes on",
+            f"The error callback did not return within {report.CALLBACK_TIMEOUT:g} s"
+            f"{'' if until is None or bound <= until else ', or by the end of its lane closing'}: "
+            f"cancelled, the lane goes on",
             extra={"evbus_internal": True},
         )

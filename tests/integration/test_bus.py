@@ -12,6 +12,7 @@ import pytest
 from evbus import report as report_module
 from evbus.exc import BusClosedError
 from evbus.exc import EvbusError
+from evbus.lane import CLOSE_GRACE
 from tests.conftest import add_ingress
 from tests.conftest import take
 from tests.conftest import take_json
@@ -528,3 +529,18 @@ async def test_an_error_callback_that_never_returns_holds_nothing_up(hub, runnin
     assert sorted(json.loads(d["body"]) for d in hub.evbus.deadletter.read()) == list(range(6))
     assert len(error_sink) == 6
     assert caplog.text.count("The error callback did not return within 0.2 s: cancelled, the lane goes on") == 6
+
+
+async def test_a_stuck_error_callback_keeps_no_event_from_its_dead_letter_at_stop(hub, running, error_sink, monkeypatch):
+    """Events a lane still holds at the stop are all dead-lettered within the stop's bound: their callbacks share it."""
+    monkeypatch.setenv("EVBUS_ERROR_CALLBACK_REF", "my_app.errors.stuck")
+    hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
+    add_ingress(hub, "hang")
+    await running({"hang": {"default": {}}})
+    for n in range(5):
+        await hub.evbus.broker.put(body=n)
+    start = time.monotonic()
+    assert await hub.evbus.init.stop(timeout=0.5) == 5
+    assert time.monotonic() - start < 0.5 + 2 * CLOSE_GRACE + 1
+    assert sorted(json.loads(d["body"]) for d in hub.evbus.deadletter.read()) == list(range(5))
+    assert len(error_sink) == 5
