@@ -146,8 +146,10 @@ def run(hub) -> int:
     if hub.SUBPARSER not in ("publish", "replay", "profiles", "listen"):
         hub.args.PARSER.print_help(sys.stderr)
         return 2
+    masked = _Masked(hub.evbus.MASK)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_no_plaintext_warning)
+        handler.addFilter(masked)
         if isinstance(handler, logging.FileHandler):
             _private_log_file(handler)
     try:
@@ -170,6 +172,25 @@ def run(hub) -> int:
         what = "before any event was put" if hub.SUBPARSER == "publish" else "before it began"
         print(f"\nevbus: {signal.Signals(signum).name}: stopped {what}", file=sys.stderr)
         return 128 + signum
+
+
+class _Masked(logging.Filter):
+    """
+    Masks the secrets of every record a handler writes, the client
+    libraries' too (at the debug level aiormq logs the URL it connects to,
+    a password in its query included).
+    """
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = self.mask.text(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
 
 
 def _private_log_file(handler: logging.FileHandler):
@@ -427,10 +448,10 @@ async def replay(hub) -> int:
     """
     opt = hub.OPT.evbus
     plugins = hub.evbus.contexts.ingress_plugins()
-    if opt.plugin and opt.plugin not in plugins:
-        close = difflib.get_close_matches(opt.plugin, plugins, n=1)
+    if opt.plugin is not None and opt.plugin not in plugins:
+        close = difflib.get_close_matches(opt.plugin.strip().lower(), plugins, n=1)
         raise ConfigError(
-            f"--plugin {opt.plugin}: no such ingress plugin"
+            f"--plugin '{opt.plugin}': no such ingress plugin"
             + (f" (did you mean '{close[0]}'?)" if close else "")
             + f"; the ingress plugins: {', '.join(sorted(plugins))}"
         )

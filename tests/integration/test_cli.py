@@ -112,6 +112,18 @@ def test_the_log_file_is_private(tmp_path):
         log.chmod(0o644)
 
 
+def test_the_client_libraries_debug_lines_have_the_secrets_masked(tmp_path):
+    """At the debug level aiormq logs the URL it connects to: a password in its query is masked there too."""
+    acct = tmp_path / "acct.yml"
+    acct.write_text("pika:\n  down:\n    connection:\n      url: amqp://127.0.0.1:1/?password=q-s3cret-pw&login=bob\n")
+    env = {"EVBUS_RETRY_ATTEMPTS": "1", "EVBUS_DEAD_LETTER_FILE": str(tmp_path / "dead.jsonl")}
+    out = evbus("--log-level", "debug", "publish", "--acct-file", str(acct), '{"n": 1}', env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    log = (tmp_path / "evbus.log").read_text()
+    assert "Connecting to: amqp://127.0.0.1:1/?password=***" in log
+    assert "q-s3cret-pw" not in out.stderr + log
+
+
 def test_unknown_serializer_is_a_clear_error(tmp_path):
     out = evbus("--serialize-plugin", "yaml", "publish", "1", cwd=tmp_path)
     assert out.returncode == 2
@@ -292,12 +304,14 @@ def test_replay_of_a_plugin_that_does_not_exist_is_an_error(tmp_path):
     dead.write_text(json.dumps({"id": "e-1", "plugin": "pika", "acct_profile": "default", "body": "1"}) + "\n")
     acct = tmp_path / "acct.yml"
     acct.write_text("internal:\n  default: {}\n")
-    out = evbus("replay", "--acct-file", str(acct), "--plugin", "pikaa", env={"EVBUS_DEAD_LETTER_FILE": str(dead)}, cwd=tmp_path)
-    assert out.returncode == 2, out.stderr
-    assert _error_line(out.stderr) == (
-        "evbus: --plugin pikaa: no such ingress plugin (did you mean 'pika'?); "
-        "the ingress plugins: internal, kafka, mqtt, nats, pika, redis"
-    )
+    for name, hint in (("pikaa", " (did you mean 'pika'?)"), ("PIKA", " (did you mean 'pika'?)"), ("", "")):
+        out = evbus("replay", "--acct-file", str(acct), "--plugin", name, env={"EVBUS_DEAD_LETTER_FILE": str(dead)},
+                    cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert _error_line(out.stderr) == (
+            f"evbus: --plugin '{name}': no such ingress plugin{hint}; "
+            "the ingress plugins: internal, kafka, mqtt, nats, pika, redis"
+        )
     assert dead.read_text().count("e-1") == 1
 
 
