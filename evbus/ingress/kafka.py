@@ -72,6 +72,7 @@ certificate the broker requires and did not get, fails at once, saying so.
 """
 import asyncio
 import collections
+import contextlib
 import functools
 import ssl
 from collections.abc import Callable
@@ -130,6 +131,8 @@ from evbus.exc import TlsConfigError
 
 # evbus listen: milliseconds without a record after which the listener checks that a broker still answers
 LISTEN_PROBE_MS = 5000
+# Seconds a listener's consumer gets to close what aiokafka's stop() left open
+STOP_GRACE = 5.0
 # aiokafka's default max_request_size
 MAX_REQUEST_SIZE = 1048576
 # The producer's max_batch_size unless the connection sets it (aiokafka's default is 16 KiB):
@@ -666,12 +669,31 @@ async def listen(hub, ctx, routing_key: str | None = None):
 
 async def _stop(consumer):
     """
-    Stop a consumer. aiokafka's ``stop()`` raises the CancelledError of its
-    own fetch task when that task waited to retry (the brokers are gone):
-    that one is dropped; a cancellation of the caller's task is not.
+    Stop a consumer, within ``STOP_GRACE`` seconds for what aiokafka leaves.
+
+    aiokafka's ``stop()`` cancels the fetcher's requests under way and awaits
+    them one by one: the first one's CancelledError (a fetch from a broker
+    that is gone) ends ``stop()`` there, before it closes the client, whose
+    metadata task would go on retrying the brokers, and logging each
+    failure, until the process ends. That CancelledError is dropped and the
+    rest is closed here. A cancellation of the caller's task is not dropped,
+    nor one that the client's close swallows.
     """
+    cancels = asyncio.current_task().cancelling()
     try:
         await consumer.stop()
     except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():
+        if asyncio.current_task().cancelling() > cancels:
             raise
+        fetches = [task for task in getattr(getattr(consumer, "_fetcher", None), "_pending_tasks", ()) if not task.done()]
+        for task in fetches:
+            task.cancel()
+        if fetches:
+            await asyncio.wait(fetches, timeout=STOP_GRACE)
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            with contextlib.suppress(TimeoutError):  # the listener's own error says what went wrong
+                async with asyncio.timeout(STOP_GRACE):
+                    await client.close()
+    if asyncio.current_task().cancelling() > cancels:
+        raise asyncio.CancelledError()

@@ -1,12 +1,16 @@
 """The kafka ingress against a real Kafka-compatible broker (Tansu), checked with an independent consumer."""
 import asyncio
+import contextlib
 import json
 import ssl
 
 import pytest
+from dict_tools.data import NamespaceDict
 
+from evbus.exc import ListenError
 from evbus.exc import LoginRefusedError
 from evbus.exc import MessageTooLargeError
+from tests.brokers import Tansu
 from tests.brokers import consume
 from tests.brokers import unique
 from tests.conftest import take_json
@@ -296,3 +300,48 @@ def test_retriable_says_no_to_refusals_and_yes_to_timeouts(hub):
         errors.UnknownError,
     ):
         assert retriable(transient("transient")), transient
+
+
+async def test_listen_that_lost_its_broker_leaves_nothing_of_aiokafka_running(hub, tansu):
+    """
+    aiokafka's stop() ends at the first fetch under way when the broker is
+    gone, before it closes its client: the listener closes the rest, so no
+    metadata task goes on retrying (and logging) the broker after the error.
+    """
+    import aiokafka
+
+    broker = Tansu(tansu.binary)
+    broker.start()
+    try:
+        topic = unique()
+        ctx = NamespaceDict(acct=NamespaceDict(topics=[topic], connection={"bootstrap_servers": broker.bootstrap}))
+        arrived = asyncio.Queue()
+
+        async def listen():
+            try:
+                async for message in hub.ingress.kafka.listen(ctx):
+                    arrived.put_nowait(message)
+            except ListenError as e:
+                return e
+
+        listener = asyncio.create_task(listen())
+        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for _ in range(60):  # the consumer reads from the end, once it has joined the topic
+                await producer.send_and_wait(topic, b"1")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        assert await arrived.get() == (topic, b"1")
+                        break
+            else:
+                pytest.fail("the listener got nothing in 30 s")
+        finally:
+            await producer.stop()
+        broker.kill()
+        error = await asyncio.wait_for(listener, 60)
+    finally:
+        broker.kill()
+    assert "lost the connection" in str(error)
+    left = [task for task in asyncio.all_tasks() if "aiokafka" in task.get_coro().cr_code.co_filename]
+    assert not left, left
