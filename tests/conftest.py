@@ -158,6 +158,20 @@ async def take_json(queue: asyncio.Queue, count: int, timeout: float = 10.0) -> 
     return [json.loads(body) for body in await take(queue, count, timeout)]
 
 
+# The client libraries' packages: a task of theirs still running after stop() is a connection left behind
+LIBRARIES = ("aiokafka", "aio_pika", "aiormq", "nats", "redis", "aiomqtt", "paho")
+
+
+def library_tasks() -> list[asyncio.Task]:
+    """The running tasks whose coroutine is a client library's (its readers, its reconnects, its retries)."""
+    left = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and any(f"/{name}/" in code.co_filename for name in LIBRARIES):
+            left.append(task)
+    return left
+
+
 async def wait_for(condition, timeout: float = 10.0, message: str = "condition"):
     """Wait until ``condition()`` is true, failing after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()

@@ -247,7 +247,34 @@ class Producer(Holder):
     async def close(self):
         producer, self.producer = self.producer, None
         if producer is not None:
-            await producer.stop()  # flushes what it holds
+            try:
+                await producer.stop()  # flushes what it holds
+            finally:
+                _abandon(producer, self.where)
+
+
+def _abandon(producer, where: str):
+    """
+    End what an aiokafka producer's ``stop()`` left running when it did not
+    finish: cancelled (the lane's grace ran out while it flushed to brokers
+    that are gone) or failed. Its batches fail, its sender task is
+    cancelled, and its client's metadata task and connections are closed;
+    they would otherwise go on retrying the brokers, and logging each
+    failure, for as long as the process runs. Nothing here awaits: the
+    caller's time is up. After a ``stop()`` that finished there is nothing left.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator.fail_all(aiokafka.errors.KafkaConnectionError(f"the producer to {where} was closed"))
+    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if sender is not None and not sender.done():
+        sender.cancel()
+    client = producer.client
+    metadata = getattr(client, "_sync_task", None)
+    if metadata is not None and not metadata.done():
+        metadata.cancel()
+    for conn in list(getattr(client, "_conns", {}).values()):
+        conn.close()
 
 
 def _producer(hub, ctx) -> Producer:
