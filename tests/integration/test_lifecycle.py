@@ -1,15 +1,19 @@
 """
 The lifecycle matrix: every shipped plugin x broker state x moment of stop x
-spool off/on, with the same two checks after each:
+spool off/on, with the same three checks after each:
 
 - ``stop()`` returned within its timeout plus the closing grace;
 - every event put is accounted for: ``put == published + dead-lettered +
-  still spooled`` (from ``stats()``), and the dead letters on file match.
+  still spooled`` (from ``stats()``), and the dead letters on file match;
+- nothing of the client library goes on running (reconnecting, retrying,
+  logging) once ``stop()`` returned.
 
 Broker states: ``up`` (the machine's service, or the session's Tansu),
 ``down`` (a port nothing listens on), ``refusing`` (a server that refuses
 the profile's credentials), ``late`` (a port that starts forwarding to the
-real broker only after the bus started). Stop moments: ``idle`` (right after
+real broker only after the bus started), ``lost`` (a port that forwards to
+the real broker until the lane has published, then breaks every connection
+and refuses new ones: the broker gone mid-stream). Stop moments: ``idle`` (right after
 ``join()``, nothing put: the lanes are still connecting), ``at_once`` (right
 after the events were put), ``mid_stream`` (while a producer is putting),
 ``backoff`` (once the lane has retried).
@@ -34,9 +38,11 @@ from tests.brokers import URL
 from tests.brokers import _binary
 from tests.brokers import _free_port
 from tests.brokers import ServerProcess
+from tests.brokers import Tansu
 from tests.brokers import service
 from tests.brokers import unique
 from tests.conftest import add_ingress
+from tests.conftest import library_tasks
 from tests.conftest import take_json
 from tests.conftest import wait_for
 
@@ -79,14 +85,30 @@ class Transport:
     async def cleanup(self) -> None:
         """Remove what :meth:`prepare` made."""
 
+    async def behind(self, proxy_port: int) -> int:
+        """:return: The broker's port that a proxy at ``proxy_port`` forwards to (the ``lost`` state)"""
+        return self.port
+
 
 class Kafka(Transport):
     name = "kafka"
     auth = False  # Tansu has no SASL
 
     async def prepare(self, request):
-        self.port = request.getfixturevalue("tansu").port
+        self.tansu = request.getfixturevalue("tansu")
+        self.port = self.tansu.port
         self.topic = unique()
+        self.own: Tansu | None = None
+
+    async def behind(self, proxy_port):
+        # A client goes to the address the broker advertises: a broker of the test's own advertises the proxy
+        self.own = Tansu(self.tansu.binary, advertised=f"127.0.0.1:{proxy_port}")
+        await asyncio.get_running_loop().run_in_executor(None, self.own.start)
+        return self.own.port
+
+    async def cleanup(self):
+        if self.own is not None:
+            self.own.kill()
 
     def profile(self, port, wrong_password=False):
         return {
@@ -178,7 +200,7 @@ class Mqtt(Transport):
 
 
 TRANSPORTS = {t.name: t for t in (Kafka, Pika, Nats, Redis, Mqtt)}
-STATES = ("up", "down", "refusing", "late")
+STATES = ("up", "down", "refusing", "late", "lost")
 MOMENTS = ("idle", "at_once", "mid_stream", "backoff")
 
 
@@ -212,6 +234,17 @@ def lifecycle_config(hub, monkeypatch, tmp_path):
         hub.pop.config.load(["evbus"], cli="evbus", parse_cli=False, logs=False)
 
     return configure
+
+
+async def _library_tasks_left(before: set[asyncio.Task], within: float = 2.0) -> list[asyncio.Task]:
+    """
+    The client library's tasks, but those ``before``, still running ``within`` seconds from now (a task
+    that a close cancelled ends in a few loop turns).
+    """
+    deadline = time.monotonic() + within
+    while (left := [task for task in library_tasks() if task not in before]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return left
 
 
 def _dead_letters(hub) -> list[dict]:
@@ -250,6 +283,9 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
         elif state == "late":
             proxy = Proxy(transport.port, _free_port())
             port = proxy.port
+        elif state == "lost":
+            port = _free_port()
+            proxy = await Proxy(await transport.behind(port), port).start()
         elif state == "refusing":
             server = transport.refusing_server(tmp_path)
             if server is not None:
@@ -259,13 +295,21 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
         acct_data = {name: {"default": transport.profile(port, wrong_password=wrong)}}
 
     contexts = await hub.evbus.acct.profiles(acct_data=acct_data)
+    before = set(library_tasks())  # (the test's own connection)
     listener = asyncio.create_task(hub.evbus.init.start(contexts))
     put: list[int] = []
     producer = None
     try:
         await hub.evbus.init.join(timeout=10)
-        if proxy is not None:
+        if state == "late":
             asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(proxy.start()))
+        elif state == "lost":
+            # One event through, then the broker is gone
+            await hub.evbus.broker.put(body={"n": -1})
+            put.append(-1)
+            lane = hub.evbus.route.all_lanes()[0]
+            await wait_for(lambda: lane.published == 1, 20, "the first event published")
+            await proxy.cut()
         if moment == "idle":
             pass
         elif moment == "mid_stream":
@@ -288,6 +332,7 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
         if producer is not None:
             await asyncio.wait_for(producer, 5)
         await asyncio.wait_for(listener, 5)
+        left = await _library_tasks_left(before)
     finally:
         if not listener.done():
             listener.cancel()
@@ -301,6 +346,7 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
             await transport.cleanup()
 
     assert took <= BOUND, f"stop() took {took:.1f} s"
+    assert not left, f"left running after stop(): {left}"
     stats = hub.evbus.broker.stats()
     lanes = stats["lanes"]
     assert len(lanes) == 1
@@ -315,6 +361,8 @@ async def test_lifecycle(hub, request, tmp_path, lifecycle_config, name, state, 
     assert len(dead) == failed
     if state == "up":
         assert failed == 0 and published == len(put)
+    elif state == "lost":
+        assert published >= 1
     elif state in ("down", "refusing"):
         assert published == 0 and failed == len(put)
         # each dead letter says what the destination answered, not only that time ran out
