@@ -100,6 +100,9 @@ MiB = 1 << 20
 
 # Settled events whose "done" is written in one record
 DONE_BATCH = 256
+# Seconds a settled event's "done" waits for a batch to fill before it is written anyway: a crash
+# re-delivers at most the events that settled in the last second, however slowly events come
+DONE_SECONDS = 1.0
 # spool_sync normal: seconds between syncs of what was written
 SYNC_SECONDS = 1.0
 # A rewrite when the file holds more than this and at most a quarter of its events are live
@@ -476,8 +479,10 @@ class Spool:
         # published the event or gave it up. A list's append, with no call of Python's per event.
         self._settled: list[Event | tuple] = []
         self.settled = self._settled.append
-        # Offsets of settled events whose "done" is not written yet
+        # Offsets of settled events whose "done" is not written yet, and the loop's timer that
+        # writes it DONE_SECONDS after the first of them, unless a batch filled first
         self._done: list[int] = []
+        self._done_timer: asyncio.TimerHandle | None = None
         # The "add" records in the file, and how far it is synced
         self._records = 0
         self._synced = 0
@@ -651,8 +656,9 @@ class Spool:
         """
         Account for the events the lanes settled since the last call (see
         ``settled``): an event is finished once every lane it went to settled
-        it, and its "done" is written once DONE_BATCH events are finished (or
-        the file emptied, when none is live then). In the loop's thread: the
+        it, and its "done" is written once DONE_BATCH events are finished, or
+        DONE_SECONDS after the first of them (or the file emptied, when none
+        is live then). In the loop's thread: the
         propagate hop calls it after each batch, a lane after its task settled.
         """
         settled = self._settled
@@ -674,6 +680,8 @@ class Spool:
         settled.clear()
         if len(done) >= DONE_BATCH:
             self._write_done()
+        elif done and self._done_timer is None:
+            self._write_done_later()
 
     def _finish(self, event_id: int | str):
         offset = self._live.pop(event_id, None)
@@ -681,6 +689,29 @@ class Spool:
             self._done.append(offset)
             if len(self._done) >= DONE_BATCH:
                 self._write_done()
+            elif self._done_timer is None:
+                self._write_done_later()
+
+    def _write_done_later(self):
+        """Have the running loop write the "done" of what settled, DONE_SECONDS from now."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: the stop's flush writes it
+        self._done_timer = loop.call_later(DONE_SECONDS, self._done_due)
+
+    def _done_due(self):
+        self._done_timer = None
+        self.write_settled()
+
+    def write_settled(self):
+        """
+        Write the "done" of every event settled so far (not synced: a process
+        that exits now leaves it in the kernel, as a put's record). In the
+        loop's thread.
+        """
+        self.collect()
+        self._write_done()
 
     def _write_done(self):
         """Write the "done" of the settled events, or empty the file when none of its events is live."""
@@ -803,8 +834,10 @@ class Spool:
 
     def flush(self):
         """Write the "done" of settled events, and sync the file (unless ``spool_sync`` is off)."""
-        self.collect()
-        self._write_done()
+        if self._done_timer is not None:  # (a timer of this loop, which may not run again)
+            self._done_timer.cancel()
+            self._done_timer = None
+        self.write_settled()
         if self.sync != "off":
             self._sync_to(None, 0)
 

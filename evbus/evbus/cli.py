@@ -80,6 +80,11 @@ class Interrupt:
     def received(self, signum: int):
         name = signal.Signals(signum).name
         if self.signum is not None:
+            spool = self.hub.evbus.spool.CURRENT if self.hub is not None else None
+            if spool is not None:
+                # What settled is marked done before the exit: the next start re-delivers only the rest
+                with contextlib.suppress(Exception):
+                    spool.write_settled()
             print(f"\nevbus: {name} again: exiting now{self._left()}", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum

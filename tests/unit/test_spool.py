@@ -160,6 +160,36 @@ def crashed(path) -> list[Event]:
     return list(live.values())
 
 
+async def test_the_done_of_a_few_settled_events_is_written_soon_after(tmp_path, monkeypatch):
+    """
+    Fewer settled events than DONE_BATCH: their "done" is written DONE_SECONDS
+    later without more events, so that a crash then re-delivers only what is
+    still live, however slowly events come.
+    """
+    monkeypatch.setattr(spool_module, "DONE_SECONDS", 0.05)
+    path = tmp_path / "spool"
+    spool = Spool(str(path))
+    try:
+        stored = events(13)
+        for event in stored:
+            spool.add(event)
+        settle(spool, stored[:10])
+        assert crashed(path) == stored  # not at once: a batch may fill meanwhile
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while crashed(path) != stored[10:] and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert crashed(path) == stored[10:]
+        # The next events settled get a timer of their own
+        settle(spool, stored[10:])
+        deadline = loop.time() + 5
+        while crashed(path) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert crashed(path) == []
+    finally:
+        spool.close()
+
+
 @pytest.mark.parametrize("zero_bytes", [spool_module.ZERO_BYTES, 0], ids=["overwritten", "cut"])
 def test_the_file_is_emptied_when_nothing_is_live(tmp_path, monkeypatch, zero_bytes):
     """Its records are zeroed (or the file cut): none of them comes back, also after a crash."""
