@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from evbus import tls
+from evbus.exc import ConfigError
 from evbus.exc import ListenError
 from evbus.types import Event
 
@@ -202,7 +203,12 @@ class Holder:
             if self.ready:
                 return
             await self.close()
-            await self.connect()
+            try:
+                await self.connect()
+            except TypeError as e:
+                # The client refused the profile's connection options (an unknown keyword, a
+                # value of the wrong type): no retry changes them
+                raise ConfigError(f"the profile's connection options: {type(e).__name__}: {e}") from e
             self.loop = asyncio.get_running_loop()
 
     async def connect(self):

@@ -872,3 +872,25 @@ def test_listen_on_a_server_that_never_answers_says_it_cannot_connect(tmp_path, 
         server.close()
     assert out.returncode == 2, out.stderr
     _assert_cannot_listen(_error_line(out.stderr), plugin, port, "cannot connect: no answer within 1 s")
+
+
+@pytest.mark.parametrize("plugin", ["kafka", "nats", "redis", "mqtt"])
+def test_a_connection_option_the_client_does_not_take_fails_at_once(tmp_path, request, plugin):
+    """A typo in a profile's connection options is no broker that is down: one attempt, naming the option, exit 1."""
+    port = request.getfixturevalue("tansu").port if plugin == "kafka" else BROKER_PORTS[plugin]
+    if plugin != "kafka":
+        request.getfixturevalue(SERVICES[plugin])
+    acct = _acct(tmp_path, plugin, unique(), port)
+    profiles = yaml.safe_load(acct.read_text())
+    profiles[plugin]["mine"]["connection"]["bogus_opt"] = 1
+    acct.write_text(yaml.safe_dump(profiles))
+    dead = tmp_path / "dead.jsonl"
+    out = evbus(
+        "publish", "--acct-file", str(acct), "--profile", "mine", '{"x": 1}',
+        env={"EVBUS_DEAD_LETTER_FILE": str(dead)}, cwd=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "a retry cannot help" in out.stderr
+    assert "after 1 attempt(s)" in out.stderr and "'bogus_opt'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(dead.read_text().splitlines()) == 1
