@@ -678,19 +678,21 @@ class Spool:
             if offset is not None:
                 done.append(offset)
         settled.clear()
-        if len(done) >= DONE_BATCH:
-            self._write_done()
-        elif done and self._done_timer is None:
-            self._write_done_later()
+        if done:
+            self._done_added()
 
     def _finish(self, event_id: int | str):
         offset = self._live.pop(event_id, None)
         if offset is not None:
             self._done.append(offset)
-            if len(self._done) >= DONE_BATCH:
-                self._write_done()
-            elif self._done_timer is None:
-                self._write_done_later()
+            self._done_added()
+
+    def _done_added(self):
+        """Settled events wait for their "done": written now when a batch is full, else by the loop's timer."""
+        if len(self._done) >= DONE_BATCH:
+            self._write_done()
+        elif self._done_timer is None:
+            self._write_done_later()
 
     def _write_done_later(self):
         """Have the running loop write the "done" of what settled, DONE_SECONDS from now."""
@@ -847,8 +849,7 @@ class Spool:
         its header, giving back the space reserved ahead; the next append reserves
         it again.
         """
-        self.collect()
-        self._write_done()
+        self.write_settled()
         with self._sync_lock, self._lock:
             log = self._log
             if self._closed or self._live or log.mapped == HEADER.size:
@@ -904,8 +905,7 @@ class Spool:
     def close(self):
         """Write what is pending, sync it (unless ``spool_sync`` is off) and release the file."""
         if not self._closed:
-            self.collect()
-            self._write_done()
+            self.write_settled()
         with self._sync_lock, self._lock:
             try:
                 if not self._closed and self.sync != "off":
