@@ -19,6 +19,7 @@ from evbus.spool import HEADER
 from evbus.spool import Spool
 from evbus.types import Event
 from tests.conftest import sqlite_spool
+from tests.conftest import wait_for
 
 
 def events(count: int, size: int = 20) -> list[Event]:
@@ -175,17 +176,10 @@ async def test_the_done_of_a_few_settled_events_is_written_soon_after(tmp_path, 
             spool.add(event)
         settle(spool, stored[:10])
         assert crashed(path) == stored  # not at once: a batch may fill meanwhile
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while crashed(path) != stored[10:] and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        assert crashed(path) == stored[10:]
+        await wait_for(lambda: crashed(path) == stored[10:], 5, "the done of the 10 settled in the file")
         # The next events settled get a timer of their own
         settle(spool, stored[10:])
-        deadline = loop.time() + 5
-        while crashed(path) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        assert crashed(path) == []
+        await wait_for(lambda: crashed(path) == [], 5, "the done of the last 3 in the file")
     finally:
         spool.close()
 
